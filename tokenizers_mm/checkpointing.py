@@ -1,0 +1,68 @@
+"""Atomic checkpoint writes and safe checkpoint reads.
+
+- :class:`AtomicCheckpointIO` writes every Lightning checkpoint to a temporary file in the target
+  folder, fsyncs it and renames it over the final name: a crash or a full disk never leaves a
+  truncated ``last.ckpt`` behind, and the previous one stays readable until the new one is complete.
+- :func:`load_tokenizer` rebuilds a tokenizer from a checkpoint with ``torch.load(weights_only=True)``:
+  nothing is unpickled, and the class must live inside the ``tokenizers_mm`` package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.cloud_io import get_filesystem
+from lightning_fabric.utilities.types import _PATH
+
+CLASS_KEY = "tokenizers_mm_class"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes are temp-file + fsync + rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """Load a Lightning checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path!r} is not a readable tokenizers-mm checkpoint (weights-only load failed: "
+                         f"{exc})") from exc
+
+
+def load_tokenizer(path: str, map_location: str | torch.device = "cpu") -> Any:
+    """Rebuild the ``TokenizerModule`` stored in checkpoint ``path`` (eval mode, on ``map_location``)."""
+    ckpt = read_checkpoint(path)
+    cls_path = ckpt.get(CLASS_KEY)
+    if not cls_path:
+        raise ValueError(f"{path!r} was not written by a tokenizers-mm module (no {CLASS_KEY!r} entry)")
+    module_name, _, cls_name = cls_path.rpartition(".")
+    if not module_name.startswith("tokenizers_mm."):
+        raise ValueError(f"refusing to load class {cls_path!r} from outside the tokenizers_mm package")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    model = cls(**ckpt.get("hyper_parameters", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval()

@@ -1,0 +1,75 @@
+"""The embedded default data: small real datasets of every modality, built into shards by ``make data``.
+
+- image: the photographs inside the scikit-image wheel, cut into tiles (one folder per photo, so the
+  train / val split holds out whole photos);
+- audio: the vendored speech clips of ``tokenizers_mm/embedded/speech`` (see ATTRIBUTION.md);
+- mesh: the vendored meshes of ``tokenizers_mm/embedded/meshes``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+import numpy as np
+from PIL import Image
+
+from .shards import MeshBuildOptions, build_shards
+
+SKIMAGE_PHOTOS = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+    "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png",
+    "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png", "cell.png", "clock_motion.png",
+    "page.png", "text.png", "microaneurysms.png",
+)
+
+
+def embedded_dir(name: str) -> str:
+    """Path of a vendored data folder inside the installed package (``speech`` or ``meshes``)."""
+    return str(resources.files("tokenizers_mm") / "embedded" / name)
+
+
+def write_photo_tiles(out: str, tile: int = 128, max_tiles: int = 24) -> int:
+    """Cut each scikit-image photo into non-overlapping ``tile`` px tiles, at most ``max_tiles`` per photo.
+
+    Tiles are PNG files in ``out/<photo>/tile_XX.png``. Returns the number written.
+    """
+    import skimage.data
+
+    root = os.path.dirname(skimage.data.__file__)
+    n = 0
+    for name in SKIMAGE_PHOTOS:
+        path = os.path.join(root, name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"scikit-image photo {path} is missing; reinstall scikit-image>=0.22")
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        boxes = [(x, y) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
+        if len(boxes) > max_tiles:
+            boxes = [boxes[i] for i in np.linspace(0, len(boxes) - 1, max_tiles).round().astype(int)]
+        folder = os.path.join(out, os.path.splitext(name)[0])
+        os.makedirs(folder, exist_ok=True)
+        for i, (x, y) in enumerate(boxes):
+            img.crop((x, y, x + tile, y + tile)).save(os.path.join(folder, f"tile_{i:02d}.png"))
+            n += 1
+    return n
+
+
+def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] = ("image", "audio", "mesh"),
+                   progress: bool = True) -> dict[str, dict]:
+    """Build the default shards under ``out_root/{image,audio,mesh}``; returns each ``dataset.json``."""
+    manifests = {}
+    if "image" in modalities:
+        src = os.path.join(out_root, "_src", "image")
+        write_photo_tiles(src)
+        manifests["image"] = build_shards("image", src, os.path.join(out_root, "image"), shard_size=32,
+                                          val_fraction=0.2, seed=0, split_by="dir", progress=progress)
+    if "audio" in modalities:
+        manifests["audio"] = build_shards("audio", embedded_dir("speech"), os.path.join(out_root, "audio"),
+                                          shard_size=16, val_fraction=0.1, seed=0, progress=progress)
+    if "mesh" in modalities:
+        manifests["mesh"] = build_shards("mesh", embedded_dir("meshes"), os.path.join(out_root, "mesh"),
+                                         shard_size=1, val_fraction=0.25, seed=0,
+                                         mesh=MeshBuildOptions(num_surface=8192, num_volume=8192, num_near=8192),
+                                         progress=progress)
+    return manifests

@@ -1,0 +1,140 @@
+"""Per-modality sample decoders: a raw webdataset sample (bytes by extension) -> dict of tensors.
+
+Each decoder is configured from YAML through its options dataclass and knows whether it serves
+training (random crops / subsets) or evaluation (deterministic views).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from .audio import AUDIO_EXTENSIONS, AudioTransform, decode_audio
+from .image import IMAGE_EXTENSIONS, ImageTransform, decode_image
+from .mesh import MESH_EXTENSIONS, MeshTransform, decode_mesh_npz
+
+MODALITIES = ("image", "audio", "mesh")
+
+
+@dataclass
+class ImageOptions:
+    """Image data options.
+
+    Args:
+        size: side of the square crop fed to the model (``[3, size, size]`` in ``[-1, 1]``).
+        resize: training shorter side before the random crop: an int, or ``[lo, hi]`` drawn per sample.
+            ``None`` resizes to ``size``.
+        val_resize: evaluation shorter side before the center crop; ``None`` resizes to ``size``.
+        flip: random horizontal flips in training.
+    """
+
+    size: int = 64
+    resize: int | list[int] | None = None
+    val_resize: int | None = None
+    flip: bool = True
+
+
+@dataclass
+class AudioOptions:
+    """Audio data options.
+
+    Args:
+        sample_rate: model rate in Hz; other rates are resampled with torchaudio.
+        seconds: training clip length (random crop; short clips padded and masked).
+        val_seconds: evaluation clip length (from the start); ``None`` = ``seconds``.
+        loudness_lufs: normalize every clip to this loudness, or ``None``.
+    """
+
+    sample_rate: int = 16000
+    seconds: float = 1.0
+    val_seconds: float | None = None
+    loudness_lufs: float | None = None
+
+
+@dataclass
+class MeshOptions:
+    """Mesh data options: how many precomputed points each sample hands to the model."""
+
+    num_surface: int = 2048
+    num_volume: int = 1024
+    num_near: int = 1024
+
+
+class SampleDecoder(Protocol):
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]: ...
+
+
+def _find(sample: dict[str, Any], extensions: tuple[str, ...], what: str) -> str:
+    for ext in extensions:
+        if ext in sample:
+            return ext
+    present = sorted(k for k in sample if not k.startswith("__"))
+    raise ValueError(f"sample has no {what} file: expected one of {list(extensions)}, found {present}")
+
+
+@dataclass
+class ImageSampleDecoder:
+    transform: ImageTransform
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        ext = _find(sample, IMAGE_EXTENSIONS, "image")
+        return {"image": self.transform(decode_image(sample[ext]), rng)}
+
+
+@dataclass
+class AudioSampleDecoder:
+    transform: AudioTransform
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        ext = _find(sample, AUDIO_EXTENSIONS, "audio")
+        wave, sr = decode_audio(sample[ext])
+        audio, mask = self.transform(wave, sr, rng)
+        return {"audio": audio, "audio_mask": mask}
+
+
+@dataclass
+class MeshSampleDecoder:
+    transform: MeshTransform
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        if "npz" not in sample:
+            _find(sample, MESH_EXTENSIONS, "mesh")  # names what is there if not even a mesh
+            raise ValueError("mesh sample has no precomputed 'npz' labels; build shards with "
+                             "`tokenizers-mm data build --modality mesh`")
+        return self.transform(decode_mesh_npz(sample["npz"]), rng)
+
+
+def make_decoder(modality: str, train: bool, image: ImageOptions | None = None,
+                 audio: AudioOptions | None = None, mesh: MeshOptions | None = None) -> SampleDecoder:
+    """Build the decoder of ``modality`` for training (``train=True``) or evaluation."""
+    if modality == "image":
+        o = image or ImageOptions()
+        if train:
+            t = ImageTransform(size=o.size, crop="random", resize=o.resize, flip=o.flip)
+        else:
+            t = ImageTransform(size=o.size, crop="center", resize=o.val_resize, flip=False)
+        return ImageSampleDecoder(t)
+    if modality == "audio":
+        o = audio or AudioOptions()
+        seconds = o.seconds if train or o.val_seconds is None else o.val_seconds
+        return AudioSampleDecoder(AudioTransform(o.sample_rate, seconds, "random" if train else "start",
+                                                 o.loudness_lufs))
+    if modality == "mesh":
+        o = mesh or MeshOptions()
+        return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train))
+    raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+
+
+def sample_metadata(sample: dict[str, Any]) -> dict[str, Any]:
+    """The ``json`` member of a sample written by ``data build`` (empty dict when absent)."""
+    raw = sample.get("json")
+    if raw is None:
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}

@@ -1,0 +1,179 @@
+"""``TokenizerModule``: the LightningModule every tokenizer of tokenizers-mm extends.
+
+A subclass provides the model and three methods:
+
+- ``encode(x) -> TokenBatch`` (int64 ids plus optional mask),
+- ``decode(tokens, **options) -> x``,
+- ``compute_losses(batch) -> (losses, outputs)`` with ``losses["loss"]`` the total to minimize,
+
+and may override ``log_reconstructions``. The base class owns the optimizer and schedule (from YAML),
+per-loss logging, codebook usage and perplexity over each validation pass, samples/s, and the count
+of corrupt samples that the data layer skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+from .checkpointing import CLASS_KEY
+from .config import as_config
+from .quantize import stats_from_counts
+
+
+class TokenBatch(NamedTuple):
+    """Discrete tokens of a batch: ``ids`` int64 ``[B, ...]``; ``mask`` bool of the same shape or None."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warmup then cosine (or constant) decay, stepped per optimizer step.
+
+    Args:
+        lr: peak learning rate.
+        betas: AdamW betas.
+        weight_decay: decoupled weight decay (not applied to biases, norms and embeddings).
+        warmup_steps: linear warmup from 0 to ``lr``.
+        schedule: ``cosine`` (decay to ``min_lr_ratio * lr`` at ``trainer.max_steps``) or ``constant``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+    """
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split parameters into decayed (matrices) and non-decayed (biases, norms, embeddings, tokens)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "token" in name or "embed" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TokenizerModule(pl.LightningModule):
+    """Base class of the tokenizers (see the module docstring for the contract).
+
+    Args:
+        optimizer: optimizer and schedule settings.
+        input_key: the batch entry the model reconstructs (``image``, ``audio``, ...).
+        codebook_size: number of codes, for usage and perplexity statistics.
+        log_samples_every_val: write reconstructions at every validation pass (first batch).
+    """
+
+    def __init__(self, optimizer: OptimizerConfig | None = None, input_key: str = "image",
+                 codebook_size: int = 0, log_samples_every_val: bool = True) -> None:
+        super().__init__()
+        self.optim_config = as_config(OptimizerConfig, optimizer)
+        self.input_key = input_key
+        self.codebook_size = codebook_size
+        self.log_samples_every_val = log_samples_every_val
+        self._t_last: float | None = None
+        self._val_counts: torch.Tensor | None = None
+        self.skipped_samples = 0
+
+    # ---- contract -------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> TokenBatch:
+        raise NotImplementedError
+
+    def decode(self, tokens: TokenBatch, **options: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        raise NotImplementedError
+
+    def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
+        """Write reconstructions of the first validation batch where a person can look at them."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    # ---- optimization ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        c = self.optim_config
+        opt = torch.optim.AdamW(param_groups(self, c.weight_decay), lr=c.lr, betas=tuple(c.betas))
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
+        if total <= 0 and c.schedule == "cosine":
+            total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, c.warmup_steps, total, c.schedule, c.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- training -------------------------------------------------------------------------------
+    def _count_skipped(self, batch: dict[str, Any], stage: str) -> None:
+        skipped = int(batch.get("skipped", 0))
+        self.skipped_samples += skipped
+        self.log(f"{stage}/skipped_samples", float(skipped), reduce_fx="sum", on_step=False, on_epoch=True,
+                 sync_dist=True, batch_size=1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses, _ = self.compute_losses(batch)
+        bs = batch[self.input_key].shape[0]
+        self._count_skipped(batch, "train")
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=bs)
+        now = time.perf_counter()
+        if self._t_last is not None:
+            self.log("train/samples_per_s", bs / max(now - self._t_last, 1e-9), batch_size=bs)
+        self._t_last = now
+        return losses["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        self._t_last = None
+
+    # ---- validation -----------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        if self.codebook_size:
+            self._val_counts = torch.zeros(self.codebook_size, dtype=torch.long, device=self.device)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        losses, outputs = self.compute_losses(batch)
+        keep = ~batch["pad"] if "pad" in batch else None
+        bs = int(keep.sum()) if keep is not None else batch[self.input_key].shape[0]
+        self._count_skipped(batch, "val")
+        for name, value in losses.items():
+            self.log(f"val/{name}", value.detach(), sync_dist=True, batch_size=max(bs, 1))
+        ids = outputs.get("ids")
+        if self._val_counts is not None and ids is not None:
+            real = ids[keep] if keep is not None else ids
+            self._val_counts += torch.bincount(real.reshape(-1), minlength=self.codebook_size)
+        if batch_idx == 0 and self.log_samples_every_val and self.trainer.is_global_zero:
+            self.log_reconstructions(batch, outputs)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_counts is None:
+            return
+        counts = self._val_counts
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        stats = stats_from_counts(counts.double().cpu())
+        # counts are already summed over ranks: every rank logs the same value
+        self.log("val/codebook_usage", stats["usage"])
+        self.log("val/codebook_perplexity", stats["perplexity"])
+        self._val_counts = None
