@@ -69,6 +69,16 @@ def _cmd_data_build(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_embedded(a: argparse.Namespace) -> int:
+    from .data.embedded import build_embedded
+
+    manifests = build_embedded(a.out, tuple(a.modality))
+    for modality, m in manifests.items():
+        print(f"{modality}: {m['counts']} samples in {os.path.join(a.out, modality)}"
+              + (f", skipped {[s['file'] for s in m['skipped']]}" if m["skipped"] else ""))
+    return 0
+
+
 def _cmd_data_inspect(a: argparse.Namespace) -> int:
     from .data.shards import inspect_shards
     from .data.urls import expand_urls
@@ -166,6 +176,12 @@ def _project_parser() -> argparse.ArgumentParser:
     b.add_argument("--mesh-volume-points", type=int, default=16384)
     b.add_argument("--mesh-near-points", type=int, default=16384)
     b.set_defaults(func=_cmd_data_build)
+
+    emb = dsub.add_parser("embedded", help="build the embedded default shards (real photos, speech, meshes)")
+    emb.add_argument("--out", default="data/embedded")
+    emb.add_argument("--modality", nargs="+", choices=["image", "audio", "mesh"],
+                     default=["image", "audio", "mesh"])
+    emb.set_defaults(func=_cmd_data_embedded)
 
     i = dsub.add_parser("inspect", help="count samples, list extensions, decode, report corrupt samples")
     i.add_argument("urls", nargs="+", help="shards: pattern, directory, @list.txt, pipe: or http(s) URL")

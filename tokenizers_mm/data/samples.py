@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..config import as_config
 from .audio import AUDIO_EXTENSIONS, AudioTransform, decode_audio
 from .image import IMAGE_EXTENSIONS, ImageTransform, decode_image
 from .mesh import MESH_EXTENSIONS, MeshTransform, decode_mesh_npz
@@ -108,23 +109,23 @@ class MeshSampleDecoder:
         return self.transform(decode_mesh_npz(sample["npz"]), rng)
 
 
-def make_decoder(modality: str, train: bool, image: ImageOptions | None = None,
-                 audio: AudioOptions | None = None, mesh: MeshOptions | None = None) -> SampleDecoder:
+def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None = None,
+                 audio: AudioOptions | dict | None = None, mesh: MeshOptions | dict | None = None) -> SampleDecoder:
     """Build the decoder of ``modality`` for training (``train=True``) or evaluation."""
     if modality == "image":
-        o = image or ImageOptions()
+        o = as_config(ImageOptions, image)
         if train:
             t = ImageTransform(size=o.size, crop="random", resize=o.resize, flip=o.flip)
         else:
             t = ImageTransform(size=o.size, crop="center", resize=o.val_resize, flip=False)
         return ImageSampleDecoder(t)
     if modality == "audio":
-        o = audio or AudioOptions()
+        o = as_config(AudioOptions, audio)
         seconds = o.seconds if train or o.val_seconds is None else o.val_seconds
         return AudioSampleDecoder(AudioTransform(o.sample_rate, seconds, "random" if train else "start",
                                                  o.loudness_lufs))
     if modality == "mesh":
-        o = mesh or MeshOptions()
+        o = as_config(MeshOptions, mesh)
         return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train))
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
 

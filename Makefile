@@ -1,0 +1,60 @@
+# tokenizers-mm: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   := data/embedded
+DEMO_RUN    := runs/fsq_ae_tiny
+DEMO_REPORT := reports/fsq_ae_tiny
+export PYTHONUNBUFFERED := 1
+export TOKENIZERS_MM_LOG ?= WARNING
+
+.PHONY: help setup data demo test test-slow lint bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo ">> creating $(VENV) with $(PYTHON) and installing the pinned set (first time: a few minutes)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install tokenizers-mm with its pinned dependencies
+
+$(DATA)/.built: $(STAMP)
+	$(BIN)/tokenizers-mm data embedded --out $(DATA)
+	touch $@
+
+data: $(DATA)/.built ## build the embedded train/val shards (real photos, speech, meshes) in data/embedded
+
+demo: $(DATA)/.built ## train, evaluate and report the tiny tokenizers on the embedded data (<15 min on 2 cores)
+	rm -rf $(DEMO_RUN) $(DEMO_REPORT)
+	$(BIN)/tokenizers-mm fit --config configs/image/fsq_ae_tiny.yaml
+	$(BIN)/tokenizers-mm evaluate --ckpt $(DEMO_RUN)/checkpoints/last.ckpt --data $(DATA)/image \
+		--out $(DEMO_REPORT) --csv-log $(DEMO_RUN)/metrics.csv
+	@echo
+	@echo "== demo done =="
+	@echo "  report:          $(DEMO_REPORT)/report.json"
+	@echo "  reconstructions: $(DEMO_REPORT)/reconstructions.png (top: originals, bottom: reconstructions)"
+	@echo "  loss curves:     $(DEMO_REPORT)/loss_curves.png"
+	@echo "  checkpoints:     $(DEMO_RUN)/checkpoints/ (last.ckpt)"
+	@echo "  training logs:   $(DEMO_RUN)/ (tensorboard --logdir $(DEMO_RUN); metrics.csv; samples/)"
+
+test: $(DATA)/.built ## run the default test suite (creates .venv if missing)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(DATA)/.built ## run the slow tests too
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check tokenizers_mm pipelines tests scripts
+
+bench: $(DATA)/.built ## benchmarks: data loader samples/s per modality (reports/bench/*.json)
+	$(BIN)/python scripts/bench_data.py --out reports/bench/data.json
+
+clean: ## remove built data, runs and reports (keeps .venv)
+	rm -rf data runs reports .pytest_cache .ruff_cache
