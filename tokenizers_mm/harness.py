@@ -14,6 +14,7 @@ of corrupt samples that the data layer skipped.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -110,6 +111,12 @@ class TokenizerModule(pl.LightningModule):
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Write reconstructions of the first validation batch where a person can look at them."""
+
+    def samples_dir(self) -> str:
+        """``<log dir>/samples``. Runs on rank 0 only, so it must not use ``trainer.log_dir``, which
+        broadcasts (a collective call that would hang the other ranks)."""
+        root = next((lg.log_dir for lg in self.loggers if getattr(lg, "log_dir", None)), None)
+        return os.path.join(root or self.trainer.default_root_dir, "samples")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"

@@ -152,8 +152,7 @@ class FSQAutoencoder(TokenizerModule):
         n = min(8, batch["image"].shape[0])
         rows = [batch["image"][:n].cpu(), outputs["recon"][:n].clamp(-1, 1).cpu()]
         grid = image_grid(rows)
-        root = self.trainer.log_dir or self.trainer.default_root_dir
-        save_png(grid, os.path.join(root, "samples", f"val_step{self.global_step:07d}.png"))
+        save_png(grid, os.path.join(self.samples_dir(), f"val_step{self.global_step:07d}.png"))
         for logger in self.loggers:
             exp = getattr(logger, "experiment", None)
             if hasattr(exp, "add_image"):

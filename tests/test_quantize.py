@@ -1,0 +1,45 @@
+import math
+
+import pytest
+import torch
+
+from tokenizers_mm.quantize import Quantizer, QuantizerConfig, codebook_stats
+
+
+@pytest.mark.parametrize("cfg", [QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5]),
+                                 QuantizerConfig(kind="vq", codebook_size=64, codebook_dim=8, kmeans_init=False)])
+def test_one_return_convention(cfg):
+    torch.manual_seed(0)
+    q = Quantizer(16, cfg)
+    x = torch.randn(3, 10, 16)
+    out = q(x)
+    assert out.quantized.shape == x.shape and out.ids.shape == (3, 10) and out.ids.dtype == torch.int64
+    assert out.aux_loss.ndim == 0
+    assert 0 <= int(out.ids.min()) and int(out.ids.max()) < q.codebook_size
+    q.eval()
+    again = q(x)
+    assert torch.allclose(q.ids_to_codes(again.ids), again.quantized, atol=1e-5)
+    if cfg.kind == "fsq":
+        assert q.codebook_size == 1000 and math.isclose(q.bits_per_token, math.log2(1000))
+
+
+def test_vq_has_commitment_loss_when_training():
+    q = Quantizer(8, QuantizerConfig(kind="vq", codebook_size=32, codebook_dim=8, kmeans_init=False))
+    q.train()
+    assert float(q(torch.randn(2, 5, 8)).aux_loss) > 0
+
+
+def test_bad_ids_and_kind_raise():
+    q = Quantizer(8, QuantizerConfig(kind="fsq", levels=[4, 4]))
+    with pytest.raises(ValueError, match=r"lie in \[0, 16\)"):
+        q.ids_to_codes(torch.tensor([[0, 16]]))
+    with pytest.raises(ValueError, match="must be integers"):
+        q.ids_to_codes(torch.tensor([[0.5]]))
+    with pytest.raises(ValueError, match="kind must be"):
+        Quantizer(8, QuantizerConfig(kind="pq"))
+
+
+def test_codebook_stats():
+    s = codebook_stats(torch.tensor([0, 1, 2, 3]), 8)
+    assert s["usage"] == 0.5 and math.isclose(s["perplexity"], 4.0) and math.isclose(s["entropy_bits"], 2.0)
+    assert codebook_stats(torch.zeros(10, dtype=torch.long), 4)["perplexity"] == 1.0
