@@ -11,8 +11,14 @@ import torch
 from PIL import Image
 
 from tokenizers_mm.data.samples import make_decoder
-from tokenizers_mm.data.shards import MeshBuildOptions, build_shards, inspect_shards, iter_raw_samples, \
-    sample_key, split_files
+from tokenizers_mm.data.shards import (
+    MeshBuildOptions,
+    build_shards,
+    inspect_shards,
+    iter_raw_samples,
+    sample_key,
+    split_files,
+)
 from tokenizers_mm.data.urls import expand_urls
 
 SMALL_MESH = MeshBuildOptions(num_surface=600, num_volume=600, num_near=600)

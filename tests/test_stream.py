@@ -2,13 +2,10 @@
 
 import io
 import os
-import random
 import tarfile
 
-import pytest
-import soundfile as sf
 import numpy as np
-import torch
+import pytest
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -27,14 +24,15 @@ def _png(seed: int, size: int = 24) -> bytes:
 
 
 def _write_shards(root, n_shards, per_shard, prefix="train", corrupt=None):
-    """Write tiny image shards; ``corrupt`` maps a global index to replacement bytes."""
+    """Write tiny image shards; ``corrupt`` maps a global index to ``(extension, bytes)`` replacing it."""
     corrupt = corrupt or {}
     urls, idx = [], 0
     for s in range(n_shards):
         path = os.path.join(root, f"{prefix}-{s:06d}.tar")
         with wds.TarWriter(path) as w:
             for _ in range(per_shard):
-                w.write({"__key__": f"s{idx:04d}", "png": corrupt.get(idx, _png(idx))})
+                ext, data = corrupt.get(idx, ("png", _png(idx)))
+                w.write({"__key__": f"s{idx:04d}", ext: data})
                 idx += 1
         urls.append(path)
     return urls
@@ -108,7 +106,7 @@ def test_eval_stream_covers_everything_once_with_equal_batches(tmp_path, monkeyp
 
 
 def test_corrupt_samples_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
-    bad = {3: b"garbage jpg bytes", 11: b"\x89PNG\r\n\x1a\n truncated"}
+    bad = {3: ("jpg", b"\xff\xd8\xff\xe0 garbage jpg bytes"), 11: ("png", b"\x89PNG\r\n\x1a\n truncated")}
     urls = _write_shards(str(tmp_path), 4, 4, corrupt=bad)
     # a truncated tar: the last shard cut in half
     with open(urls[-1], "rb") as f:
@@ -135,7 +133,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
 
 
 def test_corrupt_eval_samples_become_pads(tmp_path):
-    urls = _write_shards(str(tmp_path), 2, 3, prefix="val", corrupt={1: b"bad"})
+    urls = _write_shards(str(tmp_path), 2, 3, prefix="val", corrupt={1: ("png", b"bad")})
     stream = EvalStream(urls, _decoder(), batch_size=4)
     batches = list(stream)
     pads = [p for b in batches for p in b["pad"].tolist()]

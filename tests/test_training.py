@@ -86,6 +86,29 @@ def test_fsq_autoencoder_learns_on_embedded_photos(embedded, tmp_path):
     assert after["val/codebook_usage"] > 0.02
 
 
+def test_training_goes_on_over_corrupt_samples(embedded, tmp_path):
+    import webdataset as wds
+
+    from tokenizers_mm.data.urls import expand_urls
+
+    shards = []
+    for i, src in enumerate(expand_urls(os.path.join(embedded, "image"), split="train")[:2]):
+        out = str(tmp_path / f"train-{i:06d}.tar")
+        with wds.TarWriter(out) as w:
+            w.write({"__key__": f"bad{i}", "jpg": b"\xff\xd8 not a jpeg"})
+            for s in wds.WebDataset(src, shardshuffle=False):
+                w.write({k: v for k, v in s.items() if k not in ("__url__", "__local_path__")})
+        shards.append(out)
+    dm = ShardDataModule(modality="image", train_urls=shards, batch_size=4, batches_per_epoch=12, num_workers=0,
+                         shuffle_buffer=0, image={"size": 32})
+    model = FSQAutoencoder(base_channels=8, latent_dim=16)
+    trainer = pl.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 12
+    assert model.skipped_samples >= 1
+
+
 def test_cli_fit_then_exact_resume_from_last(embedded, tmp_path):
     cfg = tiny_config(tmp_path, embedded)
     main(["fit", "--config", cfg])

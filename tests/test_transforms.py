@@ -12,8 +12,14 @@ from PIL import Image
 
 from tokenizers_mm.data.audio import AudioTransform, crop_or_pad, decode_audio, loudness_normalize, resample
 from tokenizers_mm.data.image import ImageTransform, crop, decode_image, pil_to_tensor, resize_shorter_side
-from tokenizers_mm.data.mesh import MeshError, MeshTransform, load_mesh, make_watertight, normalize_mesh, \
-    precompute_mesh_sample
+from tokenizers_mm.data.mesh import (
+    MeshError,
+    MeshTransform,
+    load_mesh,
+    make_watertight,
+    normalize_mesh,
+    precompute_mesh_sample,
+)
 
 
 def _encode(img, fmt):

@@ -6,7 +6,6 @@ reconstructions) and, when the training run's ``metrics.csv`` is given, ``loss_c
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -82,7 +81,9 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
     stream = EvalStream(expand_urls(data, split="val"), make_decoder("image", False, image=img_opts),
                         batch_size, max_samples=max_samples)
     counts = torch.zeros(model.codebook_size, dtype=torch.long)
-    psnrs, mses, shown, n_tokens = [], [], [], None
+    psnrs, mses, shown, n_tokens, seen = [], [], [], None, 0
+    # show 8 images spread over the whole set, not the first 8 (often one source in a row)
+    show_idx = set(torch.linspace(0, stream.num_samples - 1, min(8, stream.num_samples)).round().long().tolist())
     for batch in tqdm(stream, desc="evaluate", unit="batch",
                       total=math.ceil(stream.num_samples / batch_size)):
         keep = ~batch["pad"]
@@ -93,8 +94,10 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
         counts += torch.bincount(tokens.ids.reshape(-1).cpu(), minlength=model.codebook_size)
         psnrs.append(psnr_per_image(recon, x).cpu())
         mses.append((recon - x).pow(2).flatten(1).mean(1).cpu())
-        if sum(len(s[0]) for s in shown) < 8:
-            shown.append((x[:8].cpu(), recon[:8].cpu()))
+        pick = [i for i in range(len(x)) if seen + i in show_idx]
+        if pick:
+            shown.append((x[pick].cpu(), recon[pick].cpu()))
+        seen += len(x)
     psnr = torch.cat(psnrs)
     stats = stats_from_counts(counts.double())
     bits = n_tokens * math.log2(model.codebook_size)

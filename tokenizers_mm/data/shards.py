@@ -26,8 +26,15 @@ from tqdm.auto import tqdm
 
 from .audio import AUDIO_EXTENSIONS, decode_audio
 from .image import IMAGE_EXTENSIONS
-from .mesh import MESH_EXTENSIONS, MeshError, encode_npz, load_mesh, make_watertight, normalize_mesh, \
-    precompute_mesh_sample
+from .mesh import (
+    MESH_EXTENSIONS,
+    MeshError,
+    encode_npz,
+    load_mesh,
+    make_watertight,
+    normalize_mesh,
+    precompute_mesh_sample,
+)
 from .samples import MODALITIES
 
 log = logging.getLogger("tokenizers_mm.data")

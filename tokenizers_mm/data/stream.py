@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
 from webdataset.filters import _shuffle
+from webdataset.tariterators import tarfile_samples
 
 from .samples import SampleDecoder
 from .urls import is_remote
