@@ -59,7 +59,11 @@ def test_evaluate_writes_report(embedded, tmp_path, capsys):
                  os.path.join(embedded, "image"), "--out", str(out), "--max-samples", "20",
                  "--csv-log", str(run / "metrics.csv")]) == 0
     report = json.load(open(out / "report.json"))
-    assert report["images"] == 20 and report["tokens_per_image"] == 16 and report["bytes_per_image"] == 20
-    assert report["image_size"] == 32 and 5 < report["psnr_db"] < 60 and 0 < report["codebook_usage"] <= 1
-    for name in ("reconstructions.png", "loss_curves.png"):
+    assert report["images"] == 20 and report["tokens_per_image"] == 16 and report["image_size"] == 32
+    (row,) = report["per_k"]
+    assert row["k"] == 16 and row["bytes"] == 20 and 5 < row["psnr"] < 60 and 0 < row["codebook_usage"] <= 1
+    assert "| 16 | 20 |" in capsys.readouterr().out
+    jpeg = report["baselines"]["JPEG"]
+    assert jpeg["images"] == 20 and jpeg["at_our_bytes"][0]["target_bytes"] == 20
+    for name in ("reconstructions.png", "loss_curves.png", "rate_distortion.png"):
         assert os.path.getsize(out / name) > 1000

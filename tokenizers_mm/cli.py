@@ -145,11 +145,14 @@ def _cmd_data_bench(a: argparse.Namespace) -> int:
 
 # ---- evaluate -------------------------------------------------------------------------------------
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint, format_table
 
     report = evaluate_checkpoint(a.ckpt, a.data, a.out, batch_size=a.batch_size, max_samples=a.max_samples,
-                                 size=a.size, csv_log=a.csv_log)
-    print(json.dumps({k: v for k, v in report.items() if k != "files"}, indent=2))
+                                 size=a.size, csv_log=a.csv_log, lpips_path=a.lpips, inception_path=a.inception,
+                                 baselines=not a.no_baselines)
+    print(f"{report['model']}: {report['images']} images at {report['image_size']} px, "
+          f"{report['tokens_per_image']} tokens of {report['bits_per_token']} bits")
+    print(format_table(report))
     print("report files:")
     for name, path in report["files"].items():
         print(f"  {name}: {path}")
@@ -206,6 +209,9 @@ def _project_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-samples", type=int, default=None)
     e.add_argument("--size", type=int, default=None, help="image side (default: the training config's)")
     e.add_argument("--csv-log", default=None, help="metrics.csv of the training run, for loss curves")
+    e.add_argument("--lpips", default=None, help="local LPIPS-style weights file (enables the LPIPS column)")
+    e.add_argument("--inception", default=None, help="local InceptionV3 weights file (enables rFID)")
+    e.add_argument("--no-baselines", action="store_true", help="skip the JPEG / WebP baselines")
     e.set_defaults(func=_cmd_evaluate)
     return p
 

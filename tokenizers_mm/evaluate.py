@@ -1,7 +1,11 @@
-"""``tokenizers-mm evaluate``: reconstruction quality, codebook statistics and samples of a checkpoint.
+"""``tokenizers-mm evaluate``: rate-distortion evaluation of an image tokenizer checkpoint.
 
-Writes into the report folder: ``report.json`` (metrics), ``reconstructions.png`` (originals above
-reconstructions) and, when the training run's ``metrics.csv`` is given, ``loss_curves.png``.
+For each number of kept tokens k (1, 2, 4, ..., K for 1D tokenizers; all tokens for grid tokenizers):
+PSNR, SSIM, LPIPS (with a local network), rFID (with local InceptionV3 weights), codebook usage and token
+entropy, and bytes per image ``ceil(k * log2(codebook_size) / 8)``. JPEG and WebP (Pillow) run on the same
+images at qualities that bracket those byte sizes. Writes into the report folder: ``report.json``,
+``rate_distortion.png`` (PSNR and SSIM against bytes, ours beside JPEG and WebP), ``reconstructions.png``
+(top row originals, then one row per k) and, given the run's ``metrics.csv``, ``loss_curves.png``.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import math
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -18,55 +23,67 @@ from .data.samples import ImageOptions, make_decoder
 from .data.shards import write_json_atomic
 from .data.stream import EvalStream
 from .data.urls import expand_urls
+from .eval.image_metrics import FIDAccumulator, InceptionFeatures, psnr, ssim, to_uint8_hwc
 from .quantize import stats_from_counts
 from .visual import image_grid, save_png
 
 
-def psnr_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of images in ``[-1, 1]`` (``[B, 3, H, W]`` each) -> ``[B]``; 255-level equivalent."""
-    mse = (x.clamp(-1, 1) - y.clamp(-1, 1)).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
-
-
 def plot_loss_curves(csv_path: str, out_png: str) -> str | None:
-    """Plot every ``train/*`` and ``val/*`` loss column of a Lightning ``metrics.csv`` against step."""
+    """Plot every ``train/*`` and ``val/*`` loss and PSNR column of a Lightning ``metrics.csv`` against step."""
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return None
-    cols = [c for c in rows[0] if c.endswith(("loss", "pixel", "psnr")) and "/" in c]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    cols = [c for c in rows[0] if "/" in c and (c.endswith(("loss", "pixel")) or "psnr" in c)]
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for c in cols:
         pts = [(int(r["step"]), float(r[c])) for r in rows if r.get(c) not in (None, "")]
-        if not pts:
-            continue
-        ax = axes[1] if c.endswith("psnr") else axes[0]
-        ax.plot(*zip(*pts), label=c, marker="o" if c.startswith("val") else None, markersize=3)
+        if pts:
+            ax = axes[1] if "psnr" in c else axes[0]
+            ax.plot(*zip(*pts), label=c, marker="o" if c.startswith("val") else None, markersize=3)
     axes[0].set_yscale("log")
     axes[0].set_title("losses")
     axes[1].set_title("PSNR (dB)")
     for ax in axes:
         ax.set_xlabel("optimizer step")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    tmp = f"{out_png}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, out_png)
     return out_png
+
+
+def bytes_for(k: int, codebook_size: int) -> int:
+    """Bytes of k tokens of a ``codebook_size`` codebook: ``ceil(k * log2(codebook_size) / 8)``."""
+    return math.ceil(k * math.log2(codebook_size) / 8)
+
+
+class _PerK:
+    """Running metrics of one token budget."""
+
+    def __init__(self, fid: FIDAccumulator | None) -> None:
+        self.psnr: list[torch.Tensor] = []
+        self.ssim: list[torch.Tensor] = []
+        self.lpips: list[torch.Tensor] = []
+        self.fid = fid
 
 
 @torch.inference_mode()
 def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: int = 16,
-                        max_samples: int | None = None, size: int | None = None,
-                        csv_log: str | None = None, device: str | None = None) -> dict[str, Any]:
+                        max_samples: int | None = None, size: int | None = None, csv_log: str | None = None,
+                        device: str | None = None, lpips_path: str | None = None,
+                        inception_path: str | None = None, baselines: bool = True,
+                        baseline_samples: int = 256, ks: list[int] | None = None) -> dict[str, Any]:
     """Evaluate an image tokenizer checkpoint on evaluation shards; returns the report dict."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     raw = read_checkpoint(ckpt)
@@ -80,51 +97,111 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
         img_opts.size = size
     stream = EvalStream(expand_urls(data, split="val"), make_decoder("image", False, image=img_opts),
                         batch_size, max_samples=max_samples)
-    counts = torch.zeros(model.codebook_size, dtype=torch.long)
-    psnrs, mses, shown, n_tokens, seen = [], [], [], None, 0
-    # show 8 images spread over the whole set, not the first 8 (often one source in a row)
+    prefix_decoding = hasattr(model, "num_tokens")
+    ks = ks or (list(model.val_ks) if prefix_decoding else [0])  # 0: all tokens of a grid tokenizer
+    lpips_net = None
+    if lpips_path:
+        from .image.losses import PerceptualLoss
+
+        lpips_net = PerceptualLoss(lpips_path).to(device)
+    inception = InceptionFeatures.from_local(inception_path).to(device) if inception_path else None
+    acc = {k: _PerK(FIDAccumulator(inception) if inception is not None else None) for k in ks}
+    counts: dict[int, torch.Tensor] = {}
+    n_total_tokens = 0
     show_idx = set(torch.linspace(0, stream.num_samples - 1, min(8, stream.num_samples)).round().long().tolist())
-    for batch in tqdm(stream, desc="evaluate", unit="batch",
-                      total=math.ceil(stream.num_samples / batch_size)):
-        keep = ~batch["pad"]
-        x = batch["image"][keep].to(device)
-        tokens = model.encode(x)
-        recon = model.decode(tokens)
-        n_tokens = tokens.ids[0].numel()
-        counts += torch.bincount(tokens.ids.reshape(-1).cpu(), minlength=model.codebook_size)
-        psnrs.append(psnr_per_image(recon, x).cpu())
-        mses.append((recon - x).pow(2).flatten(1).mean(1).cpu())
+    shown: list[tuple[torch.Tensor, dict[int, torch.Tensor]]] = []
+    originals: list[np.ndarray] = []
+    seen = 0
+    for batch in tqdm(stream, desc="evaluate", unit="batch", total=math.ceil(stream.num_samples / batch_size)):
+        x = batch["image"][~batch["pad"]].to(device)
+        ids = model.encode(x).ids
+        n_total_tokens = ids.shape[1]
         pick = [i for i in range(len(x)) if seen + i in show_idx]
+        recons_shown: dict[int, torch.Tensor] = {}
+        for k in ks:
+            kk = k or n_total_tokens
+            recon = model.decode(ids[:, :kk]) if prefix_decoding else model.decode(ids)
+            a = acc[k]
+            a.psnr.append(psnr(recon, x).cpu())
+            a.ssim.append(ssim(recon, x).cpu())
+            if lpips_net is not None:
+                a.lpips.append(lpips_net(recon, x).cpu())
+            if a.fid is not None:
+                a.fid.update(x, recon)
+            hist = torch.bincount(ids[:, :kk].reshape(-1).cpu(), minlength=model.codebook_size)
+            counts[k] = counts.get(k, 0) + hist
+            if pick:
+                recons_shown[k] = recon[pick].cpu()
         if pick:
-            shown.append((x[pick].cpu(), recon[pick].cpu()))
+            shown.append((x[pick].cpu(), recons_shown))
+        if len(originals) < baseline_samples:
+            originals.extend(list(to_uint8_hwc(x[: baseline_samples - len(originals)].cpu())))
         seen += len(x)
-    psnr = torch.cat(psnrs)
-    stats = stats_from_counts(counts.double())
-    bits = n_tokens * math.log2(model.codebook_size)
+
+    per_k = []
+    for k in ks:
+        kk = k or n_total_tokens
+        a = acc[k]
+        stats = stats_from_counts(counts[k].double())
+        row = {"k": kk, "bytes": bytes_for(kk, model.codebook_size),
+               "psnr": round(float(torch.cat(a.psnr).mean()), 3), "ssim": round(float(torch.cat(a.ssim).mean()), 4),
+               "codebook_usage": round(stats["usage"], 4), "token_entropy_bits": round(stats["entropy_bits"], 3)}
+        if a.lpips:
+            row["lpips"] = round(float(torch.cat(a.lpips).mean()), 4)
+        if a.fid is not None:
+            row["rfid"] = round(a.fid.compute(), 3)
+        per_k.append(row)
+
     os.makedirs(out, exist_ok=True)
     files = {"report": os.path.join(out, "report.json")}
-    originals = torch.cat([s[0] for s in shown])[:8]
-    recons = torch.cat([s[1] for s in shown])[:8]
-    files["reconstructions"] = save_png(image_grid([originals, recons]), os.path.join(out, "reconstructions.png"))
-    if csv_log and os.path.exists(csv_log):
-        curves = plot_loss_curves(csv_log, os.path.join(out, "loss_curves.png"))
-        if curves:
-            files["loss_curves"] = curves
-    report = {
-        "checkpoint": os.path.abspath(ckpt),
-        "model": type(model).__name__,
-        "images": int(psnr.numel()),
-        "image_size": img_opts.size,
-        "tokens_per_image": n_tokens,
-        "codebook_size": model.codebook_size,
-        "bytes_per_image": math.ceil(bits / 8),
-        "psnr_db": round(float(psnr.mean()), 3),
-        "psnr_db_std": round(float(psnr.std()), 3) if psnr.numel() > 1 else 0.0,
-        "mse": float(torch.cat(mses).mean()),
-        "codebook_usage": round(stats["usage"], 4),
-        "codebook_perplexity": round(stats["perplexity"], 2),
-        "token_entropy_bits": round(stats["entropy_bits"], 3),
-        "files": files,
+    report: dict[str, Any] = {
+        "checkpoint": os.path.abspath(ckpt), "model": type(model).__name__, "images": seen,
+        "image_size": img_opts.size, "tokens_per_image": n_total_tokens, "codebook_size": model.codebook_size,
+        "bits_per_token": round(math.log2(model.codebook_size), 3), "per_k": per_k,
     }
+    if baselines and originals:
+        from .eval.baselines import at_bytes, codec_rd_curve
+        from .eval.plots import rate_distortion_plot
+
+        report["baselines"] = {}
+        curves = {}
+        for fmt in ("JPEG", "WEBP"):
+            curve = codec_rd_curve(originals, fmt)
+            curves[fmt] = curve
+            report["baselines"][fmt] = {"images": len(originals), "curve": curve,
+                                        "at_our_bytes": [{"k": r["k"], **at_bytes(curve, r["bytes"])} for r in per_k]}
+        ours = [{"bytes": r["bytes"], "psnr": r["psnr"], "ssim": r["ssim"], "label": f"k={r['k']}"} for r in per_k]
+        files["rate_distortion"] = rate_distortion_plot(ours, curves, os.path.join(out, "rate_distortion.png"),
+                                                        metric="psnr", title=f"{type(model).__name__}, "
+                                                        f"{img_opts.size}px, {seen} images")
+        files["rate_distortion_ssim"] = rate_distortion_plot(ours, curves, os.path.join(out, "rate_distortion_ssim.png"),
+                                                             metric="ssim")
+    originals_shown = torch.cat([s[0] for s in shown])
+    rows = [originals_shown] + [torch.cat([s[1][k] for s in shown]) for k in ks]
+    files["reconstructions"] = save_png(image_grid(rows), os.path.join(out, "reconstructions.png"))
+    if csv_log and os.path.exists(csv_log):
+        curves_png = plot_loss_curves(csv_log, os.path.join(out, "loss_curves.png"))
+        if curves_png:
+            files["loss_curves"] = curves_png
+    report["files"] = files
     write_json_atomic(files["report"], report)
     return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table: per k, bytes, our PSNR / SSIM beside JPEG and WebP at the same bytes."""
+    base = report.get("baselines", {})
+    head = "| k | bytes | PSNR | SSIM | JPEG PSNR | JPEG SSIM | WebP PSNR | WebP SSIM |"
+    lines = [head, "|" + "---|" * 8]
+    for i, r in enumerate(report["per_k"]):
+        cells = [str(r["k"]), str(r["bytes"]), f"{r['psnr']:.2f}", f"{r['ssim']:.3f}"]
+        for fmt in ("JPEG", "WEBP"):
+            if fmt in base:
+                m = base[fmt]["at_our_bytes"][i]
+                star = "*" if m.get("extrapolated") else ""
+                cells += [f"{m['psnr']:.2f}{star}", f"{m['ssim']:.3f}{star}"]
+            else:
+                cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("(* the codec cannot reach that byte budget: its nearest quality setting is shown)")
+    return "\n".join(lines)

@@ -46,6 +46,9 @@ class OptimizerConfig:
         warmup_steps: linear warmup from 0 to ``lr``.
         schedule: ``cosine`` (decay to ``min_lr_ratio * lr`` at ``trainer.max_steps``) or ``constant``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
+        grad_clip: clip the gradient norm to this value (``None``: no clipping). Used by modules with
+            manual optimization (GAN training); with automatic optimization it is the default when
+            ``trainer.gradient_clip_val`` is not set.
     """
 
     lr: float = 1e-4
@@ -54,6 +57,7 @@ class OptimizerConfig:
     warmup_steps: int = 0
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
+    grad_clip: float | None = None
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -68,13 +72,17 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+NO_DECAY_NAMES = ("registers", "queries", "token_pos", "mask_token", "pos_embed")
+
+
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Split parameters into decayed (matrices) and non-decayed (biases, norms, embeddings, tokens)."""
+    """Split parameters into decayed (weight matrices, conv kernels) and non-decayed (biases, norms,
+    learned tokens and positions: names in ``NO_DECAY_NAMES``)."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "token" in name or "embed" in name else decay).append(p)
+        (no_decay if p.ndim < 2 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -145,11 +153,20 @@ class TokenizerModule(pl.LightningModule):
         self._count_skipped(batch, "train")
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=bs)
+        self._log_throughput(bs)
+        return losses["loss"]
+
+    def _log_throughput(self, batch_size: int) -> None:
         now = time.perf_counter()
         if self._t_last is not None:
-            self.log("train/samples_per_s", bs / max(now - self._t_last, 1e-9), batch_size=bs)
+            self.log("train/samples_per_s", batch_size / max(now - self._t_last, 1e-9), batch_size=batch_size)
         self._t_last = now
-        return losses["loss"]
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        val = gradient_clip_val or self.optim_config.grad_clip
+        if val:
+            self.clip_gradients(optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     def on_train_epoch_start(self) -> None:
         self._t_last = None

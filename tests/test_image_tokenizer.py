@@ -1,0 +1,151 @@
+"""1D image tokenizers: ordering regularizers, encode/decode contract, GAN stepping, learning."""
+
+import math
+import os
+from collections import Counter
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tokenizers_mm.image.ordering import NestedDropout, TailTokenDrop, build_ordering, sample_keep_lengths
+from tokenizers_mm.image.tokenizer1d import OneDTokenizer, eval_token_counts
+
+TINY = {"image_size": 32, "patch_size": 8, "num_tokens": 8, "encoder": {"width": 64, "depth": 2, "heads": 2},
+        "decoder": {"width": 64, "depth": 2, "heads": 2}, "stem_channels": 16,
+        "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5]}}
+
+
+def test_sample_keep_lengths_distributions():
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    uni = Counter(sample_keep_lengths(n, 8, "uniform", g).tolist())
+    assert set(uni) == set(range(1, 9)) and all(abs(c / n - 1 / 8) < 0.015 for c in uni.values())
+    p2 = Counter(sample_keep_lengths(n, 8, "pow2", g).tolist())
+    assert set(p2) == {1, 2, 4, 8} and all(abs(c / n - 1 / 4) < 0.02 for c in p2.values())
+    up = Counter(sample_keep_lengths(n, 8, "uniform_pow2", g).tolist())
+    # buckets {1}, {2}, {3,4}, {5..8} each 1/4; uniform inside a bucket
+    assert set(up) == set(range(1, 9))
+    assert abs(up[1] / n - 0.25) < 0.02 and abs(up[2] / n - 0.25) < 0.02
+    assert abs((up[3] + up[4]) / n - 0.25) < 0.02 and abs(up[3] / n - 0.125) < 0.015
+    assert abs(up[5] / n - 1 / 16) < 0.01 and abs(up[8] / n - 1 / 16) < 0.01
+    assert set(sample_keep_lengths(1000, 6, "pow2", g).tolist()) == {1, 2, 4, 6}
+    with pytest.raises(ValueError, match="nested dropout mode"):
+        sample_keep_lengths(4, 8, "geometric")
+
+
+def test_nested_dropout_replaces_the_tail_with_the_mask_token():
+    nd = NestedDropout(dim=4, mode="uniform").train()
+    tokens = torch.randn(3, 6, 4)
+    out, keep = nd(tokens, torch.tensor([1, 3, 6]))
+    assert keep.tolist() == [[True] + [False] * 5, [True] * 3 + [False] * 3, [True] * 6]
+    assert torch.equal(out[keep], tokens[keep])
+    assert torch.allclose(out[~keep], nd.mask_token.expand(int((~keep).sum()), 4))
+    out, keep = nd(tokens)  # training: random k per sample, always a prefix
+    lengths = keep.sum(1)
+    assert torch.equal(keep, torch.arange(6)[None] < lengths[:, None]) and int(lengths.min()) >= 1
+    nd.eval()
+    out, keep = nd(tokens)
+    assert keep.all() and torch.equal(out, tokens)
+    with pytest.raises(ValueError, match="in 1..6"):
+        nd(tokens, 7)
+
+
+def test_tail_drop_per_batch_and_per_sample():
+    tokens = torch.randn(64, 8, 4)
+    per_batch = TailTokenDrop(per_sample=False).train()
+    _, keep = per_batch(tokens)
+    assert len(set(keep.sum(1).tolist())) == 1
+    per_sample = TailTokenDrop(per_sample=True).train()
+    out, keep = per_sample(tokens)
+    assert len(set(keep.sum(1).tolist())) > 1 and torch.equal(out, tokens)  # tokens untouched, tail masked
+    assert per_sample.hides_tail and not NestedDropout(4).hides_tail
+    with pytest.raises(ValueError, match="ordering must be"):
+        build_ordering("random", 4)
+
+
+def test_eval_token_counts():
+    assert eval_token_counts(32) == [1, 2, 4, 8, 16, 32]
+    assert eval_token_counts(12) == [1, 2, 4, 8, 12]
+
+
+@pytest.mark.parametrize("ordering", ["none", "tail_drop", "nested_dropout"])
+def test_encode_decode_contract(ordering):
+    torch.manual_seed(0)
+    model = OneDTokenizer(**TINY, ordering={"kind": ordering}, causal_registers=ordering == "nested_dropout").eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    tokens = model.encode(x)
+    assert tokens.ids.shape == (3, 8) and tokens.ids.dtype == torch.int64
+    assert 0 <= int(tokens.ids.min()) and int(tokens.ids.max()) < model.codebook_size
+    assert torch.equal(model.encode(x, num_tokens=3).ids, tokens.ids[:, :3])
+    for k in (1, 3, 8):
+        y = model.decode(tokens.ids[:, :k])
+        assert y.shape == x.shape and y.dtype == torch.float32 and -1 <= y.min() and y.max() <= 1
+        assert torch.equal(y, model.decode(tokens.ids[:, :k]))  # deterministic in eval
+    with pytest.raises(ValueError, match="lie in"):
+        model.decode(torch.full((1, 4), model.codebook_size))
+    with pytest.raises(ValueError, match=r"1 <= k <= 8"):
+        model.decode(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"expected images \[B, 3, 32, 32\]"):
+        model.encode(torch.zeros(1, 3, 64, 64))
+
+
+def test_causal_registers_do_not_see_later_tokens():
+    torch.manual_seed(0)
+    model = OneDTokenizer(**TINY, causal_registers=True).eval()
+    x = torch.rand(1, 3, 32, 32)
+    regs = model.encoder(x)
+    # perturbing the learned register 5 changes registers >= 5 only
+    with torch.no_grad():
+        model.encoder.registers[5] += 1.0
+    regs2 = model.encoder(x)
+    assert torch.allclose(regs[:, :5], regs2[:, :5], atol=1e-6) and not torch.allclose(regs[:, 5:], regs2[:, 5:])
+
+
+def test_gan_steps_count_generator_steps_and_start_when_configured(tmp_path):
+    pytest.importorskip("tokenizers_mm.image.losses")
+    torch.manual_seed(0)
+    model = OneDTokenizer(**TINY, ordering={"kind": "tail_drop"},
+                          loss={"gan_weight": 0.5, "gan_start_step": 3, "disc_channels": 16, "disc_layers": 2},
+                          optimizer={"lr": 1e-3, "grad_clip": 1.0}, ema_decay=0.9)
+    d_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    d_snapshots = {}
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            d_snapshots[trainer.global_step] = [p.detach().clone() for p in pl_module.discriminator.parameters()]
+
+    batches = [{"image": torch.rand(2, 3, 32, 32) * 2 - 1, "skipped": 0} for _ in range(6)]
+    trainer = pl.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=0, callbacks=[Watch()])
+    trainer.fit(model, train_dataloaders=batches)
+    assert trainer.global_step == 5  # two optimizers, but max_steps counts generator steps
+    # the discriminator is frozen before gan_start_step and trains from it on
+    assert all(torch.equal(a, b) for a, b in zip(d_before, d_snapshots[3]))
+    assert not all(torch.equal(a, b) for a, b in zip(d_snapshots[3], d_snapshots[5]))
+    ema_p = next(model.ema.module.parameters())
+    assert not torch.equal(ema_p, next(model.generator.parameters()))
+
+
+@pytest.mark.parametrize("ordering", ["tail_drop", "nested_dropout"])
+def test_short_training_orders_quality_by_k(embedded, ordering):
+    from tokenizers_mm.data import ShardDataModule
+
+    pl.seed_everything(0)
+    dm = ShardDataModule(modality="image", train_urls=os.path.join(embedded, "image"),
+                         val_urls=os.path.join(embedded, "image"), batch_size=16, batches_per_epoch=150,
+                         num_workers=1, max_val_samples=48, image={"size": 32, "resize": [32, 64], "val_resize": 48})
+    model = OneDTokenizer(**{**TINY, "encoder": {"width": 96, "depth": 2, "heads": 4},
+                             "decoder": {"width": 96, "depth": 2, "heads": 4}},
+                          patch_embed="conv", patch_head="conv", causal_registers=ordering == "nested_dropout",
+                          ordering={"kind": ordering},
+                          optimizer={"lr": 2e-3, "warmup_steps": 20, "grad_clip": 1.0, "min_lr_ratio": 0.1})
+    trainer = pl.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False)
+    untrained = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    trainer.fit(model, datamodule=dm)
+    m = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    assert m["val/psnr_k8"] > untrained["val/psnr_k8"] + 3
+    assert m["val/psnr_k8"] > m["val/psnr_k1"] + 1.0, m
+    assert m["val/psnr_k8"] >= m["val/psnr_k4"] - 0.1 and m["val/psnr_k4"] >= m["val/psnr_k1"], m
+    assert math.isfinite(m["val/codebook_usage"])

@@ -1,0 +1,72 @@
+"""Rate-distortion plots: a tokenizer's operating points against classical codec curves."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+#: Axis labels of the supported metrics.
+METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
+
+
+def rate_distortion_plot(ours: list[dict], baselines: dict[str, list[dict]], out_png: str,
+                         metric: str = "psnr", title: str = "") -> str:
+    """Plot quality versus bytes per image (log x axis) and write a PNG atomically.
+
+    Args:
+        ours: our operating points, each with ``bytes`` (per image), ``psnr``, optionally ``ssim`` and
+            ``k`` (a label, e.g. tokens per image or codebook size, annotated next to the point).
+        baselines: codec name -> curve from :func:`tokenizers_mm.eval.baselines.codec_rd_curve`
+            (points with ``bytes_per_image`` and the metric; ``bytes`` is accepted too).
+        out_png: output path; parent folders are created. Written to a temp file then ``os.replace``d.
+        metric: ``"psnr"`` or ``"ssim"``; points without it are skipped.
+        title: figure title.
+    Returns:
+        ``out_png``.
+    """
+    # Agg canvas attached explicitly: no pyplot, no global backend switch, works headless.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def xy(points: list[dict]) -> tuple[list[float], list[float], list[dict]]:
+        pts = [p for p in points if metric in p and ("bytes" in p or "bytes_per_image" in p)]
+        pts.sort(key=lambda p: p.get("bytes", p.get("bytes_per_image")))
+        return [float(p.get("bytes", p.get("bytes_per_image"))) for p in pts], [float(p[metric]) for p in pts], pts
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, curve in baselines.items():
+        x, y, _ = xy(curve)
+        if x:
+            ax.plot(x, y, marker=".", linewidth=1.2, label=name)
+    x, y, pts = xy(ours)
+    if x:
+        ax.plot(x, y, marker="o", linewidth=2.0, color="black", label="ours")
+        for xi, yi, p in zip(x, y, pts):
+            if "k" in p:
+                ax.annotate(f"k={p['k']}", (xi, yi), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    if ax.has_data():
+        ax.set_xscale("log")
+    ax.set_xlabel("bytes per image")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+
+    out_png = os.fspath(out_png)
+    folder = os.path.dirname(os.path.abspath(out_png))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".rd-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.replace(tmp, out_png)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return out_png

@@ -1,0 +1,155 @@
+"""Transformer building blocks of the image tokenizers: pre-norm blocks, patch (un)embedding, 2D positions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ViTConfig:
+    """Width, depth and heads of one transformer stack (encoder or decoder)."""
+
+    width: int = 192
+    depth: int = 4
+    heads: int = 3
+    mlp_ratio: float = 4.0
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``[B, L, D]``; ``mask`` bool ``[L, L]`` or ``[B, 1, L, L]``, True where attention is allowed."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)); x + MLP(LN(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embedding ``[h * w, dim]`` (row-major), ``dim`` divisible by 4."""
+    if dim % 4:
+        raise ValueError(f"position embedding dim {dim} must be divisible by 4")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    freqs = 1.0 / (10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4)))
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angles = coord[:, None] * freqs[None]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1)
+
+
+class PatchEmbed(nn.Module):
+    """``[B, 3, H, W]`` -> ``[B, (H/p)(W/p), D]``.
+
+    ``kind='linear'``: one p x p stride-p convolution (plain ViT). ``kind='conv'``: a small convolutional
+    stem (3x3 convs with stride-2 downsampling to the patch grid), which converges much faster on small
+    data and CPUs; the token layout is identical.
+    """
+
+    def __init__(self, patch_size: int, width: int, kind: str = "linear", stem_channels: int = 64) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        if kind == "linear":
+            self.net = nn.Conv2d(3, width, patch_size, stride=patch_size)
+        elif kind == "conv":
+            n_down = int(math.log2(patch_size))
+            if 2 ** n_down != patch_size:
+                raise ValueError(f"conv patch embedding needs a power-of-two patch size, got {patch_size}")
+            layers: list[nn.Module] = [nn.Conv2d(3, stem_channels, 3, padding=1)]
+            ch = stem_channels
+            for i in range(n_down):
+                out = min(stem_channels * 2 ** (i + 1), 4 * stem_channels)
+                layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, out, 4, stride=2, padding=1)]
+                ch = out
+            layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, width, 1)]
+            self.net = nn.Sequential(*layers)
+        else:
+            raise ValueError(f"patch embedding kind must be 'linear' or 'conv', got {kind!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(2).transpose(1, 2)
+
+
+class PatchUnembed(nn.Module):
+    """``[B, (H/p)(W/p), D]`` -> ``[B, 3, H, W]`` (unbounded values; clip for display).
+
+    ``kind='linear'``: a linear map to p*p*3 pixels per patch. ``kind='conv'``: nearest upsampling with
+    3x3 convolutions, which removes patch seams early in training.
+    """
+
+    def __init__(self, patch_size: int, width: int, grid: tuple[int, int], kind: str = "linear",
+                 head_channels: int = 64) -> None:
+        super().__init__()
+        self.p, self.grid, self.kind = patch_size, grid, kind
+        if kind == "linear":
+            self.net = nn.Linear(width, patch_size * patch_size * 3)
+        elif kind == "conv":
+            n_up = int(math.log2(patch_size))
+            if 2 ** n_up != patch_size:
+                raise ValueError(f"conv patch head needs a power-of-two patch size, got {patch_size}")
+            ch = min(head_channels * 2 ** n_up, 4 * head_channels)
+            layers: list[nn.Module] = [nn.Conv2d(width, ch, 1)]
+            for i in range(n_up):
+                out = min(head_channels * 2 ** (n_up - i - 1), 4 * head_channels)
+                layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+                           nn.Conv2d(ch, out, 3, padding=1)]
+                ch = out
+            layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
+            self.net = nn.Sequential(*layers)
+        else:
+            raise ValueError(f"patch head kind must be 'linear' or 'conv', got {kind!r}")
+
+    @property
+    def last_layer_weight(self) -> torch.Tensor:
+        """Weight of the layer that writes pixels (for the adaptive GAN weight)."""
+        return self.net.weight if self.kind == "linear" else self.net[-1].weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h, w = self.grid
+        if self.kind == "linear":
+            p = self.p
+            x = self.net(x).view(b, h, w, p, p, 3)
+            return x.permute(0, 5, 1, 3, 2, 4).reshape(b, 3, h * p, w * p)
+        return self.net(x.transpose(1, 2).reshape(b, d, h, w))
