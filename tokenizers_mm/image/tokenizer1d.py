@@ -81,14 +81,24 @@ class RegisterEncoder(nn.Module):
 
     Patches attend to patches; registers attend to all patches and to registers (all of them, or only
     earlier ones with ``causal_registers``, so token i never sees tokens after it).
+
+    ``register_init='pyramid'`` adds to register i a projection of one cell of an average-pooled pyramid
+    of the patch grid (1x1, 2x2, 4x4, ... in coarse-to-fine order), so registers carry image content
+    from the first step; ``'learned'`` uses learned registers only (TiTok / FlexTok).
     """
 
     def __init__(self, image_size: int, patch_size: int, num_tokens: int, cfg: ViTConfig,
-                 patch_embed: str = "linear", stem_channels: int = 64, causal_registers: bool = False) -> None:
+                 patch_embed: str = "linear", stem_channels: int = 64, causal_registers: bool = False,
+                 register_init: str = "learned") -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if register_init not in ("learned", "pyramid"):
+            raise ValueError(f"register_init must be 'learned' or 'pyramid', got {register_init!r}")
         g = image_size // patch_size
+        self.grid = g
+        self.num_tokens = num_tokens
+        self.pyramid = nn.Linear(cfg.width, cfg.width) if register_init == "pyramid" else None
         self.num_patches = g * g
         self.embed = PatchEmbed(patch_size, cfg.width, patch_embed, stem_channels)
         self.register_buffer("pos", sincos_2d(g, g, cfg.width), persistent=False)
@@ -103,18 +113,36 @@ class RegisterEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> registers ``[B, K, width]``."""
-        patches = self.embed(x) + self.pos.to(x.dtype)
+        feats = self.embed(x)
+        patches = feats + self.pos.to(x.dtype)
         regs = self.registers.to(patches.dtype).expand(x.shape[0], -1, -1)
+        if self.pyramid is not None:
+            regs = regs + self.pyramid(self._pyramid_cells(feats))
         out = self.transformer(torch.cat([patches, regs], dim=1), self.mask)
         return out[:, self.num_patches:]
+
+
+    def _pyramid_cells(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[B, N, W]`` patch features -> ``[B, K, W]``: pooled cells, coarse to fine, cycled to K."""
+        b, n, w = feats.shape
+        grid = feats.transpose(1, 2).reshape(b, w, self.grid, self.grid)
+        cells, size = [], 1
+        while size <= self.grid:
+            cells.append(F.adaptive_avg_pool2d(grid, size).flatten(2).transpose(1, 2))
+            size *= 2
+        cells = torch.cat(cells, dim=1)
+        reps = -(-self.num_tokens // cells.shape[1])
+        return cells.repeat(1, reps, 1)[:, : self.num_tokens]
 
 
 class ViTTokenDecoder(nn.Module):
     """TiTok-style decoder: token prefix + learned image-patch queries -> transformer -> pixels."""
 
     def __init__(self, image_size: int, patch_size: int, num_tokens: int, code_dim: int, cfg: ViTConfig,
-                 patch_head: str = "linear", head_channels: int = 64) -> None:
+                 patch_head: str = "linear", head_channels: int = 64, query_init: str = "learned") -> None:
         super().__init__()
+        if query_init not in ("learned", "token_mix"):
+            raise ValueError(f"query_init must be 'learned' or 'token_mix', got {query_init!r}")
         g = image_size // patch_size
         self.num_tokens, self.num_patches = num_tokens, g * g
         self.token_in = nn.Linear(code_dim, cfg.width)
@@ -123,6 +151,9 @@ class ViTTokenDecoder(nn.Module):
         self.register_buffer("pos", sincos_2d(g, g, cfg.width), persistent=False)
         self.transformer = Transformer(cfg)
         self.head = PatchUnembed(patch_size, cfg.width, (g, g), patch_head, head_channels)
+        # token_mix: every patch query starts as a learned linear mix of the (kept) tokens
+        self.mix = nn.Parameter(torch.randn(self.num_patches, num_tokens) / math.sqrt(num_tokens)) \
+            if query_init == "token_mix" else None
 
     @property
     def last_layer_weight(self) -> torch.Tensor:
@@ -132,6 +163,9 @@ class ViTTokenDecoder(nn.Module):
         b = codes.shape[0]
         tokens = self.token_in(codes) + self.token_pos.to(codes.dtype)
         queries = (self.queries + self.pos).to(tokens.dtype).expand(b, -1, -1)
+        if self.mix is not None:
+            visible = tokens * keep[..., None].to(tokens.dtype) if hide_tail else tokens
+            queries = queries + torch.einsum("nk,bkd->bnd", self.mix.to(tokens.dtype), visible)
         mask = None
         if hide_tail:
             key_ok = torch.cat([keep, keep.new_ones(b, self.num_patches)], dim=1)  # [B, K + N]
@@ -157,6 +191,10 @@ class OneDTokenizer(TokenizerModule):
         patch_embed / patch_head: ``linear`` (plain ViT) or ``conv`` (small conv stem / upsampling head).
         stem_channels: channels of the conv stem and head.
         causal_registers: register i attends only to registers <= i (FlexTok).
+        register_init: ``learned`` (plain registers) or ``pyramid`` (registers also receive pooled patch
+            features, coarse to fine: much faster convergence on small budgets).
+        query_init: ``learned`` (TiTok patch queries) or ``token_mix`` (queries start from a learned linear
+            mix of the visible tokens: much faster convergence on small budgets).
         quantizer: FSQ or VQ settings.
         ordering: which ordering regularizer.
         loss: loss weights.
@@ -167,7 +205,8 @@ class OneDTokenizer(TokenizerModule):
     def __init__(self, image_size: int = 64, patch_size: int = 8, num_tokens: int = 32,
                  encoder: ViTConfig | None = None, decoder: ViTConfig | None = None,
                  patch_embed: str = "linear", patch_head: str = "linear", stem_channels: int = 64,
-                 causal_registers: bool = False, quantizer: QuantizerConfig | None = None,
+                 causal_registers: bool = False, register_init: str = "learned", query_init: str = "learned",
+                 quantizer: QuantizerConfig | None = None,
                  ordering: OrderingConfig | None = None, loss: ImageLossConfig | None = None,
                  optimizer: OptimizerConfig | None = None, ema_decay: float | None = None) -> None:
         enc = as_config(ViTConfig, encoder)
@@ -180,23 +219,26 @@ class OneDTokenizer(TokenizerModule):
         self.save_hyperparameters(plain({
             "image_size": image_size, "patch_size": patch_size, "num_tokens": num_tokens, "encoder": enc,
             "decoder": dec, "patch_embed": patch_embed, "patch_head": patch_head, "stem_channels": stem_channels,
-            "causal_registers": causal_registers, "quantizer": qcfg, "ordering": ocfg, "loss": lcfg,
+            "causal_registers": causal_registers, "register_init": register_init, "query_init": query_init,
+            "quantizer": qcfg, "ordering": ocfg, "loss": lcfg,
             "optimizer": self.optim_config, "ema_decay": ema_decay}))
         self.automatic_optimization = False
         self.image_size, self.num_tokens, self.loss_cfg = image_size, num_tokens, lcfg
         if lcfg.pixel not in ("l1", "l2"):
             raise ValueError(f"loss.pixel must be 'l1' or 'l2', got {lcfg.pixel!r}")
         self.encoder = RegisterEncoder(image_size, patch_size, num_tokens, enc, patch_embed, stem_channels,
-                                       causal_registers)
+                                       causal_registers, register_init)
         self.quantizer = q
         self.ordering = build_ordering(ocfg.kind, enc.width, ocfg.nested_mode, ocfg.per_sample)
         self.decoder = ViTTokenDecoder(image_size, patch_size, num_tokens, enc.width, dec, patch_head,
-                                       stem_channels)
-        self.perceptual = None
+                                       stem_channels, query_init)
+        # the frozen perceptual network is kept out of the module tree: its weights come from a local file
+        # and must not be copied into every checkpoint and export
+        self._perceptual: list[nn.Module] = []
         if lcfg.perceptual_weight > 0 and lcfg.perceptual_path:
             from .losses import PerceptualLoss
 
-            self.perceptual = PerceptualLoss(lcfg.perceptual_path)
+            self._perceptual.append(PerceptualLoss(lcfg.perceptual_path))
         self.discriminator = None
         if lcfg.gan_weight > 0:
             from .losses import PatchDiscriminator
@@ -270,8 +312,9 @@ class OneDTokenizer(TokenizerModule):
         c = self.loss_cfg
         losses = {"pixel": self._pixel(out["recon"], x), "aux": out["aux_loss"]}
         rec = c.pixel_weight * losses["pixel"]
-        if self.perceptual is not None:
-            losses["perceptual"] = self.perceptual(out["recon"], x).mean()
+        if self._perceptual:
+            net = self._perceptual[0].to(x.device)
+            losses["perceptual"] = net(out["recon"], x).mean()
             rec = rec + c.perceptual_weight * losses["perceptual"]
         total = rec + c.aux_weight * losses["aux"]
         if with_gan:
