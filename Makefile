@@ -39,7 +39,8 @@ demo: $(DATA)/.built ## train, evaluate and report the tiny tokenizers on the em
 	@echo
 	@echo "== demo done =="
 	@echo "  report:          $(DEMO_REPORT)/report.json"
-	@echo "  reconstructions: $(DEMO_REPORT)/reconstructions.png (top: originals, bottom: reconstructions)"
+	@echo "  rate-distortion: $(DEMO_REPORT)/rate_distortion.png (PSNR vs bytes beside JPEG and WebP; _ssim.png too)"
+	@echo "  reconstructions: $(DEMO_REPORT)/reconstructions.png (top: originals, below: reconstructions)"
 	@echo "  loss curves:     $(DEMO_REPORT)/loss_curves.png"
 	@echo "  checkpoints:     $(DEMO_RUN)/checkpoints/ (last.ckpt)"
 	@echo "  training logs:   $(DEMO_RUN)/ (tensorboard --logdir $(DEMO_RUN); metrics.csv; samples/)"

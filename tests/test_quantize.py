@@ -43,3 +43,17 @@ def test_codebook_stats():
     s = codebook_stats(torch.tensor([0, 1, 2, 3]), 8)
     assert s["usage"] == 0.5 and math.isclose(s["perplexity"], 4.0) and math.isclose(s["entropy_bits"], 2.0)
     assert codebook_stats(torch.zeros(10, dtype=torch.long), 4)["perplexity"] == 1.0
+
+
+def test_fsq_noise_dropout_needs_symmetric_levels_and_acts_only_in_training():
+    with pytest.raises(ValueError, match="preserve_symmetry"):
+        Quantizer(8, QuantizerConfig(kind="fsq", levels=[5, 5], noise_dropout=0.5))
+    torch.manual_seed(0)
+    q = Quantizer(8, QuantizerConfig(kind="fsq", levels=[5, 5], preserve_symmetry=True, noise_dropout=1.0))
+    x = torch.randn(2, 6, 8)
+    q.train()
+    noisy = q(x).quantized
+    q.eval()
+    clean = q(x)
+    assert not torch.allclose(noisy, clean.quantized)
+    assert torch.allclose(q.ids_to_codes(clean.ids), clean.quantized, atol=1e-5)

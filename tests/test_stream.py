@@ -180,3 +180,17 @@ def test_datamodule_loaders_for_every_modality(embedded):
         val = list(dm.val_dataloader())
         n_val = dm.val_stream.num_samples
         assert sum(int((~b["pad"]).sum()) for b in val) == n_val
+
+
+def test_pipe_urls_stream_like_local_ones(tmp_path, monkeypatch):
+    local = _write_shards(str(tmp_path), 2, 4, prefix="val")
+    piped = [f"pipe:cat {u}" for u in local]
+    with pytest.raises(ValueError, match="set data.val_samples"):
+        EvalStream(piped, _decoder(), batch_size=3)
+    a = [k for b in EvalStream(local, _decoder(), batch_size=3) for k in b["__key__"]]
+    b = [k for b in EvalStream(piped, _decoder(), batch_size=3, num_samples=8) for k in b["__key__"]]
+    assert a == b == [f"s{i:04d}" for i in range(8)]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    batches = list(TrainStream(piped, _decoder(), batch_size=2, batches_per_epoch=5, shuffle_buffer=0))
+    assert len(batches) == 5 and all(u.startswith("pipe:cat ") for b in batches for u in b["__url__"])

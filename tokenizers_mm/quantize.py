@@ -35,6 +35,9 @@ class QuantizerConfig:
         threshold_ema_dead_code: VQ codes used less than this (EMA count) are replaced by batch vectors.
         commitment_weight: VQ commitment loss weight (inside ``aux_loss``).
         decay: EMA decay of VQ codebook updates.
+        preserve_symmetry: FSQ with levels symmetric around zero (required by ``noise_dropout``).
+        noise_dropout: FSQ in training replaces rounding by uniform noise on this fraction of values
+            (a continuous surrogate that keeps gradients informative early in training).
     """
 
     kind: str = "fsq"
@@ -46,6 +49,8 @@ class QuantizerConfig:
     threshold_ema_dead_code: float = 2.0
     commitment_weight: float = 0.25
     decay: float = 0.99
+    preserve_symmetry: bool = False
+    noise_dropout: float = 0.0
 
 
 class Quantizer(nn.Module):
@@ -63,7 +68,10 @@ class Quantizer(nn.Module):
         self.kind = c.kind
         if c.kind == "fsq":
             levels = list(c.levels or [8, 8, 8, 5, 5, 5])
-            self.impl = FSQ(levels=levels, dim=dim)
+            if c.noise_dropout > 0 and not c.preserve_symmetry:
+                raise ValueError("FSQ noise_dropout needs preserve_symmetry: true")
+            self.impl = FSQ(levels=levels, dim=dim, preserve_symmetry=c.preserve_symmetry,
+                            noise_dropout=c.noise_dropout)
             self.codebook_size = int(math.prod(levels))
         elif c.kind == "vq":
             self.impl = VectorQuantize(
