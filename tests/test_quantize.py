@@ -57,3 +57,19 @@ def test_fsq_noise_dropout_needs_symmetric_levels_and_acts_only_in_training():
     clean = q(x)
     assert not torch.allclose(noisy, clean.quantized)
     assert torch.allclose(q.ids_to_codes(clean.ids), clean.quantized, atol=1e-5)
+
+
+def test_fsq_batch_norm_spreads_similar_inputs_over_codes():
+    torch.manual_seed(0)
+    base = torch.randn(1, 1, 16)
+    x = base + 0.01 * torch.randn(8, 4, 16)  # nearly identical vectors, as a fresh transformer emits
+    plain = Quantizer(16, QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5]))
+    normed = Quantizer(16, QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5], batch_norm=True))
+    plain.train()
+    normed.train()
+    assert plain(x).ids.unique().numel() <= 2
+    assert normed(x).ids.unique().numel() >= 10
+    normed.eval()
+    out = normed(x)
+    assert torch.allclose(normed.ids_to_codes(out.ids), out.quantized, atol=1e-5)
+    assert torch.equal(normed(x).ids, out.ids)

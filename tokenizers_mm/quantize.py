@@ -38,6 +38,9 @@ class QuantizerConfig:
         preserve_symmetry: FSQ with levels symmetric around zero (required by ``noise_dropout``).
         noise_dropout: FSQ in training replaces rounding by uniform noise on this fraction of values
             (a continuous surrogate that keeps gradients informative early in training).
+        batch_norm: FSQ inputs are standardized per code dimension over the batch (BatchNorm without
+            affine, running statistics at inference), so differences between inputs span the levels from the
+            first step instead of rounding to one code (the collapse seen with transformer encoders).
     """
 
     kind: str = "fsq"
@@ -51,6 +54,7 @@ class QuantizerConfig:
     decay: float = 0.99
     preserve_symmetry: bool = False
     noise_dropout: float = 0.0
+    batch_norm: bool = False
 
 
 class Quantizer(nn.Module):
@@ -70,8 +74,13 @@ class Quantizer(nn.Module):
             levels = list(c.levels or [8, 8, 8, 5, 5, 5])
             if c.noise_dropout > 0 and not c.preserve_symmetry:
                 raise ValueError("FSQ noise_dropout needs preserve_symmetry: true")
-            self.impl = FSQ(levels=levels, dim=dim, preserve_symmetry=c.preserve_symmetry,
+            fsq_dim = len(levels) if c.batch_norm else dim
+            self.impl = FSQ(levels=levels, dim=fsq_dim, preserve_symmetry=c.preserve_symmetry,
                             noise_dropout=c.noise_dropout)
+            if c.batch_norm:
+                self.project_in = nn.Linear(dim, len(levels))
+                self.norm = nn.BatchNorm1d(len(levels), affine=False)
+                self.project_out = nn.Linear(len(levels), dim)
             self.codebook_size = int(math.prod(levels))
         elif c.kind == "vq":
             self.impl = VectorQuantize(
@@ -91,7 +100,13 @@ class Quantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
         """``x``: ``[B, N, dim]`` -> quantized ``[B, N, dim]``, ids ``[B, N]`` int64, scalar aux loss."""
         if self.kind == "fsq":
-            quantized, ids = self.impl(x)
+            if self.config.batch_norm:
+                h = self.project_in(x)
+                h = self.norm(h.reshape(-1, h.shape[-1]).float()).reshape(h.shape)
+                codes, ids = self.impl(h)
+                quantized = self.project_out(codes.to(x.dtype))
+            else:
+                quantized, ids = self.impl(x)
             aux = x.new_zeros(())
         else:
             quantized, ids, aux = self.impl(x)
@@ -109,7 +124,8 @@ class Quantizer(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got min {int(ids.min())} "
                              f"max {int(ids.max())}")
         if self.kind == "fsq":
-            return self.impl.indices_to_codes(ids)
+            codes = self.impl.indices_to_codes(ids)
+            return self.project_out(codes) if self.config.batch_norm else codes
         return self.impl.get_output_from_indices(ids)
 
 
