@@ -42,6 +42,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.remove(tmp)
 
 
+def load_weights_file(path: str | os.PathLike[str], what: str) -> dict[str, torch.Tensor]:
+    """Read a local ``.safetensors`` / ``.pt`` / ``.pth`` state dict of tensors without unpickling.
+
+    ``{"state_dict": {...}}`` wrappers are unwrapped. ``what`` names the file's role in error messages:
+    ``FileNotFoundError`` when it is missing, ``ValueError`` for another extension or content.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} weights file not found: {path!r}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(path, device="cpu")
+    elif ext in (".pt", ".pth"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    else:
+        raise ValueError(f"{what} weights must be .safetensors, .pt or .pth, got {path!r}")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"{path!r} does not hold a flat state dict of tensors (str -> Tensor)")
+    return state
+
+
 def read_checkpoint(path: str) -> dict[str, Any]:
     """Load a Lightning checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
     if not os.path.isfile(path):

@@ -120,6 +120,19 @@ class TokenizerModule(pl.LightningModule):
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Write reconstructions of the first validation batch where a person can look at them."""
 
+    def write_image_grid(self, rows: list[torch.Tensor], tag: str) -> str:
+        """Save rows of images (``[N, 3, H, W]`` in ``[-1, 1]``) as ``samples/val_stepXXXXXXX.png`` and to
+        TensorBoard under ``tag``; returns the PNG path."""
+        from .visual import image_grid, save_png
+
+        grid = image_grid(rows)
+        path = save_png(grid, os.path.join(self.samples_dir(), f"val_step{self.global_step:07d}.png"))
+        for logger in self.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(exp, "add_image"):
+                exp.add_image(tag, grid, self.global_step, dataformats="HWC")
+        return path
+
     def samples_dir(self) -> str:
         """``<log dir>/samples``. Runs on rank 0 only, so it must not use ``trainer.log_dir``, which
         broadcasts (a collective call that would hang the other ranks)."""

@@ -111,22 +111,10 @@ class InceptionFeatures(nn.Module):
             FileNotFoundError: ``path`` does not exist.
             ValueError: unknown extension, or missing / unexpected keys (both listed in the message).
         """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Inception weights not found: {path}")
-        ext = os.path.splitext(path)[1].lower()
-        if ext == ".safetensors":
-            from safetensors.torch import load_file
+        from ..checkpointing import load_weights_file
 
-            state = load_file(path, device="cpu")
-        elif ext in (".pt", ".pth"):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-                state = state["state_dict"]
-        else:
-            raise ValueError(f"unsupported weights file extension {ext!r} (want .pt, .pth, .safetensors): {path}")
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+        path = os.fspath(path)
+        state = load_weights_file(path, "Inception")
         model = cls()
         model.load_feature_state(state, source=path)
         return model

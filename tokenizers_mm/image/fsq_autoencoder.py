@@ -6,7 +6,6 @@ An image ``[B, 3, H, W]`` in ``[-1, 1]`` becomes ``(H / f) * (W / f)`` tokens, `
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -16,7 +15,6 @@ from torch import nn
 from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenBatch, TokenizerModule
 from ..quantize import Quantizer, QuantizerConfig
-from ..visual import image_grid, save_png
 
 
 class ResBlock(nn.Module):
@@ -151,9 +149,4 @@ class FSQAutoencoder(TokenizerModule):
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         n = min(8, batch["image"].shape[0])
         rows = [batch["image"][:n].cpu(), outputs["recon"][:n].clamp(-1, 1).cpu()]
-        grid = image_grid(rows)
-        save_png(grid, os.path.join(self.samples_dir(), f"val_step{self.global_step:07d}.png"))
-        for logger in self.loggers:
-            exp = getattr(logger, "experiment", None)
-            if hasattr(exp, "add_image"):
-                exp.add_image("val/reconstructions", grid, self.global_step, dataformats="HWC")
+        self.write_image_grid(rows, "val/reconstructions")

@@ -132,23 +132,9 @@ class PerceptualLoss(nn.Module):
 
     @staticmethod
     def _read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"PerceptualLoss weights file not found: {path!r}")
-        ext = os.path.splitext(path)[1].lower()
-        if ext == ".safetensors":
-            from safetensors.torch import load_file
+        from ..checkpointing import load_weights_file
 
-            state = load_file(path, device="cpu")
-        elif ext in (".pt", ".pth"):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise ValueError(f"PerceptualLoss weights must be .safetensors, .pt or .pth, got {path!r}")
-        if not isinstance(state, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
-            raise ValueError(f"{path!r} does not hold a flat state dict of tensors (str -> Tensor)")
-        return state
+        return load_weights_file(path, "PerceptualLoss")
 
     def load_weights(self, path: str | os.PathLike[str]) -> None:
         """Load and strictly validate a weights file (see the class docstring); parameters stay frozen."""

@@ -13,7 +13,6 @@ One model, three recipes: ``ordering: none`` is TiTok (fixed K), ``tail_drop`` O
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,7 +24,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenBatch, TokenizerModule, lr_factor, param_groups
 from ..quantize import Quantizer, QuantizerConfig
-from ..visual import image_grid, save_png
 from .ordering import build_ordering
 from .vit import PatchEmbed, PatchUnembed, Transformer, ViTConfig, sincos_2d
 
@@ -395,9 +393,4 @@ class OneDTokenizer(TokenizerModule):
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         n = min(8, batch["image"].shape[0])
         rows = [batch["image"][:n].cpu()] + [outputs["recons"][k][:n].cpu() for k in self.val_ks]
-        grid = image_grid(rows)
-        save_png(grid, os.path.join(self.samples_dir(), f"val_step{self.global_step:07d}.png"))
-        for logger in self.loggers:
-            exp = getattr(logger, "experiment", None)
-            if hasattr(exp, "add_image"):
-                exp.add_image("val/reconstructions_by_k", grid, self.global_step, dataformats="HWC")
+        self.write_image_grid(rows, "val/reconstructions_by_k")
