@@ -109,6 +109,19 @@ def test_pyramid_registers_and_token_mix_queries():
         OneDTokenizer(**TINY, register_init="random")
 
 
+def test_pyramid_cover_and_pyramid_query_init():
+    from tokenizers_mm.image.tokenizer1d import pyramid_cells_of_tokens
+
+    cover = pyramid_cells_of_tokens(4, 8)  # cells: 1x1, then 2x2 (4), then the first 3 of 4x4
+    assert cover.shape == (16, 8) and cover[:, 0].all()
+    assert cover[:, 1].nonzero().flatten().tolist() == [0, 1, 4, 5]  # top-left quarter
+    assert cover[:, 5].nonzero().flatten().tolist() == [0] and cover[:, 7].nonzero().flatten().tolist() == [2]
+    model = OneDTokenizer(**TINY, register_init="pyramid", query_init="pyramid")
+    mix = model.decoder.mix.detach()
+    assert torch.allclose(mix.sum(1), torch.ones(16))
+    assert mix[0, 0] == mix[0, 1] == mix[0, 5] and mix[0, 2] == 0  # patch 0: global, its quarter, its cell
+
+
 def test_causal_registers_do_not_see_later_tokens():
     torch.manual_seed(0)
     model = OneDTokenizer(**TINY, causal_registers=True).eval()
@@ -143,3 +156,29 @@ def test_gan_steps_count_generator_steps_and_start_when_configured(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(d_snapshots[3], d_snapshots[5]))
     ema_p = next(model.ema.module.parameters())
     assert not torch.equal(ema_p, next(model.generator.parameters()))
+
+
+@pytest.mark.parametrize("ordering", ["tail_drop", "nested_dropout"])
+def test_short_training_quality_rises_with_k(embedded, ordering):
+    import os
+
+    from tokenizers_mm.data import ShardDataModule
+
+    pl.seed_everything(0)
+    dm = ShardDataModule(modality="image", train_urls=os.path.join(embedded, "image"),
+                         val_urls=os.path.join(embedded, "image"), batch_size=16, batches_per_epoch=160,
+                         num_workers=1, max_val_samples=48, image={"size": 32, "resize": [32, 64], "val_resize": 48})
+    model = OneDTokenizer(**{**TINY, "encoder": {"width": 96, "depth": 2, "heads": 4},
+                             "decoder": {"width": 96, "depth": 2, "heads": 4},
+                             "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True}},
+                          patch_embed="conv", patch_head="conv", causal_registers=ordering == "nested_dropout",
+                          register_init="pyramid", query_init="pyramid", ordering={"kind": ordering, "nested_mode": "uniform"},
+                          optimizer={"lr": 6e-4, "warmup_steps": 20, "grad_clip": 1.0, "min_lr_ratio": 0.1})
+    trainer = pl.Trainer(max_steps=160, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False)
+    untrained = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    trainer.fit(model, datamodule=dm)
+    m = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    assert m["val/psnr_k8"] > untrained["val/psnr_k8"] + 3, (untrained, m)
+    assert m["val/psnr_k8"] > m["val/psnr_k1"] + 0.4, m
+    assert m["val/psnr_k8"] >= m["val/psnr_k2"] >= m["val/psnr_k1"] - 0.05, m

@@ -139,8 +139,8 @@ class ViTTokenDecoder(nn.Module):
     def __init__(self, image_size: int, patch_size: int, num_tokens: int, code_dim: int, cfg: ViTConfig,
                  patch_head: str = "linear", head_channels: int = 64, query_init: str = "learned") -> None:
         super().__init__()
-        if query_init not in ("learned", "token_mix"):
-            raise ValueError(f"query_init must be 'learned' or 'token_mix', got {query_init!r}")
+        if query_init not in ("learned", "token_mix", "pyramid"):
+            raise ValueError(f"query_init must be 'learned', 'token_mix' or 'pyramid', got {query_init!r}")
         g = image_size // patch_size
         self.num_tokens, self.num_patches = num_tokens, g * g
         self.token_in = nn.Linear(code_dim, cfg.width)
@@ -149,9 +149,15 @@ class ViTTokenDecoder(nn.Module):
         self.register_buffer("pos", sincos_2d(g, g, cfg.width), persistent=False)
         self.transformer = Transformer(cfg)
         self.head = PatchUnembed(patch_size, cfg.width, (g, g), patch_head, head_channels)
-        # token_mix: every patch query starts as a learned linear mix of the (kept) tokens
-        self.mix = nn.Parameter(torch.randn(self.num_patches, num_tokens) / math.sqrt(num_tokens)) \
-            if query_init == "token_mix" else None
+        # token_mix: every patch query starts as a learned linear mix of the (kept) tokens, initialized at
+        # random, or ('pyramid') as the average of the tokens whose pyramid cell covers the patch: the
+        # adjoint of the encoder's pyramid pooling, so training starts from a multi-scale autoencoder
+        self.mix = None
+        if query_init == "token_mix":
+            self.mix = nn.Parameter(torch.randn(self.num_patches, num_tokens) / math.sqrt(num_tokens))
+        elif query_init == "pyramid":
+            cover = pyramid_cells_of_tokens(g, num_tokens).float()
+            self.mix = nn.Parameter(cover / cover.sum(1, keepdim=True).clamp_min(1))
 
     @property
     def last_layer_weight(self) -> torch.Tensor:
@@ -170,6 +176,24 @@ class ViTTokenDecoder(nn.Module):
             mask = key_ok[:, None, None, :]
         out = self.transformer(torch.cat([tokens, queries], dim=1), mask)
         return self.head(out[:, self.num_tokens:])
+
+
+def pyramid_cells_of_tokens(grid: int, num_tokens: int) -> torch.Tensor:
+    """bool ``[grid * grid, K]``: patch n lies in the pyramid cell of token t.
+
+    Cells run coarse to fine (1x1, 2x2, 4x4, ... up to grid x grid, each row-major) and repeat when K is
+    larger than their count, matching ``RegisterEncoder(register_init='pyramid')``.
+    """
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    columns, size = [], 1
+    while size <= grid:
+        cell = (ys * size // grid) * size + (xs * size // grid)  # the cell index of each patch at this level
+        columns += [cell == c for c in range(size * size)]
+        size *= 2
+    cols = torch.stack(columns, dim=1)
+    reps = -(-num_tokens // cols.shape[1])
+    return cols.repeat(1, reps)[:, :num_tokens]
 
 
 def eval_token_counts(num_tokens: int) -> list[int]:
@@ -191,8 +215,9 @@ class OneDTokenizer(TokenizerModule):
         causal_registers: register i attends only to registers <= i (FlexTok).
         register_init: ``learned`` (plain registers) or ``pyramid`` (registers also receive pooled patch
             features, coarse to fine: much faster convergence on small budgets).
-        query_init: ``learned`` (TiTok patch queries) or ``token_mix`` (queries start from a learned linear
-            mix of the visible tokens: much faster convergence on small budgets).
+        query_init: ``learned`` (TiTok patch queries), ``token_mix`` (queries start from a learned linear
+            mix of the visible tokens) or ``pyramid`` (that mix initialized as the adjoint of the pyramid
+            pooling: each patch query starts as the mean of the tokens whose cell covers it).
         quantizer: FSQ or VQ settings.
         ordering: which ordering regularizer.
         loss: loss weights.
