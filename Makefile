@@ -7,8 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := data/embedded
-DEMO_RUN    := runs/fsq_ae_tiny
-DEMO_REPORT := reports/fsq_ae_tiny
+DEMO_MODELS := fsq_ae_tiny flextok_tiny
+FSQ_DEMO_STEPS ?= 300
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_MM_LOG ?= WARNING
 
@@ -32,18 +32,20 @@ $(DATA)/.built: $(STAMP)
 data: $(DATA)/.built ## build the embedded train/val shards (real photos, speech, meshes) in data/embedded
 
 demo: $(DATA)/.built ## train, evaluate and report the tiny tokenizers on the embedded data (<15 min on 2 cores)
-	rm -rf $(DEMO_RUN) $(DEMO_REPORT)
-	$(BIN)/tokenizers-mm fit --config configs/image/fsq_ae_tiny.yaml
-	$(BIN)/tokenizers-mm evaluate --ckpt $(DEMO_RUN)/checkpoints/last.ckpt --data $(DATA)/image \
-		--out $(DEMO_REPORT) --csv-log $(DEMO_RUN)/metrics.csv
+	rm -rf $(addprefix runs/,$(DEMO_MODELS)) $(addprefix reports/,$(DEMO_MODELS))
+	$(BIN)/tokenizers-mm fit --config configs/image/fsq_ae_tiny.yaml --trainer.max_steps $(FSQ_DEMO_STEPS)
+	$(BIN)/tokenizers-mm fit --config configs/image/flextok_tiny.yaml
+	for m in $(DEMO_MODELS); do \
+		$(BIN)/tokenizers-mm evaluate --ckpt runs/$$m/checkpoints/last.ckpt --data $(DATA)/image \
+			--out reports/$$m --csv-log runs/$$m/metrics.csv || exit 1; \
+	done
 	@echo
-	@echo "== demo done =="
-	@echo "  report:          $(DEMO_REPORT)/report.json"
-	@echo "  rate-distortion: $(DEMO_REPORT)/rate_distortion.png (PSNR vs bytes beside JPEG and WebP; _ssim.png too)"
-	@echo "  reconstructions: $(DEMO_REPORT)/reconstructions.png (top: originals, below: reconstructions)"
-	@echo "  loss curves:     $(DEMO_REPORT)/loss_curves.png"
-	@echo "  checkpoints:     $(DEMO_RUN)/checkpoints/ (last.ckpt)"
-	@echo "  training logs:   $(DEMO_RUN)/ (tensorboard --logdir $(DEMO_RUN); metrics.csv; samples/)"
+	@echo "== demo done: one report folder per tokenizer =="
+	@for m in $(DEMO_MODELS); do \
+		echo "  reports/$$m/: report.json, rate_distortion.png (PSNR vs bytes beside JPEG and WebP; _ssim too),"; \
+		echo "      reconstructions.png (top: originals; below: one row per number of tokens k), loss_curves.png"; \
+		echo "  runs/$$m/: checkpoints/last.ckpt, metrics.csv, samples/, TensorBoard (tensorboard --logdir runs)"; \
+	done
 
 test: $(DATA)/.built ## run the default test suite (creates .venv if missing)
 	$(BIN)/python -m pytest -q

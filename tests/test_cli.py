@@ -52,8 +52,11 @@ def test_evaluate_writes_report(embedded, tmp_path, capsys):
     from test_training import tiny_config
 
     cfg = tiny_config(tmp_path, embedded)
-    main(["fit", "--config", cfg])
+    main(["fit", "--config", cfg, "--trainer.max_steps", "5"])  # not a multiple of the checkpoint interval
     run = tmp_path / "run"
+    import torch
+
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
     out = tmp_path / "report"
     assert main(["evaluate", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--data",
                  os.path.join(embedded, "image"), "--out", str(out), "--max-samples", "20",

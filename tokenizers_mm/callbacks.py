@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 
 class DataTrace(pl.Callback):
@@ -51,3 +52,15 @@ class DataTrace(pl.Callback):
                   "end_step": trainer.global_step, "optimizer_step_state": self.optimizer_step_state}
         with open(os.path.join(self.out_dir, f"data_trace_rank{trainer.global_rank}.json"), "w") as f:
             json.dump(record, f, indent=2)
+
+
+class Checkpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also writes ``last.ckpt`` when training stops between two intervals.
+
+    Lightning's step-interval checkpoints skip the final step when ``max_steps`` is not a multiple of
+    ``every_n_train_steps``; this one saves it, so ``last.ckpt`` is always the model that training ended with.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_last and trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
