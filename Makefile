@@ -56,8 +56,9 @@ test-slow: $(DATA)/.built ## run the slow tests too
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check tokenizers_mm pipelines tests scripts
 
-bench: $(DATA)/.built ## benchmarks: data loader samples/s per modality (reports/bench/*.json)
+bench: $(DATA)/.built ## benchmarks: data loader samples/s per modality, image tokenizer training/latency (reports/bench/)
 	$(BIN)/python scripts/bench_data.py --out reports/bench/data.json
+	$(BIN)/python scripts/bench_image.py --out reports/bench/image.json
 
 clean: ## remove built data, runs and reports (keeps .venv)
 	rm -rf data runs reports .pytest_cache .ruff_cache
