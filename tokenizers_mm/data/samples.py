@@ -6,7 +6,6 @@ training (random crops / subsets) or evaluation (deterministic views).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -128,14 +127,3 @@ def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None =
         o = as_config(MeshOptions, mesh)
         return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train))
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-
-
-def sample_metadata(sample: dict[str, Any]) -> dict[str, Any]:
-    """The ``json`` member of a sample written by ``data build`` (empty dict when absent)."""
-    raw = sample.get("json")
-    if raw is None:
-        return {}
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return {}

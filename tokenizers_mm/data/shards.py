@@ -284,9 +284,10 @@ def iter_raw_samples(urls: list[str], errors: list[dict[str, str]]) -> Iterator[
     """Raw samples of ``urls`` in order; tar-level errors are appended to ``errors`` and skipped."""
     from webdataset.tariterators import tarfile_samples
 
+    from .stream import shard_of
+
     def handler(exc: BaseException) -> bool:
-        url = next((a for a in exc.args[1:] if isinstance(a, str)), None)
-        errors.append({"key": "", "shard": str(url), "error": f"{type(exc).__name__}: {exc.args[0]}"})
+        errors.append({"key": "", "shard": str(shard_of(exc)), "error": f"{type(exc).__name__}: {exc.args[0]}"})
         return True
 
     yield from tarfile_samples(({"url": u} for u in urls), handler=handler)

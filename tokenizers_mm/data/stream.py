@@ -48,6 +48,11 @@ def worker_info() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
+def shard_of(exc: BaseException) -> str | None:
+    """The shard URL that webdataset appends to an exception's args (None when there is none)."""
+    return next((a for a in exc.args[1:] if isinstance(a, str)), None)
+
+
 class SkipCounter:
     """Counts and logs corrupt samples without sleeping (webdataset's ``warn_and_continue`` sleeps 0.5 s)."""
 
@@ -62,8 +67,7 @@ class SkipCounter:
 
     def tar_handler(self, exc: BaseException) -> bool:
         """webdataset exception handler: count, log, keep going."""
-        url = next((a for a in reversed(exc.args) if isinstance(a, str) and a != str(exc.args[0])), None)
-        self.skip("shard data", None, url, exc)
+        self.skip("shard data", None, shard_of(exc), exc)
         return True
 
     def take(self) -> int:

@@ -65,7 +65,36 @@ def _lengths(batch: int, num_tokens: int, k: int | torch.Tensor, device: torch.d
     return lengths
 
 
-class NestedDropout(nn.Module):
+class PrefixOrdering(nn.Module):
+    """Shared mechanics: which prefix each sample keeps.
+
+    ``k`` given (int or ``[B]``): keep that many tokens. ``k`` None: keep all in eval mode, and in training
+    a length drawn by the subclass's :meth:`sample_lengths`.
+    """
+
+    hides_tail = True  # the decoder must not see the dropped tail at all
+
+    def sample_lengths(self, batch: int, num_tokens: int, device: torch.device) -> torch.Tensor:
+        return torch.full((batch,), num_tokens, device=device, dtype=torch.long)
+
+    def keep_mask(self, tokens: torch.Tensor, k: int | torch.Tensor | None) -> torch.Tensor:
+        """bool ``[B, K]``, True on the kept prefix of each sample."""
+        b, n, _ = tokens.shape
+        if k is not None:
+            lengths = _lengths(b, n, k, tokens.device)
+        elif self.training:
+            lengths = self.sample_lengths(b, n, tokens.device)
+        else:
+            lengths = torch.full((b,), n, device=tokens.device, dtype=torch.long)
+        return prefix_mask(lengths, n)
+
+    def forward(self, tokens: torch.Tensor, k: int | torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tokens`` ``[B, K, D]`` -> (tokens, keep ``[B, K]``); the decoder masks the tail."""
+        return tokens, self.keep_mask(tokens, k)
+
+
+class NestedDropout(PrefixOrdering):
     """FlexTok nested dropout with a learned mask token.
 
     Args:
@@ -73,30 +102,27 @@ class NestedDropout(nn.Module):
         mode: how ``k`` is sampled in training (see :func:`sample_keep_lengths`).
     """
 
+    hides_tail = False  # the decoder sees mask tokens in the tail, not nothing
+
     def __init__(self, dim: int, mode: str = "uniform_pow2") -> None:
         super().__init__()
         if mode not in NESTED_MODES:
             raise ValueError(f"nested dropout mode must be one of {NESTED_MODES}, got {mode!r}")
         self.mode = mode
         self.mask_token = nn.Parameter(torch.randn(dim) * 0.02)
-        self.hides_tail = False  # the decoder sees mask tokens in the tail, not nothing
+
+    def sample_lengths(self, batch: int, num_tokens: int, device: torch.device) -> torch.Tensor:
+        return sample_keep_lengths(batch, num_tokens, self.mode, device=device)
 
     def forward(self, tokens: torch.Tensor, k: int | torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``tokens`` ``[B, K, D]`` -> (tokens with the tail replaced by the mask token, keep ``[B, K]``)."""
-        b, n, _ = tokens.shape
-        if k is None:
-            if not self.training:
-                return tokens, torch.ones(b, n, dtype=torch.bool, device=tokens.device)
-            lengths = sample_keep_lengths(b, n, self.mode, device=tokens.device)
-        else:
-            lengths = _lengths(b, n, k, tokens.device)
-        keep = prefix_mask(lengths, n)
+        keep = self.keep_mask(tokens, k)
         out = torch.where(keep[..., None], tokens, self.mask_token.to(tokens.dtype).expand_as(tokens))
         return out, keep
 
 
-class TailTokenDrop(nn.Module):
+class TailTokenDrop(PrefixOrdering):
     """One-D-Piece tail token drop: the decoder attends only to the first ``k`` tokens.
 
     Args:
@@ -106,33 +132,15 @@ class TailTokenDrop(nn.Module):
     def __init__(self, per_sample: bool = True) -> None:
         super().__init__()
         self.per_sample = per_sample
-        self.hides_tail = True
 
-    def forward(self, tokens: torch.Tensor, k: int | torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, n, _ = tokens.shape
-        if k is None:
-            if not self.training:
-                return tokens, torch.ones(b, n, dtype=torch.bool, device=tokens.device)
-            if self.per_sample:
-                lengths = torch.randint(1, n + 1, (b,), device=tokens.device)
-            else:
-                lengths = torch.randint(1, n + 1, (1,), device=tokens.device).expand(b)
-        else:
-            lengths = _lengths(b, n, k, tokens.device)
-        return tokens, prefix_mask(lengths, n)
+    def sample_lengths(self, batch: int, num_tokens: int, device: torch.device) -> torch.Tensor:
+        if self.per_sample:
+            return torch.randint(1, num_tokens + 1, (batch,), device=device)
+        return torch.randint(1, num_tokens + 1, (1,), device=device).expand(batch)
 
 
-class FixedLength(nn.Module):
-    """TiTok: no ordering regularizer; decoding a prefix hides the tail as tail drop does."""
-
-    hides_tail = True
-
-    def forward(self, tokens: torch.Tensor, k: int | torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, n, _ = tokens.shape
-        lengths = torch.full((b,), n, device=tokens.device) if k is None else _lengths(b, n, k, tokens.device)
-        return tokens, prefix_mask(lengths, n)
+class FixedLength(PrefixOrdering):
+    """TiTok: no ordering regularizer (all tokens in training); decoding a prefix hides the tail."""
 
 
 def build_ordering(kind: str, dim: int, nested_mode: str = "uniform_pow2", per_sample: bool = True) -> nn.Module:
