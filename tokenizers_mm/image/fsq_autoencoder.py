@@ -2,6 +2,7 @@
 
 It proves the training harness end to end and is a fair 2D-grid baseline for the 1D tokenizers.
 An image ``[B, 3, H, W]`` in ``[-1, 1]`` becomes ``(H / f) * (W / f)`` tokens, ``f = 2 ** len(channel_mults)``.
+The network itself is :class:`~tokenizers_mm.image.grid_codec.GridImageCodec`.
 """
 
 from __future__ import annotations
@@ -10,64 +11,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..config import as_config, plain
+from ..config import plain
 from ..harness import OptimizerConfig, TokenBatch, TokenizerModule
-from ..quantize import Quantizer, QuantizerConfig
+from ..quantize import QuantizerConfig
+from .grid_codec import ConvDecoder, ConvEncoder, GridImageCodec, ResBlock
 
-
-class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> 3x3 conv, twice, with a residual connection."""
-
-    def __init__(self, ch_in: int, ch_out: int) -> None:
-        super().__init__()
-        self.block = nn.Sequential(
-            nn.GroupNorm(min(32, ch_in // 4) or 1, ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1),
-            nn.GroupNorm(min(32, ch_out // 4) or 1, ch_out), nn.SiLU(), nn.Conv2d(ch_out, ch_out, 3, padding=1),
-        )
-        self.skip = nn.Conv2d(ch_in, ch_out, 1) if ch_in != ch_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.block(x)
-
-
-class ConvEncoder(nn.Module):
-    """``[B, 3, H, W]`` -> ``[B, latent_dim, H/f, W/f]`` with ``f = 2 ** len(channel_mults)``."""
-
-    def __init__(self, base_channels: int, channel_mults: list[int], latent_dim: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, base_channels, 3, padding=1)]
-        ch = base_channels
-        for mult in channel_mults:
-            out = base_channels * mult
-            layers += [ResBlock(ch, out), nn.Conv2d(out, out, 4, stride=2, padding=1)]
-            ch = out
-        layers += [ResBlock(ch, ch), nn.GroupNorm(min(32, ch // 4) or 1, ch), nn.SiLU(),
-                   nn.Conv2d(ch, latent_dim, 1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class ConvDecoder(nn.Module):
-    """``[B, latent_dim, h, w]`` -> ``[B, 3, h*f, w*f]`` (no output squashing; the loss sees raw values)."""
-
-    def __init__(self, base_channels: int, channel_mults: list[int], latent_dim: int) -> None:
-        super().__init__()
-        ch = base_channels * channel_mults[-1]
-        layers: list[nn.Module] = [nn.Conv2d(latent_dim, ch, 3, padding=1), ResBlock(ch, ch)]
-        for mult in reversed(channel_mults):
-            out = base_channels * mult
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, out, 3, padding=1),
-                       ResBlock(out, out)]
-            ch = out
-        layers += [nn.GroupNorm(min(32, ch // 4) or 1, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+__all__ = ["FSQAutoencoder", "GridImageCodec", "ConvEncoder", "ConvDecoder", "ResBlock"]
 
 
 class FSQAutoencoder(TokenizerModule):
@@ -80,60 +30,36 @@ class FSQAutoencoder(TokenizerModule):
         quantizer: quantizer settings (FSQ levels ...).
         pixel_loss: ``l1`` or ``l2``.
         optimizer: optimizer and schedule.
+        image_size: side of the training images (recorded in exports; any multiple of the downsampling encodes).
     """
 
     def __init__(self, base_channels: int = 32, channel_mults: list[int] | None = None, latent_dim: int = 64,
                  quantizer: QuantizerConfig | None = None, pixel_loss: str = "l2",
-                 optimizer: OptimizerConfig | None = None) -> None:
-        channel_mults = list(channel_mults or [1, 2, 2])
-        quantizer = as_config(QuantizerConfig, quantizer or {"kind": "fsq", "levels": [8, 5, 5, 5]})
-        q = Quantizer(latent_dim, quantizer)
-        super().__init__(optimizer=optimizer, input_key="image", codebook_size=q.codebook_size)
-        self.save_hyperparameters(plain({
-            "base_channels": base_channels, "channel_mults": channel_mults, "latent_dim": latent_dim,
-            "quantizer": quantizer, "pixel_loss": pixel_loss, "optimizer": self.optim_config}))
+                 optimizer: OptimizerConfig | None = None, image_size: int = 64) -> None:
+        codec = GridImageCodec(image_size, base_channels, channel_mults, latent_dim, quantizer)
+        super().__init__(optimizer=optimizer, input_key="image", codebook_size=codec.codebook_size)
+        self.save_hyperparameters(plain({**codec.arch, "pixel_loss": pixel_loss, "optimizer": self.optim_config}))
         if pixel_loss not in ("l1", "l2"):
             raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {pixel_loss!r}")
         self.pixel_loss = pixel_loss
-        self.downsample = 2 ** len(channel_mults)
-        self.encoder = ConvEncoder(base_channels, channel_mults, latent_dim)
-        self.quantizer = q
-        self.decoder = ConvDecoder(base_channels, channel_mults, latent_dim)
+        self.codec = codec
+        self.downsample = codec.downsample
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images [B, 3, H, W] in [-1, 1], got shape {tuple(x.shape)}")
-        if x.shape[-1] % self.downsample or x.shape[-2] % self.downsample:
-            raise ValueError(f"image sides must be multiples of {self.downsample}, got {tuple(x.shape[-2:])}")
-
-    def _quantize(self, x: torch.Tensor):
-        self._check_input(x)
-        z = self.encoder(x)  # [B, D, h, w]
-        b, d, h, w = z.shape
-        q = self.quantizer(z.flatten(2).transpose(1, 2))  # [B, h*w, D]
-        return q, (h, w)
+    def inference_codec(self, use_ema: bool = True) -> GridImageCodec:
+        return self.codec
 
     def encode(self, x: torch.Tensor) -> TokenBatch:
         """``[B, 3, H, W]`` in ``[-1, 1]`` -> ids ``[B, (H/f) * (W/f)]`` int64 (row-major grid)."""
-        q, _ = self._quantize(x)
-        return TokenBatch(q.ids)
+        return TokenBatch(self.codec.encode(x))
 
     def decode(self, tokens: TokenBatch | torch.Tensor, grid: tuple[int, int] | None = None,
                **options: Any) -> torch.Tensor:
         """ids ``[B, h*w]`` -> images ``[B, 3, h*f, w*f]`` clipped to ``[-1, 1]``; ``grid`` = (h, w), square by default."""
         ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
-        n = ids.shape[1]
-        h, w = grid or (int(round(n ** 0.5)),) * 2
-        if h * w != n:
-            raise ValueError(f"{n} tokens do not form a {h}x{w} grid; pass grid=(h, w)")
-        codes = self.quantizer.ids_to_codes(ids)  # [B, N, D]
-        z = codes.transpose(1, 2).reshape(ids.shape[0], -1, h, w)
-        return self.decoder(z).clamp(-1, 1)
+        return self.codec.decode(ids, grid)
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
-        q, (h, w) = self._quantize(x)
-        z = q.quantized.transpose(1, 2).reshape(x.shape[0], -1, h, w)
-        return {"recon": self.decoder(z), "ids": q.ids, "aux_loss": q.aux_loss}
+        return self.codec(x)
 
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         x = batch["image"]

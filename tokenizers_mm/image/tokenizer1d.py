@@ -10,11 +10,11 @@ One model, three recipes: ``ordering: none`` is TiTok (fixed K), ``tail_drop`` O
 ``nested_dropout`` FlexTok (with causal registers). Encode once, decode from any prefix of 1..K tokens.
 """
 
+
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,21 +24,19 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenBatch, TokenizerModule, lr_factor, param_groups
 from ..quantize import Quantizer, QuantizerConfig
-from .ordering import build_ordering
-from .vit import PatchEmbed, PatchUnembed, Transformer, ViTConfig, sincos_2d
+from .codec1d import (
+    OneDImageCodec,
+    OrderingConfig,
+    RegisterEncoder,
+    TokenDecoder,
+    ViTTokenDecoder,
+    eval_token_counts,
+    pyramid_cells_of_tokens,
+)
+from .vit import ViTConfig
 
-
-@dataclass
-class OrderingConfig:
-    """``kind``: ``none`` (TiTok), ``tail_drop`` (One-D-Piece) or ``nested_dropout`` (FlexTok).
-
-    ``nested_mode``: ``uniform``, ``pow2`` or ``uniform_pow2`` (nested dropout only);
-    ``per_sample``: tail drop draws k per sample (True) or per batch (False).
-    """
-
-    kind: str = "nested_dropout"
-    nested_mode: str = "uniform_pow2"
-    per_sample: bool = True
+__all__ = ["OneDTokenizer", "OneDImageCodec", "ImageLossConfig", "OrderingConfig", "RegisterEncoder",
+           "TokenDecoder", "ViTTokenDecoder", "eval_token_counts", "pyramid_cells_of_tokens"]
 
 
 @dataclass
@@ -67,139 +65,6 @@ class ImageLossConfig:
     disc_lr: float = 1e-4
     aux_weight: float = 1.0
 
-
-class TokenDecoder(Protocol):
-    """What the decoder slot takes: codes ``[B, K, D]`` + keep mask ``[B, K]`` -> image ``[B, 3, H, W]``."""
-
-    def __call__(self, codes: torch.Tensor, keep: torch.Tensor, hide_tail: bool) -> torch.Tensor: ...
-
-
-class RegisterEncoder(nn.Module):
-    """ViT over patches with K learnable registers; only the registers leave the encoder.
-
-    Patches attend to patches; registers attend to all patches and to registers (all of them, or only
-    earlier ones with ``causal_registers``, so token i never sees tokens after it).
-
-    ``register_init='pyramid'`` adds to register i a projection of one cell of an average-pooled pyramid
-    of the patch grid (1x1, 2x2, 4x4, ... in coarse-to-fine order), so registers carry image content
-    from the first step; ``'learned'`` uses learned registers only (TiTok / FlexTok).
-    """
-
-    def __init__(self, image_size: int, patch_size: int, num_tokens: int, cfg: ViTConfig,
-                 patch_embed: str = "linear", stem_channels: int = 64, causal_registers: bool = False,
-                 register_init: str = "learned") -> None:
-        super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        if register_init not in ("learned", "pyramid"):
-            raise ValueError(f"register_init must be 'learned' or 'pyramid', got {register_init!r}")
-        g = image_size // patch_size
-        self.grid = g
-        self.num_tokens = num_tokens
-        self.pyramid = nn.Linear(cfg.width, cfg.width) if register_init == "pyramid" else None
-        self.num_patches = g * g
-        self.embed = PatchEmbed(patch_size, cfg.width, patch_embed, stem_channels)
-        self.register_buffer("pos", sincos_2d(g, g, cfg.width), persistent=False)
-        self.registers = nn.Parameter(torch.randn(num_tokens, cfg.width) * 0.02)
-        self.transformer = Transformer(cfg)
-        n, k = self.num_patches, num_tokens
-        mask = torch.zeros(n + k, n + k, dtype=torch.bool)
-        mask[:n, :n] = True
-        mask[n:, :n] = True
-        mask[n:, n:] = torch.tril(torch.ones(k, k, dtype=torch.bool)) if causal_registers else True
-        self.register_buffer("mask", mask, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> registers ``[B, K, width]``."""
-        feats = self.embed(x)
-        patches = feats + self.pos.to(x.dtype)
-        regs = self.registers.to(patches.dtype).expand(x.shape[0], -1, -1)
-        if self.pyramid is not None:
-            regs = regs + self.pyramid(self._pyramid_cells(feats))
-        out = self.transformer(torch.cat([patches, regs], dim=1), self.mask)
-        return out[:, self.num_patches:]
-
-
-    def _pyramid_cells(self, feats: torch.Tensor) -> torch.Tensor:
-        """``[B, N, W]`` patch features -> ``[B, K, W]``: pooled cells, coarse to fine, cycled to K."""
-        b, n, w = feats.shape
-        grid = feats.transpose(1, 2).reshape(b, w, self.grid, self.grid)
-        cells, size = [], 1
-        while size <= self.grid:
-            cells.append(F.adaptive_avg_pool2d(grid, size).flatten(2).transpose(1, 2))
-            size *= 2
-        cells = torch.cat(cells, dim=1)
-        reps = -(-self.num_tokens // cells.shape[1])
-        return cells.repeat(1, reps, 1)[:, : self.num_tokens]
-
-
-class ViTTokenDecoder(nn.Module):
-    """TiTok-style decoder: token prefix + learned image-patch queries -> transformer -> pixels."""
-
-    def __init__(self, image_size: int, patch_size: int, num_tokens: int, code_dim: int, cfg: ViTConfig,
-                 patch_head: str = "linear", head_channels: int = 64, query_init: str = "learned") -> None:
-        super().__init__()
-        if query_init not in ("learned", "token_mix", "pyramid"):
-            raise ValueError(f"query_init must be 'learned', 'token_mix' or 'pyramid', got {query_init!r}")
-        g = image_size // patch_size
-        self.num_tokens, self.num_patches = num_tokens, g * g
-        self.token_in = nn.Linear(code_dim, cfg.width)
-        self.token_pos = nn.Parameter(torch.randn(num_tokens, cfg.width) * 0.02)
-        self.queries = nn.Parameter(torch.randn(self.num_patches, cfg.width) * 0.02)
-        self.register_buffer("pos", sincos_2d(g, g, cfg.width), persistent=False)
-        self.transformer = Transformer(cfg)
-        self.head = PatchUnembed(patch_size, cfg.width, (g, g), patch_head, head_channels)
-        # token_mix: every patch query starts as a learned linear mix of the (kept) tokens, initialized at
-        # random, or ('pyramid') as the average of the tokens whose pyramid cell covers the patch: the
-        # adjoint of the encoder's pyramid pooling, so training starts from a multi-scale autoencoder
-        self.mix = None
-        if query_init == "token_mix":
-            self.mix = nn.Parameter(torch.randn(self.num_patches, num_tokens) / math.sqrt(num_tokens))
-        elif query_init == "pyramid":
-            cover = pyramid_cells_of_tokens(g, num_tokens).float()
-            self.mix = nn.Parameter(cover / cover.sum(1, keepdim=True).clamp_min(1))
-
-    @property
-    def last_layer_weight(self) -> torch.Tensor:
-        return self.head.last_layer_weight
-
-    def forward(self, codes: torch.Tensor, keep: torch.Tensor, hide_tail: bool) -> torch.Tensor:
-        b = codes.shape[0]
-        tokens = self.token_in(codes) + self.token_pos.to(codes.dtype)
-        queries = (self.queries + self.pos).to(tokens.dtype).expand(b, -1, -1)
-        if self.mix is not None:
-            visible = tokens * keep[..., None].to(tokens.dtype) if hide_tail else tokens
-            queries = queries + torch.einsum("nk,bkd->bnd", self.mix.to(tokens.dtype), visible)
-        mask = None
-        if hide_tail:
-            key_ok = torch.cat([keep, keep.new_ones(b, self.num_patches)], dim=1)  # [B, K + N]
-            mask = key_ok[:, None, None, :]
-        out = self.transformer(torch.cat([tokens, queries], dim=1), mask)
-        return self.head(out[:, self.num_tokens:])
-
-
-def pyramid_cells_of_tokens(grid: int, num_tokens: int) -> torch.Tensor:
-    """bool ``[grid * grid, K]``: patch n lies in the pyramid cell of token t.
-
-    Cells run coarse to fine (1x1, 2x2, 4x4, ... up to grid x grid, each row-major) and repeat when K is
-    larger than their count, matching ``RegisterEncoder(register_init='pyramid')``.
-    """
-    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
-    columns, size = [], 1
-    while size <= grid:
-        cell = (ys * size // grid) * size + (xs * size // grid)  # the cell index of each patch at this level
-        columns += [cell == c for c in range(size * size)]
-        size *= 2
-    cols = torch.stack(columns, dim=1)
-    reps = -(-num_tokens // cols.shape[1])
-    return cols.repeat(1, reps)[:, :num_tokens]
-
-
-def eval_token_counts(num_tokens: int) -> list[int]:
-    """1, 2, 4, ... up to K, always ending with K."""
-    ks = [2 ** j for j in range(int(math.log2(num_tokens)) + 1)]
-    return ks if ks[-1] == num_tokens else [*ks, num_tokens]
 
 
 class OneDTokenizer(TokenizerModule):
@@ -232,29 +97,17 @@ class OneDTokenizer(TokenizerModule):
                  quantizer: QuantizerConfig | None = None,
                  ordering: OrderingConfig | None = None, loss: ImageLossConfig | None = None,
                  optimizer: OptimizerConfig | None = None, ema_decay: float | None = None) -> None:
-        enc = as_config(ViTConfig, encoder)
-        dec = as_config(ViTConfig, decoder)
-        qcfg = as_config(QuantizerConfig, quantizer)
-        ocfg = as_config(OrderingConfig, ordering)
+        codec = OneDImageCodec(image_size, patch_size, num_tokens, encoder, decoder, patch_embed, patch_head,
+                               stem_channels, causal_registers, register_init, query_init, quantizer, ordering)
         lcfg = as_config(ImageLossConfig, loss)
-        q = Quantizer(enc.width, qcfg)
-        super().__init__(optimizer=optimizer, input_key="image", codebook_size=q.codebook_size)
-        self.save_hyperparameters(plain({
-            "image_size": image_size, "patch_size": patch_size, "num_tokens": num_tokens, "encoder": enc,
-            "decoder": dec, "patch_embed": patch_embed, "patch_head": patch_head, "stem_channels": stem_channels,
-            "causal_registers": causal_registers, "register_init": register_init, "query_init": query_init,
-            "quantizer": qcfg, "ordering": ocfg, "loss": lcfg,
-            "optimizer": self.optim_config, "ema_decay": ema_decay}))
+        super().__init__(optimizer=optimizer, input_key="image", codebook_size=codec.codebook_size)
+        self.save_hyperparameters(plain({**codec.arch, "loss": lcfg, "optimizer": self.optim_config,
+                                         "ema_decay": ema_decay}))
         self.automatic_optimization = False
         self.image_size, self.num_tokens, self.loss_cfg = image_size, num_tokens, lcfg
         if lcfg.pixel not in ("l1", "l2"):
             raise ValueError(f"loss.pixel must be 'l1' or 'l2', got {lcfg.pixel!r}")
-        self.encoder = RegisterEncoder(image_size, patch_size, num_tokens, enc, patch_embed, stem_channels,
-                                       causal_registers, register_init)
-        self.quantizer = q
-        self.ordering = build_ordering(ocfg.kind, enc.width, ocfg.nested_mode, ocfg.per_sample)
-        self.decoder = ViTTokenDecoder(image_size, patch_size, num_tokens, enc.width, dec, patch_head,
-                                       stem_channels, query_init)
+        self.codec = codec
         # the frozen perceptual network is kept out of the module tree: its weights come from a local file
         # and must not be copied into every checkpoint and export
         self._perceptual: list[nn.Module] = []
@@ -269,59 +122,52 @@ class OneDTokenizer(TokenizerModule):
             self.discriminator = PatchDiscriminator(3, lcfg.disc_channels, lcfg.disc_layers)
         self.ema = None
         if ema_decay:
-            self.ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            self.ema = AveragedModel(self.codec, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
             self.ema.requires_grad_(False)
         self.val_ks = eval_token_counts(num_tokens)
 
+    # the codec's parts under their short names (tests, losses and benchmarks reach them this way)
     @property
-    def generator(self) -> nn.ModuleList:
-        """The parts that make tokens and images: encoder, quantizer, ordering, decoder."""
-        return nn.ModuleList([self.encoder, self.quantizer, self.ordering, self.decoder])
+    def encoder(self) -> RegisterEncoder:
+        return self.codec.encoder
 
-    def _parts(self, use_ema: bool) -> tuple[nn.Module, Quantizer, nn.Module, nn.Module]:
+    @property
+    def quantizer(self) -> Quantizer:
+        return self.codec.quantizer
+
+    @property
+    def ordering(self) -> nn.Module:
+        return self.codec.ordering
+
+    @property
+    def decoder(self) -> ViTTokenDecoder:
+        return self.codec.decoder
+
+    @property
+    def generator(self) -> OneDImageCodec:
+        """The parts that make tokens and images (encoder, quantizer, ordering, decoder)."""
+        return self.codec
+
+    def inference_codec(self, use_ema: bool = True) -> OneDImageCodec:
+        """The codec used for validation and export: the EMA copy when there is one and ``use_ema``."""
         if use_ema and self.ema is not None:
-            return tuple(self.ema.module)  # type: ignore[return-value]
-        return self.encoder, self.quantizer, self.ordering, self.decoder
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        s = self.image_size
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (s, s):
-            raise ValueError(f"expected images [B, 3, {s}, {s}] in [-1, 1], got shape {tuple(x.shape)}")
+            return self.ema.module  # type: ignore[return-value]
+        return self.codec
 
     # ---- public face ------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, num_tokens: int | None = None, use_ema: bool = True) -> TokenBatch:
         """``[B, 3, S, S]`` in ``[-1, 1]`` -> ids int64 ``[B, num_tokens or K]`` (the first tokens)."""
-        self._check_input(x)
-        enc, quant, _, _ = self._parts(use_ema)
-        ids = quant(enc(x)).ids
-        if num_tokens is not None:
-            if not 1 <= num_tokens <= self.num_tokens:
-                raise ValueError(f"num_tokens must be in 1..{self.num_tokens}, got {num_tokens}")
-            ids = ids[:, :num_tokens]
-        return TokenBatch(ids)
+        return TokenBatch(self.inference_codec(use_ema).encode(x, num_tokens))
 
     def decode(self, tokens: TokenBatch | torch.Tensor, use_ema: bool = True, **options: Any) -> torch.Tensor:
         """ids ``[B, k]`` (any prefix, 1 <= k <= K) -> images ``[B, 3, S, S]`` clipped to ``[-1, 1]``."""
         ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
-        if ids.ndim != 2 or not 1 <= ids.shape[1] <= self.num_tokens:
-            raise ValueError(f"expected token ids [B, k] with 1 <= k <= {self.num_tokens}, got {tuple(ids.shape)}")
-        _, quant, order, dec = self._parts(use_ema)
-        b, k = ids.shape
-        codes = quant.ids_to_codes(ids)
-        if k < self.num_tokens:
-            codes = torch.cat([codes, codes.new_zeros(b, self.num_tokens - k, codes.shape[-1])], dim=1)
-        codes, keep = order(codes, k)
-        return dec(codes, keep, order.hides_tail).clamp(-1, 1)
+        return self.inference_codec(use_ema).decode(ids)
 
     def forward(self, x: torch.Tensor, k: int | torch.Tensor | None = None, use_ema: bool = False
                 ) -> dict[str, Any]:
         """Training / validation pass: reconstruction (unclipped), ids, keep mask, quantizer aux loss."""
-        self._check_input(x)
-        enc, quant, order, dec = self._parts(use_ema)
-        q = quant(enc(x))
-        codes, keep = order(q.quantized, k)
-        recon = dec(codes, keep, order.hides_tail)
-        return {"recon": recon, "ids": q.ids, "keep": keep, "aux_loss": q.aux_loss}
+        return self.inference_codec(use_ema)(x, k)
 
     # ---- losses -----------------------------------------------------------------------------------
     def _pixel(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
