@@ -1,7 +1,25 @@
-"""The shared webdataset streaming layer of tokenizers-mm (images, audio, meshes)."""
+"""The shared webdataset streaming layer of tokenizers-mm (images, audio, meshes, token shards).
 
-from .datamodule import ShardDataModule
-from .samples import AudioOptions, ImageOptions, MeshOptions, make_decoder
-from .urls import expand_urls
+Names are imported lazily, so inference code (``pipelines``) can use the decoders without importing
+Lightning, which only :class:`ShardDataModule` needs.
+"""
 
-__all__ = ["ShardDataModule", "ImageOptions", "AudioOptions", "MeshOptions", "make_decoder", "expand_urls"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "ShardDataModule": ".datamodule",
+    "ImageOptions": ".samples", "AudioOptions": ".samples", "MeshOptions": ".samples",
+    "TokenOptions": ".samples", "make_decoder": ".samples",
+    "expand_urls": ".urls",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

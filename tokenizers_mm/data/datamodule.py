@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from ..config import as_config, plain
-from .samples import MODALITIES, AudioOptions, ImageOptions, MeshOptions, make_decoder
+from .samples import MODALITIES, AudioOptions, ImageOptions, MeshOptions, TokenOptions, make_decoder
 from .stream import EvalStream, TrainStream, dist_info
 from .urls import expand_urls
 
@@ -21,7 +21,8 @@ class ShardDataModule(pl.LightningDataModule):
     """Streams webdataset shards of one modality for training and validation, DDP-correct.
 
     Args:
-        modality: ``image``, ``audio`` or ``mesh``.
+        modality: ``image``, ``audio``, ``mesh`` or ``tokens`` (shards of ``tokenizers-mm tokenize``: batches
+            hold ``ids`` int64 ``[B, k]``, for training a generator over the tokens).
         train_urls: training shards: brace pattern, directory (its ``train-*.tar``), ``@list.txt``,
             ``pipe:`` command or http(s) URL, or a list of these.
         val_urls: validation shards (a directory gives its ``val-*.tar``); ``None`` disables validation.
@@ -35,7 +36,7 @@ class ShardDataModule(pl.LightningDataModule):
         max_val_samples: validate on at most this many samples.
         shuffle_buffer: training sample shuffle buffer.
         seed: base seed of the training sample order.
-        image / audio / mesh: the modality's decoding options.
+        image / audio / mesh / tokens: the modality's decoding options.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class ShardDataModule(pl.LightningDataModule):
         image: ImageOptions | None = None,
         audio: AudioOptions | None = None,
         mesh: MeshOptions | None = None,
+        tokens: TokenOptions | None = None,
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
@@ -74,17 +76,19 @@ class ShardDataModule(pl.LightningDataModule):
         self.image = as_config(ImageOptions, image)
         self.audio = as_config(AudioOptions, audio)
         self.mesh = as_config(MeshOptions, mesh)
+        self.tokens = as_config(TokenOptions, tokens)
         self.save_hyperparameters(plain({
             "modality": modality, "train_urls": train_urls, "val_urls": val_urls, "batch_size": batch_size,
             "val_batch_size": val_batch_size, "batches_per_epoch": batches_per_epoch, "num_workers": num_workers,
             "val_num_workers": val_num_workers, "val_samples": val_samples, "max_val_samples": max_val_samples,
             "shuffle_buffer": shuffle_buffer, "seed": seed, "image": self.image, "audio": self.audio,
-            "mesh": self.mesh}))
+            "mesh": self.mesh, "tokens": self.tokens}))
         self.train_stream: TrainStream | None = None
         self.val_stream: EvalStream | None = None
 
     def _decoder(self, train: bool):
-        return make_decoder(self.modality, train, image=self.image, audio=self.audio, mesh=self.mesh)
+        return make_decoder(self.modality, train, image=self.image, audio=self.audio, mesh=self.mesh,
+                            tokens=self.tokens)
 
     def check_shard_count(self, n_shards: int, world: int, workers: int) -> None:
         """Warn when shards cannot be split disjointly over ranks x workers."""

@@ -6,10 +6,12 @@ training (random crops / subsets) or evaluation (deterministic views).
 
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from ..config import as_config
@@ -17,7 +19,8 @@ from .audio import AUDIO_EXTENSIONS, AudioTransform, decode_audio
 from .image import IMAGE_EXTENSIONS, ImageTransform, decode_image
 from .mesh import MESH_EXTENSIONS, MeshTransform, decode_mesh_npz
 
-MODALITIES = ("image", "audio", "mesh")
+SOURCE_MODALITIES = ("image", "audio", "mesh")  # what `data build` packs from files
+MODALITIES = (*SOURCE_MODALITIES, "tokens")  # what the loader reads (tokens: `tokenizers-mm tokenize` output)
 
 
 @dataclass
@@ -64,6 +67,18 @@ class MeshOptions:
     num_near: int = 1024
 
 
+@dataclass
+class TokenOptions:
+    """Token shard options (shards written by ``tokenizers-mm tokenize``).
+
+    Args:
+        num_tokens: keep the first ``num_tokens`` ids of every sample (prefix-decodable tokenizers); ``None``
+            keeps all. Samples with fewer ids are an error.
+    """
+
+    num_tokens: int | None = None
+
+
 class SampleDecoder(Protocol):
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]: ...
 
@@ -108,8 +123,39 @@ class MeshSampleDecoder:
         return self.transform(decode_mesh_npz(sample["npz"]), rng)
 
 
+def decode_ids_npy(data: bytes) -> np.ndarray:
+    """``ids.npy`` bytes -> 1D+ integer array (no pickles). Raises ``ValueError`` for anything else."""
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"ids.npy is not a readable .npy array: {exc}") from exc
+    if arr.dtype.kind not in "iu" or arr.ndim < 1:
+        raise ValueError(f"ids.npy must hold integer token ids of at least one dimension, got {arr.dtype} "
+                         f"of shape {arr.shape}")
+    return arr
+
+
+@dataclass
+class TokenSampleDecoder:
+    num_tokens: int | None = None
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        if "ids.npy" not in sample:
+            present = sorted(k for k in sample if not k.startswith("__"))
+            raise ValueError(f"token sample has no 'ids.npy' (found {present}); write token shards with "
+                             "`tokenizers-mm tokenize`")
+        ids = torch.from_numpy(decode_ids_npy(sample["ids.npy"]).astype(np.int64))
+        if self.num_tokens is not None:
+            if ids.shape[-1] < self.num_tokens:
+                raise ValueError(f"sample holds {ids.shape[-1]} tokens, fewer than data.tokens.num_tokens="
+                                 f"{self.num_tokens}")
+            ids = ids[..., : self.num_tokens]
+        return {"ids": ids}
+
+
 def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None = None,
-                 audio: AudioOptions | dict | None = None, mesh: MeshOptions | dict | None = None) -> SampleDecoder:
+                 audio: AudioOptions | dict | None = None, mesh: MeshOptions | dict | None = None,
+                 tokens: TokenOptions | dict | None = None) -> SampleDecoder:
     """Build the decoder of ``modality`` for training (``train=True``) or evaluation."""
     if modality == "image":
         o = as_config(ImageOptions, image)
@@ -126,4 +172,6 @@ def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None =
     if modality == "mesh":
         o = as_config(MeshOptions, mesh)
         return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train))
+    if modality == "tokens":
+        return TokenSampleDecoder(as_config(TokenOptions, tokens).num_tokens)
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")

@@ -9,7 +9,6 @@ half-written shard under its final name.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from .mesh import (
     normalize_mesh,
     precompute_mesh_sample,
 )
-from .samples import MODALITIES
+from .samples import SOURCE_MODALITIES
 
 log = logging.getLogger("tokenizers_mm.data")
 
@@ -149,6 +148,44 @@ def _make_sample(src: str, relpath: str, modality: str, mesh_opts: MeshBuildOpti
     return sample
 
 
+class AtomicTarFile:
+    """One webdataset tar written to ``path.tmp<pid>``, fsynced and renamed to ``path`` by :meth:`commit`.
+
+    Until ``commit`` the final name does not exist (or keeps its previous content), so a crash never
+    leaves a truncated shard under a final name; :meth:`abort` removes the temporary file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = f"{path}.tmp{os.getpid()}"
+        self.count = 0
+        self._stream = open(self.tmp, "wb")
+        # fixed mtime: identical inputs give byte-identical shards
+        self._writer = wds.TarWriter(self._stream, mtime=0.0)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        self._writer.write(sample)
+        self.count += 1
+
+    def commit(self) -> str:
+        self._writer.close()
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        except Exception:  # the tar may be half-written; the temporary file is removed anyway
+            pass
+        finally:
+            self._stream.close()
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
 class AtomicShardWriter:
     """Write numbered shards ``{prefix}-{i:06d}.tar`` of at most ``shard_size`` samples, atomically."""
 
@@ -156,54 +193,31 @@ class AtomicShardWriter:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.out_dir, self.prefix, self.shard_size = out_dir, prefix, shard_size
-        self.index, self.count, self.finished = 0, 0, []
-        self._writer: wds.TarWriter | None = None
-        self._tmp: str | None = None
-        self._stream: io.BufferedWriter | None = None
-
-    def _open(self) -> None:
-        final = os.path.join(self.out_dir, f"{self.prefix}-{self.index:06d}.tar")
-        self._tmp = final + f".tmp{os.getpid()}"
-        self._stream = open(self._tmp, "wb")
-        # fixed mtime: identical inputs give byte-identical shards
-        self._writer = wds.TarWriter(self._stream, mtime=0.0)
+        self.index, self.finished = 0, []
+        self._tar: AtomicTarFile | None = None
 
     def write(self, sample: dict[str, Any]) -> None:
-        if self._writer is None:
-            self._open()
-        self._writer.write(sample)
-        self.count += 1
-        if self.count == self.shard_size:
+        if self._tar is None:
+            self._tar = AtomicTarFile(os.path.join(self.out_dir, f"{self.prefix}-{self.index:06d}.tar"))
+        self._tar.write(sample)
+        if self._tar.count == self.shard_size:
             self._finish()
 
     def _finish(self) -> None:
-        assert self._writer is not None and self._tmp is not None and self._stream is not None
-        self._writer.close()
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
-        final = self._tmp.rsplit(".tmp", 1)[0]
-        os.replace(self._tmp, final)
-        self.finished.append(os.path.basename(final))
-        self._writer, self._tmp, self._stream = None, None, None
+        assert self._tar is not None
+        self.finished.append(os.path.basename(self._tar.commit()))
+        self._tar = None
         self.index += 1
-        self.count = 0
 
     def close(self) -> list[str]:
-        if self._writer is not None:
+        if self._tar is not None:
             self._finish()
         return self.finished
 
     def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            finally:
-                if self._stream is not None:
-                    self._stream.close()
-                if self._tmp and os.path.exists(self._tmp):
-                    os.remove(self._tmp)
-            self._writer = None
+        if self._tar is not None:
+            self._tar.abort()
+            self._tar = None
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -225,8 +239,8 @@ def build_shards(modality: str, src: str, out: str, shard_size: int = 64, val_fr
     ``dataset.json`` with their reason. Shards of an earlier build in ``out`` that this build does not
     overwrite are removed, after the new ones are complete. Returns the ``dataset.json`` content.
     """
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if modality not in SOURCE_MODALITIES:
+        raise ValueError(f"modality must be one of {SOURCE_MODALITIES}, got {modality!r}")
     mesh_opts = mesh or MeshBuildOptions()
     files = list_source_files(src, modality)
     keys = Counter(sample_key(p) for p in files)
