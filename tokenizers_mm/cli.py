@@ -6,6 +6,10 @@
     tokenizers-mm data inspect shards/
     tokenizers-mm data bench --config configs/image/fsq_ae_tiny.yaml
     tokenizers-mm evaluate --ckpt runs/fsq_ae_tiny/checkpoints/last.ckpt --data shards/ --out report/
+    tokenizers-mm export --ckpt runs/flextok_tiny/checkpoints/last.ckpt --out exports/flextok_tiny
+    tokenizers-mm encode --model exports/flextok_tiny a.png b.jpg --out tokens.npz --num-tokens 16
+    tokenizers-mm decode --model exports/flextok_tiny tokens.npz --out recon/
+    tokenizers-mm tokenize --model exports/flextok_tiny --data shards/ --out token_shards/
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-PROJECT_COMMANDS = ("data", "evaluate")
+PROJECT_COMMANDS = ("data", "evaluate", "export", "encode", "decode", "tokenize")
 
 
 # ---- LightningCLI ---------------------------------------------------------------------------------
@@ -159,6 +163,112 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- export and inference ---------------------------------------------------------------------------
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .export import EXPORT_FILES, export_checkpoint
+
+    cfg = export_checkpoint(a.ckpt, a.out, report=a.report, use_ema=not a.no_ema)
+    t = cfg["tokens"]
+    print(f"exported {cfg['modality']} tokenizer {cfg['architecture']} ({cfg['training']['weights']} weights, "
+          f"{cfg['weights']['parameters']:,} parameters) to {a.out}")
+    print(f"  {t['tokens_per_sample']} tokens x {t['codebook_sizes']} codes = {t['bytes_per_sample']} bytes per sample")
+    for name in EXPORT_FILES:
+        path = os.path.join(a.out, name)
+        print(f"  {path}  {_human(os.path.getsize(path))}")
+    return 0
+
+
+def _expand_inputs(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
+    files: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(root, n) for root, _, names in os.walk(item) for n in names
+                           if n.lower().rsplit(".", 1)[-1] in extensions)
+            if not found:
+                raise FileNotFoundError(f"folder {item!r} holds no {'/'.join(extensions)} files")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def _cmd_encode(a: argparse.Namespace) -> int:
+    import pipelines
+    from pipelines.files import save_tokens, token_meta
+
+    tok = pipelines.load(a.model, device=a.device, dtype="bf16" if a.bf16 else None)
+    if tok.modality == "image":
+        from .data.image import IMAGE_EXTENSIONS
+
+        files = _expand_inputs(a.inputs, IMAGE_EXTENSIONS)
+    else:  # pragma: no cover - other modalities register their readers here
+        raise ValueError(f"encode does not read {tok.modality} files yet")
+    ids = tok.encode(files, num_tokens=a.num_tokens, batch_size=a.batch_size)
+    keys = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    save_tokens(a.out, ids, keys, token_meta(tok, ids.shape[1]))
+    print(f"encoded {len(files)} {tok.modality} file(s) into {ids.shape[1]} tokens each -> {a.out}")
+    return 0
+
+
+def _cmd_decode(a: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    import pipelines
+    from pipelines.files import check_meta, load_tokens
+
+    tok = pipelines.load(a.model, device=a.device, dtype="bf16" if a.bf16 else None)
+    if len(a.inputs) == 1 and a.inputs[0].endswith(".npz"):
+        ids, keys, meta = load_tokens(a.inputs[0])
+        for w in check_meta(meta, tok, a.inputs[0]):
+            logging.getLogger("tokenizers_mm").warning(w)
+    else:
+        from pipelines.tokenize import read_token_ids
+
+        from .data.urls import expand_urls
+
+        pairs = list(read_token_ids(expand_urls(a.inputs)))
+        if not pairs:
+            raise ValueError(f"no token samples in {a.inputs}")
+        keys = [k for k, _ in pairs]
+        ids = np.stack([v for _, v in pairs])
+    if a.limit:
+        ids, keys = ids[: a.limit], keys[: a.limit]
+    out = tok.decode(ids, batch_size=a.batch_size)
+    if tok.modality == "image":
+        from .visual import image_grid, save_png
+
+        paths = tok.save(out, a.out, keys)
+        n = min(len(out), 64)
+        cols = 8
+        rows = [out[i:i + cols] for i in range(0, n, cols)]
+        if len(rows) > 1 and rows[-1].shape[0] < cols:  # pad the last row with white
+            rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
+        grid = save_png(image_grid(rows), os.path.join(a.out, "_grid.png"))
+        print(f"decoded {len(paths)} image(s) from {ids.shape[1]} tokens each into {a.out}/ (overview: {grid})")
+    return 0
+
+
+def _cmd_tokenize(a: argparse.Namespace) -> int:
+    from pipelines.tokenize import tokenize_shards
+
+    m = tokenize_shards(a.model, a.data, a.out, num_tokens=a.num_tokens, batch_size=a.batch_size,
+                        num_workers=a.workers, split=a.split, rank=a.rank, world_size=a.world_size,
+                        device=a.device, dtype="bf16" if a.bf16 else None)
+    state = "complete" if m["complete"] else f"partial ({sum(map(len, m['shards'].values()))} of {m['input_shards']} shards)"
+    print(f"token shards in {a.out}: {m['counts']} samples, {m['skipped_samples']} skipped, {state}; "
+          f"{m['tokens']['num_tokens']} tokens per sample (dataset.json)")
+    return 0
+
+
 def _project_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenizers-mm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,6 +323,44 @@ def _project_parser() -> argparse.ArgumentParser:
     e.add_argument("--inception", default=None, help="local InceptionV3 weights file (enables rFID)")
     e.add_argument("--no-baselines", action="store_true", help="skip the JPEG / WebP baselines")
     e.set_defaults(func=_cmd_evaluate)
+
+    x = sub.add_parser("export", help="write a self-describing export folder (config.json, model.safetensors, card)")
+    x.add_argument("--ckpt", required=True, help="Lightning checkpoint of a tokenizers-mm tokenizer")
+    x.add_argument("--out", required=True, help="export folder (an earlier export there is replaced atomically)")
+    x.add_argument("--report", default=None, help="report.json of `tokenizers-mm evaluate`, for the model card")
+    x.add_argument("--no-ema", action="store_true", help="export the raw weights even when the run kept an EMA")
+    x.set_defaults(func=_cmd_export)
+
+    def inference_flags(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--model", required=True, help="export folder (tokenizers-mm export)")
+        q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        q.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
+        q.add_argument("--batch-size", type=int, default=64)
+
+    en = sub.add_parser("encode", help="encode files (images: png / jpg / webp) into tokens.npz")
+    inference_flags(en)
+    en.add_argument("inputs", nargs="+", help="files or folders of files")
+    en.add_argument("--out", required=True, help="output .npz (ids [N, k], keys, meta)")
+    en.add_argument("--num-tokens", type=int, default=None, help="keep the first k tokens (1D tokenizers)")
+    en.set_defaults(func=_cmd_encode)
+
+    de = sub.add_parser("decode", help="decode tokens.npz or token shards into files (images: PNG)")
+    inference_flags(de)
+    de.add_argument("inputs", nargs="+", help="a tokens.npz, or token shards (pattern, folder, @list.txt)")
+    de.add_argument("--out", required=True, help="output folder")
+    de.add_argument("--limit", type=int, default=None, help="decode at most this many samples")
+    de.set_defaults(func=_cmd_decode)
+
+    tz = sub.add_parser("tokenize", help="stream shards through an export into token shards (resumable)")
+    inference_flags(tz)
+    tz.add_argument("--data", required=True, nargs="+", help="input shards: pattern, folder, @list.txt, URL")
+    tz.add_argument("--out", required=True, help="output folder of token shards + dataset.json")
+    tz.add_argument("--split", choices=["train", "val"], default=None, help="for folders: only this split")
+    tz.add_argument("--num-tokens", type=int, default=None, help="keep the first k tokens (1D tokenizers)")
+    tz.add_argument("--workers", type=int, default=2, help="decoding workers per rank")
+    tz.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
+    tz.add_argument("--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)")
+    tz.set_defaults(func=_cmd_tokenize)
     return p
 
 
@@ -225,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         a = _project_parser().parse_args(argv)
         try:
             return int(a.func(a) or 0)
-        except (FileNotFoundError, ValueError) as exc:
+        except (FileNotFoundError, ValueError, TypeError) as exc:
             print(f"tokenizers-mm: error: {exc}", file=sys.stderr)
             return 2
     if argv and argv[0] in ("-h", "--help") and len(argv) == 1:

@@ -1,0 +1,90 @@
+"""Token files: ``tokens.npz`` written by ``tokenizers-mm encode`` and read by ``decode``.
+
+Layout (numpy ``.npz``, no pickles):
+
+- ``ids``: ``[N, k]`` token ids, ``uint16`` when the codebook has at most 65,536 codes, else ``int32``;
+- ``keys``: ``[N]`` unicode names of the inputs (file names without extension);
+- ``meta``: a JSON string: format, modality, architecture, codebook size, tokens per sample, the sha256 of
+  the tokenizer's weights (``model_id``) and its export path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+TOKENS_FORMAT = "tokenizers-mm-tokens"
+
+
+def ids_dtype(codebook_size: int) -> np.dtype:
+    """The smallest integer type that stores ids of ``codebook_size`` codes."""
+    return np.dtype(np.uint16) if codebook_size <= 2 ** 16 else np.dtype(np.int32)
+
+
+def token_meta(pipeline: Any, num_tokens: int) -> dict[str, Any]:
+    cfg = pipeline.config
+    return {"format": TOKENS_FORMAT, "format_version": 1, "modality": cfg["modality"],
+            "architecture": cfg["architecture"], "codebook_size": pipeline.codebook_size,
+            "tokens_per_sample": pipeline.num_tokens, "num_tokens": num_tokens,
+            "model_id": pipeline.model_id, "model_path": pipeline.path}
+
+
+def save_tokens(path: str, ids: torch.Tensor, keys: list[str], meta: dict[str, Any]) -> str:
+    """Write ``tokens.npz`` atomically (temp file + fsync + rename); returns the path."""
+    if len(keys) != len(ids):
+        raise ValueError(f"{len(keys)} keys for {len(ids)} rows of ids")
+    buf = io.BytesIO()
+    np.savez(buf, ids=ids.cpu().numpy().astype(ids_dtype(meta["codebook_size"])),
+             keys=np.array(keys, dtype=np.str_), meta=np.array(json.dumps(meta)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_tokens(path: str) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """Read a ``tokens.npz``: ``(ids [N, k], keys, meta)``; ``ValueError`` names what is wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"token file {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            if "ids" not in files:
+                raise ValueError(f"{path!r} holds no 'ids' array (found {sorted(files)}); expected a file "
+                                 "written by `tokenizers-mm encode`")
+            ids = z["ids"]
+            keys = [str(k) for k in z["keys"]] if "keys" in files else [f"{i:06d}" for i in range(len(ids))]
+            meta = json.loads(str(z["meta"])) if "meta" in files else {}
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "holds no 'ids'" in str(exc):
+            raise
+        raise ValueError(f"{path!r} is not a readable .npz token file: {exc}") from exc
+    return ids, keys, meta
+
+
+def check_meta(meta: dict[str, Any], pipeline: Any, source: str) -> list[str]:
+    """Compare a token file's metadata with the tokenizer about to decode it.
+
+    Raises ``ValueError`` for another modality or codebook size; returns warnings (another model id).
+    """
+    warnings = []
+    if not meta:
+        return [f"{source} carries no metadata: cannot check which tokenizer wrote it"]
+    if meta.get("modality") not in (None, pipeline.modality):
+        raise ValueError(f"{source} holds {meta['modality']} tokens; the model is a {pipeline.modality} tokenizer")
+    if meta.get("codebook_size") not in (None, pipeline.codebook_size):
+        raise ValueError(f"{source} holds ids of a {meta['codebook_size']}-code codebook; the model has "
+                         f"{pipeline.codebook_size} codes")
+    if meta.get("model_id") and meta["model_id"] != pipeline.model_id:
+        warnings.append(f"{source} was written by another tokenizer ({meta.get('model_path')}, weights "
+                        f"{meta['model_id'][:12]}...) than the one decoding it ({pipeline.model_id[:12]}...)")
+    return warnings

@@ -1,0 +1,152 @@
+"""``ImageTokenizer``: encode images to token ids and decode ids to images from an export folder."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tokenizers_mm.data.image import (
+    IMAGE_EXTENSIONS,
+    crop,
+    pil_to_tensor,
+    resize_shorter_side,
+    tensor_to_uint8,
+)
+
+from .base import TokenizerPipeline
+
+ImageInput = Any  # a tensor, numpy array, PIL image, file path, or a sequence of the last three
+
+
+class ImageTokenizer(TokenizerPipeline):
+    """Image tokenizer of an export folder (built by :func:`pipelines.load`).
+
+    ``encode`` accepts:
+
+    - a float tensor ``[B, 3, S, S]`` (or ``[3, S, S]``) in ``[-1, 1]``, or a uint8 tensor in ``[0, 255]``;
+    - a numpy uint8 array ``[H, W, 3]`` / ``[B, H, W, 3]``, a PIL image, or an image file path (png, jpg,
+      jpeg, webp), or a list of those: these are resized to the export's shorter side and center-cropped
+      to ``S`` (greyscale and RGBA files and PIL images are converted to RGB).
+    """
+
+    modality = "image"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["inputs"]["image_size"])
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def preprocess_pil(self, img: Image.Image) -> torch.Tensor:
+        """PIL image -> ``[3, S, S]`` in ``[-1, 1]`` (resize shorter side, center crop)."""
+        pre = self.config["inputs"]["preprocess"]
+        img = img.convert("RGB") if img.mode != "RGB" else img
+        img = resize_shorter_side(img, max(int(pre["resize_shorter_side"]), self.image_size))
+        return pil_to_tensor(crop(img, self.image_size, "center", random.Random(0)))
+
+    def _one(self, item: Any) -> torch.Tensor:
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            ext = os.path.splitext(path)[1].lower().lstrip(".")
+            if ext not in IMAGE_EXTENSIONS:
+                raise ValueError(f"{path!r} is not an image file: this image tokenizer reads "
+                                 f"{', '.join(IMAGE_EXTENSIONS)}")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"image file {path!r} does not exist")
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    return self.preprocess_pil(im)
+            except OSError as exc:
+                raise ValueError(f"{path!r} is not a readable image: {exc}") from exc
+        if isinstance(item, Image.Image):
+            return self.preprocess_pil(item)
+        if isinstance(item, np.ndarray):
+            if item.ndim != 3 or item.shape[-1] != 3:
+                raise ValueError(f"numpy images must be [H, W, 3] uint8 RGB, got shape {item.shape} "
+                                 f"({item.shape[-1] if item.ndim == 3 else '?'} channels)")
+            if item.dtype != np.uint8:
+                raise ValueError(f"numpy images must be uint8 in [0, 255], got {item.dtype}")
+            return self.preprocess_pil(Image.fromarray(item))
+        raise TypeError(f"cannot read an image from {type(item).__name__}")
+
+    def to_model_input(self, x: ImageInput) -> torch.Tensor:
+        """Any accepted input -> float ``[B, 3, S, S]`` in ``[-1, 1]`` on CPU; clear errors otherwise."""
+        s = self.image_size
+        if isinstance(x, np.ndarray) and x.ndim == 4:
+            x = list(x)
+        if isinstance(x, torch.Tensor):
+            t = x.detach()
+            if t.ndim == 3:
+                t = t[None]
+            if t.ndim != 4:
+                raise ValueError(f"image tensors must be [B, 3, H, W] or [3, H, W], got shape {tuple(x.shape)}")
+            if t.shape[1] != 3:
+                raise ValueError(f"image tensors must have 3 channels (RGB) in dim 1, got {t.shape[1]} "
+                                 f"(shape {tuple(t.shape)}); convert greyscale / RGBA to RGB first")
+            if tuple(t.shape[-2:]) != (s, s):
+                raise ValueError(f"image tensors must be {s}x{s} for this tokenizer, got {tuple(t.shape[-2:])}; "
+                                 "pass PIL images or files to have them resized and cropped")
+            if t.dtype == torch.uint8:
+                return t.float().div(127.5).sub(1.0).cpu()
+            if not t.dtype.is_floating_point:
+                raise ValueError(f"image tensors must be float in [-1, 1] or uint8, got {t.dtype}")
+            lo, hi = float(t.min()), float(t.max())
+            if lo < -1.001 or hi > 1.001:
+                raise ValueError(f"float image tensors must lie in [-1, 1], got [{lo:.3f}, {hi:.3f}]")
+            return t.float().cpu()
+        if isinstance(x, (str, os.PathLike, Image.Image, np.ndarray)):
+            x = [x]
+        if isinstance(x, Sequence) and len(x) > 0:
+            return torch.stack([self._one(item) for item in x])
+        raise TypeError(f"cannot read images from {type(x).__name__}")
+
+    # ---- encode / decode ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, x: ImageInput, num_tokens: int | None = None, batch_size: int = 64) -> torch.Tensor:
+        """Images -> int64 ids ``[B, num_tokens or K]`` on CPU (the first ``num_tokens`` of a 1D tokenizer)."""
+        images = self.to_model_input(x)
+        if num_tokens is not None and not 1 <= num_tokens <= self.num_tokens:
+            raise ValueError(f"num_tokens must be in 1..{self.num_tokens}, got {num_tokens}")
+        out = []
+        for sl in self.batches(len(images), batch_size):
+            with self.autocast():
+                out.append(self.codec.encode(images[sl].to(self.device), num_tokens).cpu())
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def decode(self, ids: Any, batch_size: int = 64, **options: Any) -> torch.Tensor:
+        """ids ``[B, k]`` -> float32 images ``[B, 3, S, S]`` in ``[-1, 1]`` on CPU.
+
+        A 1D tokenizer decodes any prefix ``1 <= k <= K``; a grid tokenizer needs all K ids.
+        """
+        if options:
+            raise TypeError(f"unknown decode option(s) {sorted(options)} for {self.config['architecture']}")
+        t = self.check_ids(ids)
+        out = []
+        for sl in self.batches(len(t), batch_size):
+            with self.autocast():
+                out.append(self.codec.decode(t[sl].to(self.device)).float().cpu())
+        return torch.cat(out)
+
+    # ---- outputs ------------------------------------------------------------------------------------
+    @staticmethod
+    def to_pil(images: torch.Tensor) -> list[Image.Image]:
+        """``[B, 3, H, W]`` in ``[-1, 1]`` -> RGB PIL images."""
+        return [Image.fromarray(tensor_to_uint8(img)) for img in images]
+
+    def save(self, images: torch.Tensor, out_dir: str, names: Sequence[str]) -> list[str]:
+        """Write ``images`` as ``out_dir/<name>.png`` (names are made safe for file names); returns the paths."""
+        from tokenizers_mm.visual import save_png
+
+        os.makedirs(out_dir, exist_ok=True)
+        paths = []
+        for img, name in zip(images, names, strict=True):
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "image"
+            paths.append(save_png(tensor_to_uint8(img), os.path.join(out_dir, f"{safe}.png")))
+        return paths

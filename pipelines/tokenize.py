@@ -1,0 +1,206 @@
+"""Pre-tokenization: stream webdataset shards through an exported tokenizer into token shards.
+
+Every input shard ``NAME.tar`` becomes an output shard ``OUT/NAME.tar`` with one sample per readable input
+sample: ``__key__`` (the input key), ``ids.npy`` (``[k]`` ids, uint16 or int32) and ``json`` (the source
+shard and the number of tokens). Because names carry over, ``train-*.tar`` / ``val-*.tar`` splits stay
+splits, and :class:`~tokenizers_mm.data.ShardDataModule` with ``modality: tokens`` reads the folder back.
+
+- Parallel: input shards are dealt round-robin to ranks (``RANK`` / ``WORLD_SIZE`` from torchrun or SLURM,
+  or ``--rank`` / ``--world-size``), then to dataloader workers that decode; the rank's process encodes.
+- Resumable: each output shard is written to a temporary name and renamed when complete; a rerun skips
+  input shards whose output exists, so a killed job continues where it stopped.
+- Corrupt samples are skipped, counted and logged with key and shard; the counts go into ``dataset.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from tokenizers_mm.data.samples import ImageOptions, make_decoder
+from tokenizers_mm.data.shards import AtomicTarFile, write_json_atomic
+from tokenizers_mm.data.stream import SkipCounter, count_samples, dist_info
+from tokenizers_mm.data.urls import expand_urls, is_remote
+
+from .base import TokenizerPipeline
+from .files import ids_dtype, token_meta
+
+log = logging.getLogger("tokenizers_mm.tokenize")
+PROGRESS_DIR = ".tokenize"
+
+
+def _sample_decoder(pipeline: TokenizerPipeline):
+    if pipeline.modality == "image":
+        inp = pipeline.config["inputs"]
+        return make_decoder("image", train=False, image=ImageOptions(
+            size=int(inp["image_size"]), val_resize=int(inp["preprocess"]["resize_shorter_side"]), flip=False))
+    raise ValueError(f"tokenize does not handle {pipeline.modality} tokenizers yet")
+
+
+class ShardBatches(IterableDataset):
+    """Decoded batches of whole shards, never mixing two shards in one batch.
+
+    Yields ``{"shard", "keys", "x"}`` batches and, after each shard, ``{"shard", "end": True, "skipped"}``.
+    Worker ``w`` of ``n`` takes shards ``w, w + n, ...`` of the list.
+    """
+
+    def __init__(self, urls: list[str], decoder: Any, batch_size: int, input_key: str) -> None:
+        self.urls, self.decoder, self.batch_size, self.input_key = urls, decoder, batch_size, input_key
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from webdataset.tariterators import tarfile_samples
+
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = random.Random(0)
+        for url in self.urls[wid::nw]:
+            counter = SkipCounter()
+            keys: list[str] = []
+            xs: list[torch.Tensor] = []
+            for raw in tarfile_samples([{"url": url}], handler=counter.tar_handler):
+                try:
+                    x = self.decoder(raw, rng)[self.input_key]
+                except Exception as exc:  # one corrupt sample must not stop the job
+                    counter.skip("sample", raw.get("__key__"), url, exc)
+                    continue
+                keys.append(raw["__key__"])
+                xs.append(x)
+                if len(xs) == self.batch_size:
+                    yield {"shard": url, "keys": keys, "x": torch.stack(xs), "end": False}
+                    keys, xs = [], []
+            if xs:
+                yield {"shard": url, "keys": keys, "x": torch.stack(xs), "end": False}
+            yield {"shard": url, "end": True, "skipped": counter.total}
+
+
+def output_name(url: str) -> str:
+    name = os.path.basename(url.rstrip("/").split("?")[0])
+    return name if name.endswith(".tar") else f"{name}.tar"
+
+
+def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: str, num_tokens: int | None = None,
+                    batch_size: int = 64, num_workers: int = 2, split: str | None = None, rank: int | None = None,
+                    world_size: int | None = None, device: str | None = None, dtype: str | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Tokenize the shards ``data`` into ``out`` (see the module docstring); returns the ``dataset.json`` content.
+
+    Args:
+        model: an export folder or a loaded pipeline.
+        data: shard URLs (pattern, directory, ``@list.txt`` ...); a directory gives all its ``*.tar``
+            unless ``split`` (``train`` / ``val``) picks one.
+        out: output folder (created); reruns resume.
+        num_tokens: keep the first ``num_tokens`` of each sample (1D tokenizers); default all.
+        rank / world_size: this process's part; default from torch.distributed or the launcher's environment.
+    """
+    import pipelines
+
+    if isinstance(model, TokenizerPipeline):
+        tok = model
+    else:
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        tok = pipelines.load(model, device=device, dtype=dtype)
+    k = num_tokens or tok.num_tokens
+    if not 1 <= k <= tok.num_tokens or (not tok.prefix_decodable and k != tok.num_tokens):
+        raise ValueError(f"num_tokens must be in 1..{tok.num_tokens} for this tokenizer, got {num_tokens}")
+    urls = expand_urls(data, split=split)
+    names = [output_name(u) for u in urls]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"input shards share file names {dupes[:5]}; output shards are named after inputs, so "
+                         "tokenize each folder into its own --out")
+    r, w = dist_info()
+    r = r if rank is None else rank
+    w = w if world_size is None else world_size
+    if not 0 <= r < w:
+        raise ValueError(f"rank must be in 0..{w - 1}, got {r}")
+    os.makedirs(os.path.join(out, PROGRESS_DIR), exist_ok=True)
+    mine = [u for i, u in enumerate(urls) if i % w == r]
+    todo = [u for u in mine if not os.path.exists(os.path.join(out, output_name(u)))]
+    if len(todo) < len(mine):
+        log.warning("resuming: %d of this rank's %d shards are already tokenized", len(mine) - len(todo), len(mine))
+    total = sum(count_samples(u) for u in todo) if todo and not any(is_remote(u) for u in todo) else None
+    input_key = tok.modality
+    loader = DataLoader(ShardBatches(todo, _sample_decoder(tok), batch_size, input_key), batch_size=None,
+                        num_workers=min(num_workers, len(todo)))
+    meta = token_meta(tok, k)
+    dtype_np = ids_dtype(tok.codebook_size)
+    writers: dict[str, AtomicTarFile] = {}
+    counts: dict[str, int] = {}
+    bar = tqdm(total=total, desc=f"tokenize rank {r}/{w}", unit="sample", disable=not progress or not todo)
+    try:
+        for item in loader if todo else []:
+            url = item["shard"]
+            name = output_name(url)
+            if item["end"]:
+                tar = writers.pop(url, None) or AtomicTarFile(os.path.join(out, name))
+                write_json_atomic(os.path.join(out, PROGRESS_DIR, f"{name}.json"),
+                                  {"source": url, "samples": tar.count, "skipped": int(item["skipped"])})
+                tar.commit()
+                continue
+            ids = tok.encode(item["x"], num_tokens=k, batch_size=batch_size).numpy().astype(dtype_np)
+            tar = writers.get(url)
+            if tar is None:
+                tar = writers[url] = AtomicTarFile(os.path.join(out, name))
+            for key, row in zip(item["keys"], ids, strict=True):
+                tar.write({"__key__": key, "ids.npy": row, "json": {"source_shard": name, "num_tokens": k}})
+            counts[url] = counts.get(url, 0) + len(ids)
+            bar.update(len(ids))
+    except BaseException:
+        for tar in writers.values():
+            tar.abort()
+        raise
+    finally:
+        bar.close()
+    return write_manifest(out, tok, meta, urls)
+
+
+def write_manifest(out: str, tok: TokenizerPipeline, meta: dict[str, Any], urls: list[str]) -> dict[str, Any]:
+    """Write ``out/dataset.json`` from the shards present (every rank may call it; the content converges)."""
+    shards: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    skipped = 0
+    done = 0
+    for u in urls:
+        name = output_name(u)
+        if not os.path.exists(os.path.join(out, name)):
+            continue
+        done += 1
+        split = name.split("-", 1)[0] if "-" in name else "all"
+        shards.setdefault(split, []).append(name)
+        try:
+            with open(os.path.join(out, PROGRESS_DIR, f"{name}.json")) as f:
+                prog = json.load(f)
+        except (OSError, ValueError):
+            prog = {"samples": count_samples(os.path.join(out, name)), "skipped": 0}
+        counts[split] = counts.get(split, 0) + int(prog["samples"])
+        skipped += int(prog["skipped"])
+    manifest = {"format_version": 1, "modality": "tokens", "source_modality": tok.modality,
+                "counts": counts, "shards": shards, "skipped_samples": skipped,
+                "complete": done == len(urls), "input_shards": len(urls), "tokens": meta,
+                "tokenizer": {"architecture": tok.config["architecture"], "arch": tok.config["arch"],
+                              "tokens": tok.config["tokens"]}}
+    write_json_atomic(os.path.join(out, "dataset.json"), manifest)
+    return manifest
+
+
+def read_token_ids(urls: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """``(key, ids [k])`` of every sample in token shards (used by ``tokenizers-mm decode``)."""
+    from webdataset.tariterators import tarfile_samples
+
+    from tokenizers_mm.data.samples import decode_ids_npy
+
+    for raw in tarfile_samples([{"url": u} for u in urls]):
+        if "ids.npy" not in raw:
+            raise ValueError(f"sample {raw.get('__key__')} of {raw.get('__url__')} has no ids.npy: not a token shard "
+                             "(write token shards with `tokenizers-mm tokenize`)")
+        yield raw["__key__"], decode_ids_npy(raw["ids.npy"])

@@ -1,0 +1,332 @@
+"""Exported tokenizers: a self-describing folder that loads without Lightning or the training code.
+
+An export folder holds exactly three files:
+
+- ``config.json``: format name and version, modality, architecture name and its constructor arguments
+  (quantizer spec included), the token layout (tokens per sample, codebook sizes, bits and bytes), the
+  input convention (resolution or sample rate, value range, preprocessing), how it was trained and the
+  sha256 of the weights;
+- ``model.safetensors``: the codec's ``state_dict`` (EMA weights when the run kept an EMA): encoder,
+  quantizer and decoder only; no optimizer, discriminator or loss network;
+- ``README.md``: a model card (what it is, how to use it, how it was trained, its evaluation numbers).
+
+Nothing in an export is pickled. :func:`export_checkpoint` reads a Lightning checkpoint with
+``weights_only=True``; :func:`load_codec` rebuilds the codec from JSON and safetensors.
+
+A folder is written next to its final name and renamed into place, so an interrupted export never
+leaves a half-written folder under the final name; an earlier export there stays intact until the
+new one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT_NAME = "tokenizers-mm-export"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+
+# architecture name -> "module:Class" of the nn.Module that an export of it rebuilds
+CODECS = {
+    "image/onedim": "tokenizers_mm.image.codec1d:OneDImageCodec",
+    "image/grid": "tokenizers_mm.image.grid_codec:GridImageCodec",
+}
+
+
+class ExportError(ValueError):
+    """An export folder is missing, malformed, from a newer format, or of an unexpected modality."""
+
+
+def codec_class(architecture: str) -> type[nn.Module]:
+    """The codec class of ``architecture`` (``ExportError`` for an unknown name)."""
+    if architecture not in CODECS:
+        raise ExportError(f"unknown architecture {architecture!r}; this version of tokenizers-mm knows "
+                          f"{sorted(CODECS)}")
+    module_name, _, cls_name = CODECS[architecture].partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+# ---- writing --------------------------------------------------------------------------------------
+def _fsync_write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def is_export_dir(path: str) -> bool:
+    """True when ``path`` holds a ``config.json`` of this export format."""
+    try:
+        with open(os.path.join(path, CONFIG_FILE)) as f:
+            return json.load(f).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_dir_atomic(out: str, files: dict[str, bytes]) -> str:
+    """Write ``files`` (name -> bytes) as folder ``out``: temp folder beside it, fsync, rename.
+
+    An existing ``out`` is replaced only when it is an earlier export (or empty); any other folder or
+    file there raises ``ExportError`` and is left untouched.
+    """
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise ExportError(f"export destination {out!r} exists and is not a folder")
+        if os.listdir(out) and not is_export_dir(out):
+            raise ExportError(f"export destination {out!r} is a non-empty folder that is not a tokenizers-mm "
+                              "export; choose another --out (nothing was overwritten)")
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp", dir=parent)
+    try:
+        for name, data in files.items():
+            _fsync_write(os.path.join(tmp, name), data)
+        old = None
+        if os.path.exists(out):
+            old = f"{out}.old{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _bits(codebook_sizes: list[int]) -> float:
+    return sum(math.log2(n) for n in codebook_sizes)
+
+
+def build_config(codec: nn.Module, inputs: dict[str, Any], training: dict[str, Any],
+                 weights_sha256: str, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` of an export of ``codec`` (see the module docstring)."""
+    from . import __version__
+
+    tokens = dict(codec.token_spec())
+    bits = _bits(tokens["codebook_sizes"])
+    tokens["bits_per_token"] = round(bits, 4)
+    tokens["bytes_per_sample"] = math.ceil(tokens["tokens_per_sample"] * bits / 8)
+    cfg = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "modality": codec.modality,
+        "architecture": codec.architecture, "arch": codec.arch, "tokens": tokens, "inputs": inputs,
+        "training": training, "weights": {"file": WEIGHTS_FILE, "sha256": weights_sha256,
+                                          "parameters": sum(p.numel() for p in codec.parameters()),
+                                          "dtype": "float32"},
+        "created": {"by": f"tokenizers-mm {__version__}", "torch": torch.__version__,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    }
+    if evaluation:
+        cfg["evaluation"] = evaluation
+    return cfg
+
+
+def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: dict[str, Any] | None = None,
+                 evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``codec`` (an ``nn.Module`` registered in :data:`CODECS`) as an export folder; returns its config."""
+    from safetensors.torch import save
+
+    if getattr(codec, "architecture", None) not in CODECS:
+        raise ExportError(f"{type(codec).__name__} is not an exportable codec (known: {sorted(CODECS)})")
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+             for k, v in codec.state_dict().items()}
+    blob = save(state, metadata={"format": "pt", "architecture": codec.architecture})
+    sha = hashlib.sha256(blob).hexdigest()
+    cfg = build_config(codec, inputs, training or {}, sha, evaluation)
+    card = model_card(cfg)
+    write_dir_atomic(out, {WEIGHTS_FILE: blob, CONFIG_FILE: (json.dumps(cfg, indent=2) + "\n").encode(),
+                           CARD_FILE: card.encode()})
+    return cfg
+
+
+def _image_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
+    img = data_hp.get("image") or {}
+    size = int(codec.image_size)
+    return {"kind": "image", "channels": 3, "image_size": size, "layout": "[B, 3, H, W]",
+            "range": [-1.0, 1.0], "from_uint8": "x / 127.5 - 1",
+            "preprocess": {"resize_shorter_side": int(img.get("val_resize") or size), "crop": "center"}}
+
+
+INPUT_SPECS = {"image": _image_inputs}
+
+
+def _evaluation_from_report(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        report = json.load(f)
+    keep = ("images", "image_size", "tokens_per_image", "codebook_size", "bits_per_token", "per_k")
+    ev = {k: report[k] for k in keep if k in report}
+    base = report.get("baselines") or {}
+    ev["baselines_at_our_bytes"] = {fmt: b.get("at_our_bytes") for fmt, b in base.items()}
+    ev["source"] = os.path.abspath(path)
+    return ev
+
+
+def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: bool = True) -> dict[str, Any]:
+    """Export the tokenizer of Lightning checkpoint ``ckpt`` into folder ``out``; returns its config.
+
+    ``report``: a ``report.json`` of ``tokenizers-mm evaluate`` to record in the config and model card.
+    ``use_ema``: export the EMA weights when the run kept them (the default), else the raw weights.
+    """
+    from .checkpointing import CLASS_KEY, load_tokenizer, read_checkpoint
+
+    raw = read_checkpoint(ckpt)
+    model = load_tokenizer(ckpt)
+    if not hasattr(model, "inference_codec"):
+        raise ExportError(f"{raw.get(CLASS_KEY)} in {ckpt!r} has no exportable codec")
+    has_ema = getattr(model, "ema", None) is not None
+    codec = model.inference_codec(use_ema)
+    data_hp = raw.get("datamodule_hyper_parameters") or {}
+    if data_hp.get("modality", codec.modality) != codec.modality:
+        raise ExportError(f"{ckpt!r} trained a {codec.modality} codec on {data_hp['modality']} data")
+    hp = dict(raw.get("hyper_parameters") or {})
+    training = {
+        "module": raw.get(CLASS_KEY), "checkpoint": os.path.abspath(ckpt), "global_step": raw.get("global_step"),
+        "epoch": raw.get("epoch"), "weights": "ema" if has_ema and use_ema else "raw",
+        "optimizer": hp.get("optimizer"), "loss": hp.get("loss", hp.get("pixel_loss")),
+        "ema_decay": hp.get("ema_decay"),
+        "data": {k: data_hp.get(k) for k in ("modality", "train_urls", "val_urls", "batch_size", "image")
+                 if k in data_hp},
+    }
+    evaluation = _evaluation_from_report(report) if report else None
+    return export_codec(codec, out, INPUT_SPECS[codec.modality](codec, data_hp), training, evaluation)
+
+
+# ---- reading --------------------------------------------------------------------------------------
+def read_export_config(path: str, modality: str | None = None) -> dict[str, Any]:
+    """Read and validate ``config.json`` of export folder ``path``.
+
+    Raises ``ExportError`` naming what is wrong: not a folder, no ``config.json`` (not an export), another
+    file format, a format version newer than this code reads, an unknown architecture, or a modality other
+    than ``modality`` when one is expected.
+    """
+    if not os.path.isdir(path):
+        raise ExportError(f"{path!r} is not a folder; expected an export folder written by "
+                          "`tokenizers-mm export` (config.json + model.safetensors)")
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(cfg_path):
+        hint = " (it looks like a training run: export a checkpoint with `tokenizers-mm export`)" \
+            if os.path.isdir(os.path.join(path, "checkpoints")) else ""
+        raise ExportError(f"{path!r} is not a tokenizers-mm export: it has no {CONFIG_FILE}{hint}")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except ValueError as exc:
+        raise ExportError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT_NAME:
+        raise ExportError(f"{cfg_path} is not a tokenizers-mm export config (expected \"format\": "
+                          f"\"{FORMAT_NAME}\", got {cfg.get('format') if isinstance(cfg, dict) else cfg!r})")
+    version = cfg.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ExportError(f"{path!r} has export format version {version!r}; this tokenizers-mm reads versions "
+                          f"1..{FORMAT_VERSION}: upgrade tokenizers-mm to load it")
+    for key in ("modality", "architecture", "arch", "tokens", "inputs"):
+        if key not in cfg:
+            raise ExportError(f"{cfg_path} lacks the required entry {key!r}")
+    codec_class(cfg["architecture"])  # unknown architecture -> ExportError
+    if modality is not None and cfg["modality"] != modality:
+        raise ExportError(f"{path!r} is an export of a {cfg['modality']} tokenizer; expected a {modality} "
+                          "tokenizer")
+    return cfg
+
+
+def load_codec(path: str, modality: str | None = None, device: str | torch.device = "cpu",
+               verify: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the codec of export folder ``path`` in eval mode on ``device``; returns ``(codec, config)``.
+
+    ``verify`` checks the weights' sha256 against the config (a damaged or swapped file is an error).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    cfg = read_export_config(path, modality)
+    weights = os.path.join(path, WEIGHTS_FILE)
+    if not os.path.isfile(weights):
+        raise ExportError(f"{path!r} has no {WEIGHTS_FILE}")
+    with open(weights, "rb") as f:
+        blob = f.read()
+    want = (cfg.get("weights") or {}).get("sha256")
+    if verify and want and hashlib.sha256(blob).hexdigest() != want:
+        raise ExportError(f"{weights} does not match the sha256 recorded in {CONFIG_FILE} (damaged or replaced)")
+    try:
+        state = load(blob)
+    except SafetensorError as exc:
+        raise ExportError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    codec = codec_class(cfg["architecture"])(**cfg["arch"])
+    missing, unexpected = codec.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ExportError(f"{weights} does not fit architecture {cfg['architecture']}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+    return codec.to(device).eval(), cfg
+
+
+# ---- model card -----------------------------------------------------------------------------------
+def model_card(cfg: dict[str, Any]) -> str:
+    """Markdown model card of an export config."""
+    t, tr, inp = cfg["tokens"], cfg.get("training") or {}, cfg["inputs"]
+    lines = [f"# {cfg['modality']} tokenizer ({cfg['architecture']})", "",
+             f"Exported by {cfg['created']['by']} (torch {cfg['created']['torch']}) on {cfg['created']['time']}.",
+             "Files: `config.json` (architecture, token layout, input convention), `model.safetensors` "
+             f"({cfg['weights']['parameters']:,} parameters, {tr.get('weights', 'raw')} weights, sha256 "
+             f"`{cfg['weights']['sha256'][:16]}...`), this card. Nothing is pickled.", "",
+             "## Tokens", "",
+             f"- {t['tokens_per_sample']} tokens per sample, codebook size {t['codebook_sizes']}, "
+             f"{t['bits_per_token']:.2f} bits per token: {t['bytes_per_sample']} bytes per sample.",
+             ("- Any prefix of 1..K tokens decodes (quality rises with the number kept)." if t.get("prefix_decodable")
+              else "- Every token is needed to decode (a grid of tokens).")]
+    if inp.get("kind") == "image":
+        pre = inp["preprocess"]
+        lines.append(f"- Input: RGB images `[B, 3, {inp['image_size']}, {inp['image_size']}]` in [-1, 1] "
+                     f"(uint8 `x / 127.5 - 1`). Files are resized to a shorter side of {pre['resize_shorter_side']} "
+                     f"and center-cropped to {inp['image_size']}.")
+    lines += ["", "## Use", "", "```python", "import pipelines", "", "tok = pipelines.load(\"THIS_FOLDER\")  # cpu; "
+              "device=\"cuda\", dtype=torch.bfloat16 also work",
+              "ids = tok.encode(images)            # int64 [B, K]; num_tokens=k keeps a prefix",
+              "recon = tok.decode(ids)             # [B, 3, S, S] in [-1, 1]", "```", "",
+              "```bash", "tokenizers-mm encode --model THIS_FOLDER a.png b.jpg --out tokens.npz",
+              "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/",
+              "tokenizers-mm tokenize --model THIS_FOLDER --data shards/ --out token_shards/", "```", "",
+              "## Training", ""]
+    if tr:
+        lines += [f"- Module `{tr.get('module')}`, {tr.get('global_step')} optimizer steps ({tr.get('epoch')} epochs), "
+                  f"{tr.get('weights')} weights.",
+                  f"- Data: {json.dumps(tr.get('data'))}",
+                  f"- Optimizer: {json.dumps(tr.get('optimizer'))}",
+                  f"- Loss: {json.dumps(tr.get('loss'))}",
+                  f"- Source checkpoint: `{tr.get('checkpoint')}`"]
+    else:
+        lines.append("- Not recorded.")
+    lines += ["", "## Evaluation", ""]
+    ev = cfg.get("evaluation")
+    if ev and ev.get("per_k"):
+        lines.append(f"{ev.get('images')} held-out images at {ev.get('image_size')} px "
+                     f"(`tokenizers-mm evaluate`; {ev.get('source')}).")
+        lines += ["", "| k | bytes | PSNR (dB) | SSIM | JPEG PSNR at these bytes | WebP PSNR at these bytes |",
+                  "|---|---|---|---|---|---|"]
+        base = ev.get("baselines_at_our_bytes") or {}
+        for i, r in enumerate(ev["per_k"]):
+            cells = [str(r["k"]), str(r["bytes"]), f"{r['psnr']:.2f}", f"{r['ssim']:.3f}"]
+            for fmt in ("JPEG", "WEBP"):
+                rows = base.get(fmt) or []
+                cells.append(f"{rows[i]['psnr']:.2f}{'*' if rows[i].get('extrapolated') else ''}"
+                             if i < len(rows) else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("(* the codec cannot go that small: its smallest file is shown)")
+    else:
+        lines.append("No evaluation recorded (pass `--report report.json` of `tokenizers-mm evaluate` to export).")
+    return "\n".join(lines) + "\n"
