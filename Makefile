@@ -31,21 +31,31 @@ $(DATA)/.built: $(STAMP)
 
 data: $(DATA)/.built ## build the embedded train/val shards (real photos, speech, meshes) in data/embedded
 
-demo: $(DATA)/.built ## train, evaluate and report the tiny tokenizers on the embedded data (<15 min on 2 cores)
+demo: $(DATA)/.built ## train, evaluate, export and round-trip the tiny tokenizers on the embedded data (<15 min on 2 cores)
 	rm -rf $(addprefix runs/,$(DEMO_MODELS)) $(addprefix reports/,$(DEMO_MODELS))
 	$(BIN)/tokenizers-mm fit --config configs/image/fsq_ae_tiny.yaml --trainer.max_steps $(FSQ_DEMO_STEPS)
 	$(BIN)/tokenizers-mm fit --config configs/image/flextok_tiny.yaml
 	for m in $(DEMO_MODELS); do \
 		$(BIN)/tokenizers-mm evaluate --ckpt runs/$$m/checkpoints/last.ckpt --data $(DATA)/image \
 			--out reports/$$m --csv-log runs/$$m/metrics.csv || exit 1; \
+		$(BIN)/tokenizers-mm export --ckpt runs/$$m/checkpoints/last.ckpt --out exports/$$m \
+			--report reports/$$m/report.json || exit 1; \
 	done
+	@echo ">> round trip of the val images through the exported flextok_tiny (pipelines, no Lightning)"
+	$(BIN)/tokenizers-mm tokenize --model exports/flextok_tiny --data $(DATA)/image --split val \
+		--out reports/flextok_tiny/val_tokens --workers 1
+	$(BIN)/tokenizers-mm decode --model exports/flextok_tiny reports/flextok_tiny/val_tokens \
+		--out reports/flextok_tiny/roundtrip
 	@echo
-	@echo "== demo done: one report folder per tokenizer =="
+	@echo "== demo done: one report folder and one export per tokenizer =="
 	@for m in $(DEMO_MODELS); do \
 		echo "  reports/$$m/: report.json, rate_distortion.png (PSNR vs bytes beside JPEG and WebP; _ssim too),"; \
 		echo "      reconstructions.png (top: originals; below: one row per number of tokens k), loss_curves.png"; \
+		echo "  exports/$$m/: config.json, model.safetensors, README.md (model card) -> pipelines.load('exports/$$m')"; \
 		echo "  runs/$$m/: checkpoints/last.ckpt, metrics.csv, samples/, TensorBoard (tensorboard --logdir runs)"; \
 	done
+	@echo "  reports/flextok_tiny/val_tokens/: the val images as token shards (dataset.json)"
+	@echo "  reports/flextok_tiny/roundtrip/: those tokens decoded by the export (one PNG per image, _grid.png)"
 
 test: $(DATA)/.built ## run the default test suite (creates .venv if missing)
 	$(BIN)/python -m pytest -q
@@ -56,9 +66,10 @@ test-slow: $(DATA)/.built ## run the slow tests too
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check tokenizers_mm pipelines tests scripts
 
-bench: $(DATA)/.built ## benchmarks: data loader samples/s per modality, image tokenizer training/latency (reports/bench/)
+bench: $(DATA)/.built ## benchmarks: data loader samples/s, image tokenizer training/latency, export load/latency (reports/bench/)
 	$(BIN)/python scripts/bench_data.py --out reports/bench/data.json
 	$(BIN)/python scripts/bench_image.py --out reports/bench/image.json
+	$(BIN)/python scripts/bench_export.py $(if $(wildcard exports/flextok_tiny/config.json),--model exports/flextok_tiny) --out reports/bench/export.json
 
-clean: ## remove built data, runs and reports (keeps .venv)
-	rm -rf data runs reports .pytest_cache .ruff_cache
+clean: ## remove built data, runs, reports and exports (keeps .venv)
+	rm -rf data runs reports exports .pytest_cache .ruff_cache
