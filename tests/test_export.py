@@ -338,3 +338,19 @@ def test_tokenize_skips_and_counts_corrupt_samples(oned_export, embedded, tmp_pa
     # decode straight from the token shards
     assert main(["decode", "--model", oned_export, out, "--out", str(tmp_path / "png")]) == 0
     assert len([n for n in os.listdir(tmp_path / "png") if not n.startswith("_")]) == 5
+
+
+class _NotATensor:
+    """Any object a checkpoint might pickle: weights-only loading must refuse it."""
+
+
+def test_export_reads_checkpoints_weights_only(tmp_path, capsys):
+    bad = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "payload": _NotATensor()}, bad)
+    with pytest.raises(ValueError, match="weights-only load failed"):
+        export_checkpoint(str(bad), str(tmp_path / "out"))
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, plain)
+    assert main(["export", "--ckpt", str(plain), "--out", str(tmp_path / "out")]) == 2
+    assert "not written by a tokenizers-mm module" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
