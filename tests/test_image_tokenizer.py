@@ -159,7 +159,7 @@ def test_gan_steps_count_generator_steps_and_start_when_configured(tmp_path):
 
 
 @pytest.mark.parametrize("ordering", ["tail_drop", "nested_dropout"])
-def test_short_training_quality_rises_with_k(embedded, ordering):
+def test_short_training_quality_rises_with_k(embedded, ordering, tmp_path):
     import os
 
     from tokenizers_mm.data import ShardDataModule
@@ -175,7 +175,7 @@ def test_short_training_quality_rises_with_k(embedded, ordering):
                           register_init="pyramid", query_init="pyramid", ordering={"kind": ordering, "nested_mode": "uniform"},
                           optimizer={"lr": 6e-4, "warmup_steps": 20, "grad_clip": 1.0, "min_lr_ratio": 0.1})
     trainer = pl.Trainer(max_steps=160, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False)
+                         enable_progress_bar=False, default_root_dir=str(tmp_path))
     untrained = trainer.validate(model, datamodule=dm, verbose=False)[0]
     trainer.fit(model, datamodule=dm)
     m = trainer.validate(model, datamodule=dm, verbose=False)[0]
