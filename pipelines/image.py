@@ -119,19 +119,33 @@ class ImageTokenizer(TokenizerPipeline):
                 out.append(self.codec.encode(images[sl].to(self.device), num_tokens).cpu())
         return torch.cat(out)
 
+    @property
+    def decode_options(self) -> set[str]:
+        """Keyword options ``decode`` takes for this export (``steps``, ``cfg_scale``, ``seed`` for flow decoders)."""
+        from tokenizers_mm.image.flow_codec import decode_options
+
+        return decode_options(self.codec) - {"noise"}
+
     @torch.inference_mode()
     def decode(self, ids: Any, batch_size: int = 64, **options: Any) -> torch.Tensor:
         """ids ``[B, k]`` -> float32 images ``[B, 3, S, S]`` in ``[-1, 1]`` on CPU.
 
-        A 1D tokenizer decodes any prefix ``1 <= k <= K``; a grid tokenizer needs all K ids.
+        A 1D tokenizer decodes any prefix ``1 <= k <= K``; a grid tokenizer needs all K ids. A rectified-flow
+        decoder takes ``steps`` (Euler steps), ``cfg_scale`` (guidance) and ``seed`` (sample ``i`` uses
+        ``seed + i``, whatever the batching), with the export's defaults when omitted.
         """
-        if options:
-            raise TypeError(f"unknown decode option(s) {sorted(options)} for {self.config['architecture']}")
+        unknown = set(options) - self.decode_options
+        if unknown:
+            raise TypeError(f"unknown decode option(s) {sorted(unknown)} for {self.config['architecture']}; "
+                            f"it takes {sorted(self.decode_options) or 'none'}")
         t = self.check_ids(ids)
+        seed = options.pop("seed", 0)
         out = []
         for sl in self.batches(len(t), batch_size):
+            if "seed" in self.decode_options:
+                options["seed"] = [int(seed) + i for i in range(sl.start, sl.stop)]
             with self.autocast():
-                out.append(self.codec.decode(t[sl].to(self.device)).float().cpu())
+                out.append(self.codec.decode(t[sl].to(self.device), **options).float().cpu())
         return torch.cat(out)
 
     # ---- outputs ------------------------------------------------------------------------------------

@@ -153,10 +153,14 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
     report = evaluate_checkpoint(a.ckpt, a.data, a.out, batch_size=a.batch_size, max_samples=a.max_samples,
                                  size=a.size, csv_log=a.csv_log, lpips_path=a.lpips, inception_path=a.inception,
-                                 baselines=not a.no_baselines)
+                                 baselines=not a.no_baselines, steps=a.steps, cfg_scale=a.cfg_scale)
     print(f"{report['model']}: {report['images']} images at {report['image_size']} px, "
           f"{report['tokens_per_image']} tokens of {report['bits_per_token']} bits")
     print(format_table(report))
+    if report.get("per_k_and_steps"):
+        from .evaluate import format_steps_table
+
+        print(format_steps_table(report))
     print("report files:")
     for name, path in report["files"].items():
         print(f"  {name}: {path}")
@@ -322,6 +326,9 @@ def _project_parser() -> argparse.ArgumentParser:
     e.add_argument("--lpips", default=None, help="local LPIPS-style weights file (enables the LPIPS column)")
     e.add_argument("--inception", default=None, help="local InceptionV3 weights file (enables rFID)")
     e.add_argument("--no-baselines", action="store_true", help="skip the JPEG / WebP baselines")
+    e.add_argument("--steps", type=int, nargs="+", default=None,
+                   help="rectified-flow decoders: Euler steps to evaluate (e.g. 1 2 4 8 25; default: the model's)")
+    e.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
     e.set_defaults(func=_cmd_evaluate)
 
     x = sub.add_parser("export", help="write a self-describing export folder (config.json, model.safetensors, card)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -83,8 +84,13 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
                         max_samples: int | None = None, size: int | None = None, csv_log: str | None = None,
                         device: str | None = None, lpips_path: str | None = None,
                         inception_path: str | None = None, baselines: bool = True,
-                        baseline_samples: int = 256, ks: list[int] | None = None) -> dict[str, Any]:
-    """Evaluate an image tokenizer checkpoint on evaluation shards; returns the report dict."""
+                        baseline_samples: int = 256, ks: list[int] | None = None, steps: list[int] | None = None,
+                        cfg_scale: float | None = None) -> dict[str, Any]:
+    """Evaluate an image tokenizer checkpoint on evaluation shards; returns the report dict.
+
+    For a rectified-flow decoder every k is decoded with each number of Euler ``steps`` (default: the model's
+    default), from per-image seeds (image i of the evaluation set uses seed i), with guidance ``cfg_scale``.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     raw = read_checkpoint(ckpt)
     dm_hp = raw.get("datamodule_hyper_parameters", {})
@@ -99,13 +105,21 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
                         batch_size, max_samples=max_samples)
     prefix_decoding = hasattr(model, "num_tokens")
     ks = ks or (list(model.val_ks) if prefix_decoding else [0])  # 0: all tokens of a grid tokenizer
+    from .image.flow_codec import decode_options
+
+    codec = model.inference_codec() if hasattr(model, "inference_codec") else model
+    flow = "steps" in decode_options(codec)
+    step_list = sorted(set(steps or [codec.flow.default_steps])) if flow else [0]  # 0: a one-pass decoder
+    show_steps = max(step_list)
+    points = [(k, st) for k in ks for st in step_list]
     lpips_net = None
     if lpips_path:
         from .image.losses import PerceptualLoss
 
         lpips_net = PerceptualLoss(lpips_path).to(device)
     inception = InceptionFeatures.from_local(inception_path).to(device) if inception_path else None
-    acc = {k: _PerK(FIDAccumulator(inception) if inception is not None else None) for k in ks}
+    acc = {pt: _PerK(FIDAccumulator(inception) if inception is not None else None) for pt in points}
+    decode_seconds = {pt: 0.0 for pt in points}
     counts: dict[int, torch.Tensor] = {}
     n_total_tokens = 0
     show_idx = set(torch.linspace(0, stream.num_samples - 1, min(8, stream.num_samples)).round().long().tolist())
@@ -117,40 +131,51 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
         ids = model.encode(x).ids
         n_total_tokens = ids.shape[1]
         pick = [i for i in range(len(x)) if seen + i in show_idx]
-        recons_shown: dict[int, torch.Tensor] = {}
-        for k in ks:
+        recons_shown: dict[tuple[int, int], torch.Tensor] = {}
+        for k, st in points:
             kk = k or n_total_tokens
-            recon = model.decode(ids[:, :kk]) if prefix_decoding else model.decode(ids)
-            a = acc[k]
+            opts: dict[str, Any] = {}
+            if flow:
+                opts = {"steps": st, "seed": list(range(seen, seen + len(x))), "cfg_scale": cfg_scale}
+            t0 = time.perf_counter()
+            recon = model.decode(ids[:, :kk], **opts) if prefix_decoding else model.decode(ids, **opts)
+            decode_seconds[(k, st)] += time.perf_counter() - t0
+            a = acc[(k, st)]
             a.psnr.append(psnr(recon, x).cpu())
             a.ssim.append(ssim(recon, x).cpu())
             if lpips_net is not None:
                 a.lpips.append(lpips_net(recon, x).cpu())
             if a.fid is not None:
                 a.fid.update(x, recon)
-            hist = torch.bincount(ids[:, :kk].reshape(-1).cpu(), minlength=model.codebook_size)
-            counts[k] = counts.get(k, 0) + hist
-            if pick:
-                recons_shown[k] = recon[pick].cpu()
+            if st == show_steps:
+                hist = torch.bincount(ids[:, :kk].reshape(-1).cpu(), minlength=model.codebook_size)
+                counts[k] = counts.get(k, 0) + hist
+            if pick and (st == show_steps or k == ks[-1]):
+                recons_shown[(k, st)] = recon[pick].cpu()
         if pick:
             shown.append((x[pick].cpu(), recons_shown))
         if len(originals) < baseline_samples:
             originals.extend(list(to_uint8_hwc(x[: baseline_samples - len(originals)].cpu())))
         seen += len(x)
 
-    per_k = []
-    for k in ks:
+    per_point = []
+    for k, st in points:
         kk = k or n_total_tokens
-        a = acc[k]
+        a = acc[(k, st)]
         stats = stats_from_counts(counts[k].double())
         row = {"k": kk, "bytes": bytes_for(kk, model.codebook_size),
                "psnr": round(float(torch.cat(a.psnr).mean()), 3), "ssim": round(float(torch.cat(a.ssim).mean()), 4),
-               "codebook_usage": round(stats["usage"], 4), "token_entropy_bits": round(stats["entropy_bits"], 3)}
+               "codebook_usage": round(stats["usage"], 4), "token_entropy_bits": round(stats["entropy_bits"], 3),
+               "decode_ms_per_image": round(1000 * decode_seconds[(k, st)] / max(seen, 1), 3)}
+        if flow:
+            row["steps"] = st
         if a.lpips:
             row["lpips"] = round(float(torch.cat(a.lpips).mean()), 4)
         if a.fid is not None:
             row["rfid"] = round(a.fid.compute(), 3)
-        per_k.append(row)
+        per_point.append(row)
+    # the rate-distortion view: one row per k at the largest number of steps
+    per_k = [r for r in per_point if r.get("steps", 0) == show_steps]
 
     os.makedirs(out, exist_ok=True)
     files = {"report": os.path.join(out, "report.json")}
@@ -159,6 +184,11 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
         "image_size": img_opts.size, "tokens_per_image": n_total_tokens, "codebook_size": model.codebook_size,
         "bits_per_token": round(math.log2(model.codebook_size), 3), "per_k": per_k,
     }
+    if flow:
+        report["sampling"] = {"steps": step_list, "cfg_scale": cfg_scale if cfg_scale is not None
+                              else codec.flow.default_cfg_scale, "seeds": "image i uses seed i",
+                              "per_k_uses_steps": show_steps}
+        report["per_k_and_steps"] = per_point
     if baselines and originals:
         from .eval.baselines import at_bytes, codec_rd_curve
         from .eval.plots import rate_distortion_plot
@@ -177,8 +207,14 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
         files["rate_distortion_ssim"] = rate_distortion_plot(ours, curves, os.path.join(out, "rate_distortion_ssim.png"),
                                                              metric="ssim")
     originals_shown = torch.cat([s[0] for s in shown])
-    rows = [originals_shown] + [torch.cat([s[1][k] for s in shown]) for k in ks]
+    rows = [originals_shown] + [torch.cat([s[1][(k, show_steps)] for s in shown]) for k in ks]
     files["reconstructions"] = save_png(image_grid(rows), os.path.join(out, "reconstructions.png"))
+    if flow and len(step_list) > 1:
+        from .eval.plots import quality_vs_steps_plot
+
+        rows = [originals_shown] + [torch.cat([s[1][(ks[-1], st)] for s in shown]) for st in step_list]
+        files["reconstructions_by_steps"] = save_png(image_grid(rows), os.path.join(out, "reconstructions_by_steps.png"))
+        files["quality_vs_steps"] = quality_vs_steps_plot(per_point, os.path.join(out, "quality_vs_steps.png"))
     if csv_log and os.path.exists(csv_log):
         curves_png = plot_loss_curves(csv_log, os.path.join(out, "loss_curves.png"))
         if curves_png:
@@ -186,6 +222,23 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
     report["files"] = files
     write_json_atomic(files["report"], report)
     return report
+
+
+def format_steps_table(report: dict[str, Any]) -> str:
+    """Markdown table of a flow decoder: PSNR / SSIM and decode time per image at each (k, steps)."""
+    rows = report.get("per_k_and_steps") or []
+    steps = sorted({r["steps"] for r in rows})
+    ks = sorted({r["k"] for r in rows})
+    by = {(r["k"], r["steps"]): r for r in rows}
+    lines = ["| k | bytes | " + " | ".join(f"PSNR / SSIM @{s} steps" for s in steps) + " |",
+             "|" + "---|" * (2 + len(steps))]
+    for k in ks:
+        cells = [str(k), str(by[(k, steps[0])]["bytes"])]
+        cells += [f"{by[(k, s)]['psnr']:.2f} / {by[(k, s)]['ssim']:.3f}" for s in steps]
+        lines.append("| " + " | ".join(cells) + " |")
+    times = ", ".join(f"{s} steps {by[(ks[-1], s)]['decode_ms_per_image']:.1f} ms" for s in steps)
+    lines.append(f"decode time per image at k={ks[-1]}: {times}")
+    return "\n".join(lines)
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -44,6 +44,7 @@ EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 CODECS = {
     "image/onedim": "tokenizers_mm.image.codec1d:OneDImageCodec",
     "image/grid": "tokenizers_mm.image.grid_codec:GridImageCodec",
+    "image/flow": "tokenizers_mm.image.flow_codec:FlowImageCodec",
 }
 
 

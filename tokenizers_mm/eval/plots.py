@@ -70,3 +70,30 @@ def rate_distortion_plot(ours: list[dict], baselines: dict[str, list[dict]], out
             os.remove(tmp)
         raise
     return out_png
+
+
+def quality_vs_steps_plot(rows: list[dict], out_png: str) -> str:
+    """PSNR (left) and SSIM (right) against the number of sampling steps, one line per token count k."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    for k in sorted({r["k"] for r in rows}):
+        pts = sorted((r["steps"], r["psnr"], r["ssim"]) for r in rows if r["k"] == k)
+        for ax, i in zip(axes, (1, 2)):
+            ax.plot([p[0] for p in pts], [p[i] for p in pts], marker="o", label=f"k={k}")
+    for ax, name in zip(axes, ("psnr", "ssim")):
+        ax.set_xscale("log")
+        ax.set_xlabel("Euler steps")
+        ax.set_ylabel(METRIC_LABELS[name])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_png = os.fspath(out_png)
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    tmp = f"{out_png}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, out_png)
+    return out_png
