@@ -12,7 +12,7 @@ FSQ_DEMO_STEPS ?= 300
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_MM_LOG ?= WARNING
 
-.PHONY: help setup data demo test test-slow lint bench clean
+.PHONY: help setup data demo demo-flow test test-slow lint bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,20 @@ demo: $(DATA)/.built ## train, evaluate, export and round-trip the tiny tokenize
 	done
 	@echo "  reports/flextok_tiny/val_tokens/: the val images as token shards (dataset.json)"
 	@echo "  reports/flextok_tiny/roundtrip/: those tokens decoded by the export (one PNG per image, _grid.png)"
+
+FLOW_STEPS ?= 1 2 4 8 25
+demo-flow: $(DATA)/.built ## train the rectified-flow decoder (flextok_flow_tiny) + its 1-step reflow student, evaluate per steps (~10 min)
+	rm -rf runs/flextok_flow_tiny runs/flextok_flow_reflow_tiny reports/flextok_flow_tiny reports/flextok_flow_reflow_tiny
+	$(BIN)/tokenizers-mm fit --config configs/image/flextok_flow_tiny.yaml
+	$(BIN)/tokenizers-mm fit --config configs/image/flextok_flow_reflow_tiny.yaml
+	for m in flextok_flow_tiny flextok_flow_reflow_tiny; do \
+		$(BIN)/tokenizers-mm evaluate --ckpt runs/$$m/checkpoints/last.ckpt --data $(DATA)/image --out reports/$$m \
+			--csv-log runs/$$m/metrics.csv --steps $(FLOW_STEPS) || exit 1; \
+		$(BIN)/tokenizers-mm export --ckpt runs/$$m/checkpoints/last.ckpt --out exports/$$m \
+			--report reports/$$m/report.json || exit 1; \
+	done
+	@echo "== reports/flextok_flow_tiny/ and reports/flextok_flow_reflow_tiny/: report.json, quality_vs_steps.png,"
+	@echo "   reconstructions.png (rows: k), reconstructions_by_steps.png (rows: steps at k=K); exports/ beside them =="
 
 test: $(DATA)/.built ## run the default test suite (creates .venv if missing)
 	$(BIN)/python -m pytest -q
