@@ -246,7 +246,8 @@ def _cmd_decode(a: argparse.Namespace) -> int:
         ids = np.stack([v for _, v in pairs])
     if a.limit:
         ids, keys = ids[: a.limit], keys[: a.limit]
-    out = tok.decode(ids, batch_size=a.batch_size)
+    options = {name: getattr(a, name) for name in ("steps", "cfg_scale", "seed") if getattr(a, name) is not None}
+    out = tok.decode(ids, batch_size=a.batch_size, **options)
     if tok.modality == "image":
         from .visual import image_grid, save_png
 
@@ -356,6 +357,9 @@ def _project_parser() -> argparse.ArgumentParser:
     de.add_argument("inputs", nargs="+", help="a tokens.npz, or token shards (pattern, folder, @list.txt)")
     de.add_argument("--out", required=True, help="output folder")
     de.add_argument("--limit", type=int, default=None, help="decode at most this many samples")
+    de.add_argument("--steps", type=int, default=None, help="rectified-flow decoders: Euler steps")
+    de.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
+    de.add_argument("--seed", type=int, default=None, help="rectified-flow decoders: sample i uses seed + i")
     de.set_defaults(func=_cmd_decode)
 
     tz = sub.add_parser("tokenize", help="stream shards through an export into token shards (resumable)")

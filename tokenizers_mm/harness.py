@@ -1,13 +1,13 @@
 """``TokenizerModule``: the LightningModule every tokenizer of tokenizers-mm extends.
 
-A subclass provides the model and three methods:
+A subclass provides the model, usually as ``self.codec`` (an ``nn.Module`` without training code that an
+export holds: ``codec.encode(x, num_tokens) -> ids``, ``codec.decode(ids, **options) -> x``), optionally an EMA
+copy of it (:meth:`setup_ema`), and
 
-- ``encode(x) -> TokenBatch`` (int64 ids plus optional mask),
-- ``decode(tokens, **options) -> x``,
 - ``compute_losses(batch) -> (losses, outputs)`` with ``losses["loss"]`` the total to minimize,
 
-and may override ``log_reconstructions``. The base class owns the optimizer and schedule (from YAML),
-per-loss logging, codebook usage and perplexity over each validation pass, samples/s, and the count
+and may override ``encode`` / ``decode`` (defaults: through :meth:`inference_codec`) and
+``log_reconstructions``. The base class owns the optimizer and schedule (from YAML), per-loss logging, codebook usage and perplexity over each validation pass, samples/s, and the count
 of corrupt samples that the data layer skipped.
 """
 
@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .checkpointing import CLASS_KEY
 from .config import as_config
@@ -108,11 +109,38 @@ class TokenizerModule(pl.LightningModule):
         self.skipped_samples = 0
 
     # ---- contract -------------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor) -> TokenBatch:
-        raise NotImplementedError
+    def setup_ema(self, decay: float | None) -> None:
+        """Keep an exponential moving average of ``self.codec`` (updated after every training batch) when
+        ``decay`` is set; validation, evaluation and export then use it."""
+        self.ema = None
+        if decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    def decode(self, tokens: TokenBatch, **options: Any) -> torch.Tensor:
-        raise NotImplementedError
+            self.ema = AveragedModel(self.codec, multi_avg_fn=get_ema_multi_avg_fn(decay))
+            self.ema.requires_grad_(False)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if getattr(self, "ema", None) is not None:
+            self.ema.update_parameters(self.codec)
+
+    def inference_codec(self, use_ema: bool = True) -> nn.Module:
+        """The codec used for validation, evaluation and export: the EMA copy when there is one and ``use_ema``."""
+        ema = getattr(self, "ema", None)
+        if use_ema and ema is not None:
+            return ema.module
+        codec = getattr(self, "codec", None)
+        if codec is None:
+            raise NotImplementedError(f"{type(self).__name__} has no codec: override encode / decode")
+        return codec
+
+    def encode(self, x: torch.Tensor, num_tokens: int | None = None, use_ema: bool = True) -> TokenBatch:
+        """Samples -> int64 ids (the first ``num_tokens`` of a prefix-decodable tokenizer)."""
+        return TokenBatch(self.inference_codec(use_ema).encode(x, num_tokens))
+
+    def decode(self, tokens: TokenBatch | torch.Tensor, use_ema: bool = True, **options: Any) -> torch.Tensor:
+        """ids -> samples; ``options`` go to the codec (e.g. ``steps``, ``cfg_scale``, ``seed`` of flow decoders)."""
+        ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
+        return self.inference_codec(use_ema).decode(ids, **options)
 
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise NotImplementedError

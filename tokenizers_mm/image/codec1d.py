@@ -174,7 +174,60 @@ def eval_token_counts(num_tokens: int) -> list[int]:
     return ks if ks[-1] == num_tokens else [*ks, num_tokens]
 
 
-class OneDImageCodec(nn.Module):
+class PrefixTokenizer(nn.Module):
+    """What every 1D image codec shares: ``encoder`` (images -> K vectors), ``quantizer`` and ``ordering`` set by
+    the subclass, the input checks, ``encode`` of a prefix and the decoding of a prefix into padded codes."""
+
+    image_size: int
+    num_tokens: int
+    encoder: nn.Module
+    quantizer: Quantizer
+    ordering: nn.Module
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    def token_spec(self) -> dict[str, Any]:
+        """What the tokens look like: count, shape, codebook, whether any prefix decodes."""
+        return {"tokens_per_sample": self.num_tokens, "token_shape": [self.num_tokens],
+                "codebook_sizes": [self.codebook_size], "prefix_decodable": True,
+                "min_tokens": 1}
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``[B, 3, S, S]``."""
+        s = self.image_size
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (s, s):
+            raise ValueError(f"expected images [B, 3, {s}, {s}] in [-1, 1], got shape {tuple(x.shape)}")
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``ids`` is ``[B, k]`` with ``1 <= k <= K`` (values are checked by the
+        quantizer)."""
+        if ids.ndim != 2 or not 1 <= ids.shape[1] <= self.num_tokens:
+            raise ValueError(f"expected token ids [B, k] with 1 <= k <= {self.num_tokens}, "
+                             f"got shape {tuple(ids.shape)}")
+
+    def encode(self, x: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        """``[B, 3, S, S]`` in ``[-1, 1]`` -> ids int64 ``[B, num_tokens or K]`` (the first tokens)."""
+        self.check_images(x)
+        ids = self.quantizer(self.encoder(x)).ids
+        if num_tokens is not None:
+            if not 1 <= num_tokens <= self.num_tokens:
+                raise ValueError(f"num_tokens must be in 1..{self.num_tokens}, got {num_tokens}")
+            ids = ids[:, :num_tokens]
+        return ids
+
+    def prefix_codes(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids ``[B, k]`` -> (codes ``[B, K, D]`` with the tail filled by the ordering, keep mask ``[B, K]``)."""
+        self.check_ids(ids)
+        b, k = ids.shape
+        codes = self.quantizer.ids_to_codes(ids)
+        if k < self.num_tokens:
+            codes = torch.cat([codes, codes.new_zeros(b, self.num_tokens - k, codes.shape[-1])], dim=1)
+        return self.ordering(codes, k)
+
+
+class OneDImageCodec(PrefixTokenizer):
     """Encoder, quantizer, ordering and decoder of a 1D image tokenizer (see the module docstring).
 
     Args:
@@ -218,47 +271,9 @@ class OneDImageCodec(nn.Module):
         self.decoder = ViTTokenDecoder(image_size, patch_size, num_tokens, enc.width, dec, patch_head,
                                        stem_channels, query_init)
 
-    @property
-    def codebook_size(self) -> int:
-        return self.quantizer.codebook_size
-
-    def token_spec(self) -> dict[str, Any]:
-        """What the tokens look like: count, shape, codebook, whether any prefix decodes."""
-        return {"tokens_per_sample": self.num_tokens, "token_shape": [self.num_tokens],
-                "codebook_sizes": [self.codebook_size], "prefix_decodable": True,
-                "min_tokens": 1}
-
-    def check_images(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is ``[B, 3, S, S]``."""
-        s = self.image_size
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (s, s):
-            raise ValueError(f"expected images [B, 3, {s}, {s}] in [-1, 1], got shape {tuple(x.shape)}")
-
-    def check_ids(self, ids: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``ids`` is ``[B, k]`` with ``1 <= k <= K`` (values are checked by the
-        quantizer)."""
-        if ids.ndim != 2 or not 1 <= ids.shape[1] <= self.num_tokens:
-            raise ValueError(f"expected token ids [B, k] with 1 <= k <= {self.num_tokens}, "
-                             f"got shape {tuple(ids.shape)}")
-
-    def encode(self, x: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
-        """``[B, 3, S, S]`` in ``[-1, 1]`` -> ids int64 ``[B, num_tokens or K]`` (the first tokens)."""
-        self.check_images(x)
-        ids = self.quantizer(self.encoder(x)).ids
-        if num_tokens is not None:
-            if not 1 <= num_tokens <= self.num_tokens:
-                raise ValueError(f"num_tokens must be in 1..{self.num_tokens}, got {num_tokens}")
-            ids = ids[:, :num_tokens]
-        return ids
-
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids ``[B, k]`` (any prefix, 1 <= k <= K) -> images ``[B, 3, S, S]`` clipped to ``[-1, 1]``."""
-        self.check_ids(ids)
-        b, k = ids.shape
-        codes = self.quantizer.ids_to_codes(ids)
-        if k < self.num_tokens:
-            codes = torch.cat([codes, codes.new_zeros(b, self.num_tokens - k, codes.shape[-1])], dim=1)
-        codes, keep = self.ordering(codes, k)
+        codes, keep = self.prefix_codes(ids)
         return self.decoder(codes, keep, self.ordering.hides_tail).clamp(-1, 1)
 
     def forward(self, x: torch.Tensor, k: int | torch.Tensor | None = None) -> dict[str, Any]:

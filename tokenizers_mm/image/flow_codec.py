@@ -31,7 +31,7 @@ from ..flow import (
     velocity_target,
 )
 from ..quantize import Quantizer, QuantizerConfig
-from .codec1d import OrderingConfig, RegisterEncoder, pyramid_cells_of_tokens
+from .codec1d import OrderingConfig, PrefixTokenizer, RegisterEncoder, pyramid_cells_of_tokens
 from .ordering import build_ordering
 from .vit import ViTConfig, sincos_2d
 
@@ -50,7 +50,7 @@ def unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, c, h, w)
 
 
-class FlowImageCodec(nn.Module):
+class FlowImageCodec(PrefixTokenizer):
     """Encoder, quantizer, nested dropout and rectified-flow decoder (see the module docstring).
 
     Args:
@@ -118,14 +118,8 @@ class FlowImageCodec(nn.Module):
                                      target_pos=sincos_2d(g, g, dcfg.width), prediction=self.flow.prediction,
                                      token_mix=mix)
 
-    @property
-    def codebook_size(self) -> int:
-        return self.quantizer.codebook_size
-
     def token_spec(self) -> dict[str, Any]:
-        return {"tokens_per_sample": self.num_tokens, "token_shape": [self.num_tokens],
-                "codebook_sizes": [self.codebook_size], "prefix_decodable": True, "min_tokens": 1,
-                "decoder": "rectified_flow", "default_steps": self.flow.default_steps,
+        return {**super().token_spec(), "decoder": "rectified_flow", "default_steps": self.flow.default_steps,
                 "default_cfg_scale": self.flow.default_cfg_scale}
 
     def set_sampling_defaults(self, steps: int | None = None, cfg_scale: float | None = None) -> None:
@@ -135,17 +129,6 @@ class FlowImageCodec(nn.Module):
         if cfg_scale is not None:
             self.flow.default_cfg_scale = float(cfg_scale)
         self.arch["flow"] = plain(self.flow)
-
-    # ---- checks (same contract as OneDImageCodec) ---------------------------------------------------
-    def check_images(self, x: torch.Tensor) -> None:
-        s = self.image_size
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (s, s):
-            raise ValueError(f"expected images [B, 3, {s}, {s}] in [-1, 1], got shape {tuple(x.shape)}")
-
-    def check_ids(self, ids: torch.Tensor) -> None:
-        if ids.ndim != 2 or not 1 <= ids.shape[1] <= self.num_tokens:
-            raise ValueError(f"expected token ids [B, k] with 1 <= k <= {self.num_tokens}, "
-                             f"got shape {tuple(ids.shape)}")
 
     # ---- target space -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -166,21 +149,14 @@ class FlowImageCodec(nn.Module):
         return x
 
     # ---- tokens -------------------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
-        """``[B, 3, S, S]`` in ``[-1, 1]`` -> ids int64 ``[B, num_tokens or K]``."""
-        self.check_images(x)
-        ids = self.quantizer(self.encoder(x)).ids
-        if num_tokens is not None:
-            if not 1 <= num_tokens <= self.num_tokens:
-                raise ValueError(f"num_tokens must be in 1..{self.num_tokens}, got {num_tokens}")
-            ids = ids[:, :num_tokens]
-        return ids
-
     def condition(self, codes: torch.Tensor, k: int | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Token codes ``[B, K, D]`` -> (conditioning tokens, keep mask seen by the denoiser ``[B, K]``)."""
-        codes, keep = self.ordering(codes, k)
-        seen = keep if self.ordering.hides_tail else torch.ones_like(keep)
-        return codes, seen
+        return self.visible(*self.ordering(codes, k))
+
+    def visible(self, tokens: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the denoiser may attend to: the kept prefix (tail drop) or every position (nested dropout, whose
+        tail holds the mask token)."""
+        return tokens, keep if self.ordering.hides_tail else torch.ones_like(keep)
 
     def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, tokens: torch.Tensor, seen: torch.Tensor,
                  cfg_scale: float) -> torch.Tensor:
@@ -203,14 +179,10 @@ class FlowImageCodec(nn.Module):
             seed: an int (sample ``i`` uses ``seed + i``) or one seed per sample.
             noise: the starting noise ``[B, N, C p^2]`` instead of seeds.
         """
-        self.check_ids(ids)
         steps = self.flow.default_steps if steps is None else int(steps)
         scale = self.flow.default_cfg_scale if cfg_scale is None else float(cfg_scale)
-        b, k = ids.shape
-        codes = self.quantizer.ids_to_codes(ids)
-        if k < self.num_tokens:
-            codes = torch.cat([codes, codes.new_zeros(b, self.num_tokens - k, codes.shape[-1])], dim=1)
-        tokens, seen = self.condition(codes, k)
+        tokens, seen = self.visible(*self.prefix_codes(ids))
+        b = ids.shape[0]
         shape = (b, self.denoiser.num_targets, self.denoiser.x_in.in_features)
         if noise is None:
             seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(b)]

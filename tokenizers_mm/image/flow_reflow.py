@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..config import plain
 from ..flow import interpolate, sample_flow, velocity_target
-from ..harness import OptimizerConfig, TokenBatch, TokenizerModule
+from ..harness import OptimizerConfig, TokenizerModule
 from .codec1d import eval_token_counts
 from .flow_codec import FlowImageCodec
 
@@ -87,10 +86,7 @@ class FlowReflow(TokenizerModule):
         self.num_tokens = student.num_tokens
         self.val_ks = eval_token_counts(student.num_tokens)
         self._teacher: list[FlowImageCodec] = [teacher_codec] if teacher_codec is not None else []
-        self.ema = None
-        if ema_decay:
-            self.ema = AveragedModel(self.codec, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-            self.ema.requires_grad_(False)
+        self.setup_ema(ema_decay)
 
     def freeze_token_side(self) -> None:
         """Eval mode for encoder, quantizer and ordering (batch-norm statistics of the quantizer must not move,
@@ -102,18 +98,6 @@ class FlowReflow(TokenizerModule):
         if not self._teacher:
             self._teacher.append(load_flow_teacher(self.teacher_path))
         return self._teacher[0].to(self.device)
-
-    def inference_codec(self, use_ema: bool = True) -> FlowImageCodec:
-        if use_ema and self.ema is not None:
-            return self.ema.module  # type: ignore[return-value]
-        return self.codec
-
-    def encode(self, x: torch.Tensor, num_tokens: int | None = None, use_ema: bool = True) -> TokenBatch:
-        return TokenBatch(self.inference_codec(use_ema).encode(x, num_tokens))
-
-    def decode(self, tokens: TokenBatch | torch.Tensor, use_ema: bool = True, **options: Any) -> torch.Tensor:
-        ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
-        return self.inference_codec(use_ema).decode(ids, **options)
 
     # ---- training -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -164,10 +148,6 @@ class FlowReflow(TokenizerModule):
                     if steps == self.val_steps[0]:
                         out["recons"][k] = r
         return losses, out
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None:
-            self.ema.update_parameters(self.codec)
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         n = min(8, batch["image"].shape[0])

@@ -14,11 +14,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..config import as_config, plain
 from ..flow import DenoiserConfig, FlowConfig
-from ..harness import OptimizerConfig, TokenBatch, TokenizerModule
+from ..harness import OptimizerConfig, TokenizerModule
 from ..quantize import QuantizerConfig
 from .codec1d import OrderingConfig, eval_token_counts
 from .flow_codec import FlowImageCodec
@@ -93,25 +92,9 @@ class FlowTokenizer(TokenizerModule):
                 dim = teacher(torch.zeros(1, 3, image_size, image_size), 1).shape[-1]
             w = codec.denoiser.x_in.out_features
             self.repa_projector = nn.Sequential(nn.Linear(w, 2 * w), nn.SiLU(), nn.Linear(2 * w, dim))
-        self.ema = None
-        if ema_decay:
-            self.ema = AveragedModel(self.codec, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-            self.ema.requires_grad_(False)
-
-    def inference_codec(self, use_ema: bool = True) -> FlowImageCodec:
-        if use_ema and self.ema is not None:
-            return self.ema.module  # type: ignore[return-value]
-        return self.codec
+        self.setup_ema(ema_decay)
 
     # ---- public face --------------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, num_tokens: int | None = None, use_ema: bool = True) -> TokenBatch:
-        return TokenBatch(self.inference_codec(use_ema).encode(x, num_tokens))
-
-    def decode(self, tokens: TokenBatch | torch.Tensor, use_ema: bool = True, **options: Any) -> torch.Tensor:
-        """ids ``[B, k]`` -> images; options: ``steps``, ``cfg_scale``, ``seed``, ``noise``."""
-        ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
-        return self.inference_codec(use_ema).decode(ids, **options)
-
     # ---- training -----------------------------------------------------------------------------------
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         x = batch["image"]
@@ -139,10 +122,6 @@ class FlowTokenizer(TokenizerModule):
                 losses[f"psnr_k{k}"] = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
             out["recons"] = recons
         return losses, out
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None:
-            self.ema.update_parameters(self.codec)
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         n = min(8, batch["image"].shape[0])

@@ -45,18 +45,10 @@ class FSQAutoencoder(TokenizerModule):
         self.codec = codec
         self.downsample = codec.downsample
 
-    def inference_codec(self, use_ema: bool = True) -> GridImageCodec:
-        return self.codec
-
-    def encode(self, x: torch.Tensor) -> TokenBatch:
-        """``[B, 3, H, W]`` in ``[-1, 1]`` -> ids ``[B, (H/f) * (W/f)]`` int64 (row-major grid)."""
-        return TokenBatch(self.codec.encode(x))
-
-    def decode(self, tokens: TokenBatch | torch.Tensor, grid: tuple[int, int] | None = None,
+    def decode(self, tokens: TokenBatch | torch.Tensor, use_ema: bool = True, grid: tuple[int, int] | None = None,
                **options: Any) -> torch.Tensor:
         """ids ``[B, h*w]`` -> images ``[B, 3, h*f, w*f]`` clipped to ``[-1, 1]``; ``grid`` = (h, w), square by default."""
-        ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
-        return self.codec.decode(ids, grid)
+        return super().decode(tokens, use_ema, grid=grid, **options)
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
         return self.codec(x)

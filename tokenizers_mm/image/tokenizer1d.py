@@ -19,10 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..config import as_config, plain
-from ..harness import OptimizerConfig, TokenBatch, TokenizerModule, lr_factor, param_groups
+from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups
 from ..quantize import Quantizer, QuantizerConfig
 from .codec1d import (
     OneDImageCodec,
@@ -120,10 +119,7 @@ class OneDTokenizer(TokenizerModule):
             from .losses import PatchDiscriminator
 
             self.discriminator = PatchDiscriminator(3, lcfg.disc_channels, lcfg.disc_layers)
-        self.ema = None
-        if ema_decay:
-            self.ema = AveragedModel(self.codec, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-            self.ema.requires_grad_(False)
+        self.setup_ema(ema_decay)
         self.val_ks = eval_token_counts(num_tokens)
 
     # the codec's parts under their short names (tests, losses and benchmarks reach them this way)
@@ -148,22 +144,7 @@ class OneDTokenizer(TokenizerModule):
         """The parts that make tokens and images (encoder, quantizer, ordering, decoder)."""
         return self.codec
 
-    def inference_codec(self, use_ema: bool = True) -> OneDImageCodec:
-        """The codec used for validation and export: the EMA copy when there is one and ``use_ema``."""
-        if use_ema and self.ema is not None:
-            return self.ema.module  # type: ignore[return-value]
-        return self.codec
-
-    # ---- public face ------------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, num_tokens: int | None = None, use_ema: bool = True) -> TokenBatch:
-        """``[B, 3, S, S]`` in ``[-1, 1]`` -> ids int64 ``[B, num_tokens or K]`` (the first tokens)."""
-        return TokenBatch(self.inference_codec(use_ema).encode(x, num_tokens))
-
-    def decode(self, tokens: TokenBatch | torch.Tensor, use_ema: bool = True, **options: Any) -> torch.Tensor:
-        """ids ``[B, k]`` (any prefix, 1 <= k <= K) -> images ``[B, 3, S, S]`` clipped to ``[-1, 1]``."""
-        ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
-        return self.inference_codec(use_ema).decode(ids)
-
+    # ---- public face: encode / decode / inference_codec come from TokenizerModule ----------------
     def forward(self, x: torch.Tensor, k: int | torch.Tensor | None = None, use_ema: bool = False
                 ) -> dict[str, Any]:
         """Training / validation pass: reconstruction (unclipped), ids, keep mask, quantizer aux loss."""
@@ -234,8 +215,6 @@ class OneDTokenizer(TokenizerModule):
             self.manual_backward(d_loss)
             opt_d.optimizer.step()  # raw optimizer: not counted in global_step
             losses["gan_d"] = d_loss.detach()
-        if self.ema is not None:
-            self.ema.update_parameters(self.generator)
         bs = x.shape[0]
         self._count_skipped(batch, "train")
         for name, value in losses.items():
