@@ -20,7 +20,7 @@ import torch
 from .base import TokenizerPipeline
 
 # modality -> "module:Class" of its pipeline
-PIPELINES = {"image": "pipelines.image:ImageTokenizer"}
+PIPELINES = {"image": "pipelines.image:ImageTokenizer", "mesh": "pipelines.shape:ShapeTokenizer"}
 
 __all__ = ["load", "read_config", "TokenizerPipeline", "PIPELINES"]
 

@@ -149,7 +149,21 @@ def _cmd_data_bench(a: argparse.Namespace) -> int:
 
 # ---- evaluate -------------------------------------------------------------------------------------
 def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from .checkpointing import read_checkpoint
     from .evaluate import evaluate_checkpoint, format_table
+
+    modality = (read_checkpoint(a.ckpt).get("datamodule_hyper_parameters") or {}).get("modality", "image")
+    if modality == "mesh":
+        from .shape.evaluate import evaluate_shape_checkpoint, format_shape_table
+
+        report = evaluate_shape_checkpoint(a.ckpt, a.data, a.out, resolution=a.resolution,
+                                           max_samples=a.max_samples, chamfer_points=a.chamfer_points)
+        print(f"{report['model']}: {report['shapes']} shapes, {report['bits_per_token']} bits per token")
+        print(format_shape_table(report))
+        print("report files:")
+        for name, path in report["files"].items():
+            print(f"  {name}: {path}")
+        return 0
 
     report = evaluate_checkpoint(a.ckpt, a.data, a.out, batch_size=a.batch_size, max_samples=a.max_samples,
                                  size=a.size, csv_log=a.csv_log, lpips_path=a.lpips, inception_path=a.inception,
@@ -213,6 +227,10 @@ def _cmd_encode(a: argparse.Namespace) -> int:
         from .data.image import IMAGE_EXTENSIONS
 
         files = _expand_inputs(a.inputs, IMAGE_EXTENSIONS)
+    elif tok.modality == "mesh":
+        from .data.mesh import MESH_EXTENSIONS
+
+        files = _expand_inputs(a.inputs, MESH_EXTENSIONS)
     else:  # pragma: no cover - other modalities register their readers here
         raise ValueError(f"encode does not read {tok.modality} files yet")
     ids = tok.encode(files, num_tokens=a.num_tokens, batch_size=a.batch_size)
@@ -246,7 +264,8 @@ def _cmd_decode(a: argparse.Namespace) -> int:
         ids = np.stack([v for _, v in pairs])
     if a.limit:
         ids, keys = ids[: a.limit], keys[: a.limit]
-    options = {name: getattr(a, name) for name in ("steps", "cfg_scale", "seed") if getattr(a, name) is not None}
+    options = {name: getattr(a, name) for name in ("steps", "cfg_scale", "seed", "resolution")
+               if getattr(a, name) is not None}
     out = tok.decode(ids, batch_size=a.batch_size, **options)
     if tok.modality == "image":
         from .visual import image_grid, save_png
@@ -259,6 +278,9 @@ def _cmd_decode(a: argparse.Namespace) -> int:
             rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
         grid = save_png(image_grid(rows), os.path.join(a.out, "_grid.png"))
         print(f"decoded {len(paths)} image(s) from {ids.shape[1]} tokens each into {a.out}/ (overview: {grid})")
+    elif tok.modality == "mesh":
+        paths = tok.save(out, a.out, keys, fmt=a.mesh_format)
+        print(f"decoded {len(paths)} mesh(es) from {ids.shape[1]} tokens each into {a.out}/ ({a.mesh_format})")
     return 0
 
 
@@ -330,6 +352,8 @@ def _project_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, nargs="+", default=None,
                    help="rectified-flow decoders: Euler steps to evaluate (e.g. 1 2 4 8 25; default: the model's)")
     e.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
+    e.add_argument("--resolution", type=int, default=64, help="shapes: marching-cubes grid resolution")
+    e.add_argument("--chamfer-points", type=int, default=100_000, help="shapes: surface samples per mesh")
     e.set_defaults(func=_cmd_evaluate)
 
     x = sub.add_parser("export", help="write a self-describing export folder (config.json, model.safetensors, card)")
@@ -345,14 +369,14 @@ def _project_parser() -> argparse.ArgumentParser:
         q.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
         q.add_argument("--batch-size", type=int, default=64)
 
-    en = sub.add_parser("encode", help="encode files (images: png / jpg / webp) into tokens.npz")
+    en = sub.add_parser("encode", help="encode files (images: png / jpg / webp; meshes: obj / ply / stl / glb / off) into tokens.npz")
     inference_flags(en)
     en.add_argument("inputs", nargs="+", help="files or folders of files")
     en.add_argument("--out", required=True, help="output .npz (ids [N, k], keys, meta)")
     en.add_argument("--num-tokens", type=int, default=None, help="keep the first k tokens (1D tokenizers)")
     en.set_defaults(func=_cmd_encode)
 
-    de = sub.add_parser("decode", help="decode tokens.npz or token shards into files (images: PNG)")
+    de = sub.add_parser("decode", help="decode tokens.npz or token shards into files (images: PNG; meshes: ply / obj / glb)")
     inference_flags(de)
     de.add_argument("inputs", nargs="+", help="a tokens.npz, or token shards (pattern, folder, @list.txt)")
     de.add_argument("--out", required=True, help="output folder")
@@ -360,6 +384,8 @@ def _project_parser() -> argparse.ArgumentParser:
     de.add_argument("--steps", type=int, default=None, help="rectified-flow decoders: Euler steps")
     de.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
     de.add_argument("--seed", type=int, default=None, help="rectified-flow decoders: sample i uses seed + i")
+    de.add_argument("--resolution", type=int, default=None, help="shapes: marching-cubes grid resolution (64)")
+    de.add_argument("--mesh-format", choices=["ply", "obj", "glb"], default="ply", help="shapes: output mesh format")
     de.set_defaults(func=_cmd_decode)
 
     tz = sub.add_parser("tokenize", help="stream shards through an export into token shards (resumable)")

@@ -45,6 +45,7 @@ CODECS = {
     "image/onedim": "tokenizers_mm.image.codec1d:OneDImageCodec",
     "image/grid": "tokenizers_mm.image.grid_codec:GridImageCodec",
     "image/flow": "tokenizers_mm.image.flow_codec:FlowImageCodec",
+    "shape/occupancy": "tokenizers_mm.shape.codec:ShapeCodec",
 }
 
 
@@ -163,13 +164,22 @@ def _image_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
             "preprocess": {"resize_shorter_side": int(img.get("val_resize") or size), "crop": "center"}}
 
 
-INPUT_SPECS = {"image": _image_inputs}
+def _mesh_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
+    mesh = data_hp.get("mesh") or {}
+    return {"kind": "mesh", "num_surface": int(mesh.get("num_surface", 2048)), "layout": "[B, N, 6] xyz + unit normal",
+            "normalize": {"padding": 0.05, "frame": "centered, longest side scaled into [-1 + padding, 1 - padding]"},
+            "repair": "trimesh repair of small holes; meshes that stay open are an error",
+            "surface_sampling": "area-uniform points on the normalized mesh, seed 0"}
+
+
+INPUT_SPECS = {"image": _image_inputs, "mesh": _mesh_inputs}
 
 
 def _evaluation_from_report(path: str) -> dict[str, Any]:
     with open(path) as f:
         report = json.load(f)
-    keep = ("images", "image_size", "tokens_per_image", "codebook_size", "bits_per_token", "per_k")
+    keep = ("images", "image_size", "tokens_per_image", "codebook_size", "bits_per_token", "per_k",
+            "shapes", "per_scale", "conventions", "seconds_per_shape")
     ev = {k: report[k] for k in keep if k in report}
     base = report.get("baselines") or {}
     ev["baselines_at_our_bytes"] = {fmt: b.get("at_our_bytes") for fmt, b in base.items()}
@@ -200,8 +210,8 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
         "epoch": raw.get("epoch"), "weights": "ema" if has_ema and use_ema else "raw",
         "optimizer": hp.get("optimizer"), "loss": hp.get("loss", hp.get("pixel_loss")),
         "ema_decay": hp.get("ema_decay"),
-        "data": {k: data_hp.get(k) for k in ("modality", "train_urls", "val_urls", "batch_size", "image")
-                 if k in data_hp},
+        "data": {k: data_hp.get(k) for k in ("modality", "train_urls", "val_urls", "batch_size", "image", "mesh")
+                 if k in data_hp and (k != "mesh" or data_hp.get("modality") == "mesh")},
     }
     evaluation = _evaluation_from_report(report) if report else None
     return export_codec(codec, out, INPUT_SPECS[codec.modality](codec, data_hp), training, evaluation)
@@ -289,6 +299,10 @@ def model_card(cfg: dict[str, Any]) -> str:
              f"{t['bits_per_token']:.2f} bits per token: {t['bytes_per_sample']} bytes per sample.",
              ("- Any prefix of 1..K tokens decodes (quality rises with the number kept)." if t.get("prefix_decodable")
               else "- Every token is needed to decode (a grid of tokens).")]
+    if inp.get("kind") == "mesh":
+        lines.append(f"- Input: meshes (obj / ply / stl / glb / off), normalized into [-1, 1]^3, {inp['num_surface']} surface "
+                     "points with normals. Any whole number of scales decodes: "
+                     f"{t.get('prefix_lengths')} tokens.")
     if inp.get("kind") == "image":
         pre = inp["preprocess"]
         lines.append(f"- Input: RGB images `[B, 3, {inp['image_size']}, {inp['image_size']}]` in [-1, 1] "
@@ -313,7 +327,13 @@ def model_card(cfg: dict[str, Any]) -> str:
         lines.append("- Not recorded.")
     lines += ["", "## Evaluation", ""]
     ev = cfg.get("evaluation")
-    if ev and ev.get("per_k"):
+    if ev and ev.get("per_scale"):
+        lines.append(f"{ev.get('shapes')} held-out shapes (`tokenizers-mm evaluate`; {ev.get('source')}).")
+        lines += ["", "| scales | tokens | bytes | IoU | Chamfer-L1 | F-score@0.02 |", "|---|---|---|---|---|---|"]
+        for r in ev["per_scale"]:
+            lines.append(f"| {r['scales']} | {r['tokens']} | {r['bytes']} | {r['iou']} | {r['chamfer_l1']} | "
+                         f"{r['fscore']} |")
+    elif ev and ev.get("per_k"):
         lines.append(f"{ev.get('images')} held-out images at {ev.get('image_size')} px "
                      f"(`tokenizers-mm evaluate`; {ev.get('source')}).")
         lines += ["", "| k | bytes | PSNR (dB) | SSIM | JPEG PSNR at these bytes | WebP PSNR at these bytes |",

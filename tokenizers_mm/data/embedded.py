@@ -3,7 +3,9 @@
 - image: the photographs inside the scikit-image wheel, cut into tiles (one folder per photo, so the
   train / val split holds out whole photos);
 - audio: the vendored speech clips of ``tokenizers_mm/embedded/speech`` (see ATTRIBUTION.md);
-- mesh: the vendored meshes of ``tokenizers_mm/embedded/meshes``.
+- mesh: the vendored meshes of ``tokenizers_mm/embedded/meshes`` plus procedural primitives (boxes, cylinders,
+  cones, capsules, ellipsoids, tori with random proportions and orientations, from ``trimesh.creation``), so a
+  shape tokenizer has more than three shapes to learn from.
 """
 
 from __future__ import annotations
@@ -55,6 +57,28 @@ def write_photo_tiles(out: str, tile: int = 128, max_tiles: int = 24) -> int:
     return n
 
 
+def write_primitives(out: str, count: int = 60, seed: int = 0) -> int:
+    """Write ``count`` watertight primitive meshes with random proportions and rotations as ``out/prim_XXX.ply``."""
+    import trimesh
+
+    rng = np.random.default_rng(seed)
+    makers = (
+        lambda: trimesh.creation.box(extents=rng.uniform(0.3, 1.0, 3)),
+        lambda: trimesh.creation.cylinder(radius=rng.uniform(0.15, 0.5), height=rng.uniform(0.3, 1.0), sections=48),
+        lambda: trimesh.creation.cone(radius=rng.uniform(0.2, 0.5), height=rng.uniform(0.4, 1.0), sections=48),
+        lambda: trimesh.creation.capsule(height=rng.uniform(0.2, 0.8), radius=rng.uniform(0.1, 0.35), count=[24, 24]),
+        lambda: trimesh.creation.icosphere(subdivisions=3).apply_scale(rng.uniform(0.2, 0.6, 3)),
+        lambda: trimesh.creation.torus(major_radius=rng.uniform(0.3, 0.5), minor_radius=rng.uniform(0.08, 0.2),
+                                       major_sections=48, minor_sections=24),
+    )
+    os.makedirs(out, exist_ok=True)
+    for i in range(count):
+        mesh = makers[i % len(makers)]()
+        mesh.apply_transform(trimesh.transformations.random_rotation_matrix(rng.random(3)))
+        mesh.export(os.path.join(out, f"prim_{i:03d}.ply"))
+    return count
+
+
 def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] = ("image", "audio", "mesh"),
                    progress: bool = True) -> dict[str, dict]:
     """Build the default shards under ``out_root/{image,audio,mesh}``; returns each ``dataset.json``."""
@@ -68,8 +92,14 @@ def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] 
         manifests["audio"] = build_shards("audio", embedded_dir("speech"), os.path.join(out_root, "audio"),
                                           shard_size=16, val_fraction=0.1, seed=0, progress=progress)
     if "mesh" in modalities:
-        manifests["mesh"] = build_shards("mesh", embedded_dir("meshes"), os.path.join(out_root, "mesh"),
-                                         shard_size=1, val_fraction=0.25, seed=0,
-                                         mesh=MeshBuildOptions(num_surface=8192, num_volume=8192, num_near=8192),
+        import shutil
+
+        src = os.path.join(out_root, "_src", "mesh")
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(embedded_dir("meshes"), os.path.join(src, "pyvista"))
+        write_primitives(os.path.join(src, "primitives"))
+        manifests["mesh"] = build_shards("mesh", src, os.path.join(out_root, "mesh"), shard_size=8,
+                                         val_fraction=0.15, seed=0,
+                                         mesh=MeshBuildOptions(num_surface=2048, num_volume=2048, num_near=2048),
                                          progress=progress)
     return manifests

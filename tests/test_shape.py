@@ -1,0 +1,197 @@
+"""3D shape tokenizer: labels, Fourier features, multi-scale residual quantization, meshes out, training,
+evaluation against decimation, export and pipelines."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import trimesh
+
+import pipelines
+from tokenizers_mm.data.mesh import normalize_mesh, precompute_mesh_sample
+from tokenizers_mm.export import export_checkpoint
+from tokenizers_mm.quantize import QuantizerConfig
+from tokenizers_mm.shape.codec import (
+    FourierEmbedding,
+    MultiScaleResidualQuantizer,
+    ShapeCodec,
+    farthest_point_sample,
+    resample_tokens,
+)
+from tokenizers_mm.shape.evaluate import decimation_baseline, mesh_bytes
+from tokenizers_mm.shape.mesh_out import marching_cubes_mesh, occupancy_grid, save_mesh
+from tokenizers_mm.shape.metrics import surface_metrics, volume_iou
+from tokenizers_mm.shape.tokenizer import ShapeTokenizer
+
+TINY = {"num_latents": 16, "latent_dim": 16, "encoder": {"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
+        "decoder": {"width": 64, "depth": 1, "heads": 2}, "scales": [1, 4, 16],
+        "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True}}
+
+
+def test_occupancy_labels_of_a_sphere_are_exact():
+    mesh, _, _ = normalize_mesh(trimesh.creation.icosphere(subdivisions=4, radius=1.0), padding=0.05)
+    arrays = precompute_mesh_sample(mesh, num_surface=256, num_volume=1500, num_near=200, seed=0)
+    r = 0.95
+    dist = np.linalg.norm(arrays["volume_points"], axis=1)
+    clear = np.abs(dist - r) > 0.01  # the icosphere deviates from the sphere by < 0.01 at this subdivision
+    assert np.array_equal(arrays["volume_labels"][clear], (dist < r)[clear])
+    assert np.allclose(np.linalg.norm(arrays["surface"][:, :3], axis=1), r, atol=0.01)
+
+
+def test_fourier_embedding():
+    emb = FourierEmbedding(num_freqs=3)
+    x = torch.tensor([[0.25, -0.5, 1.0]])
+    out = emb(x)
+    assert out.shape == (1, 3 + 18) and emb.out_dim == 21
+    assert torch.allclose(out[0, :3], x[0])
+    # sin(2^i * pi * x) for x = 0.25, i = 0, 1, 2: sin(pi/4), sin(pi/2), sin(pi)
+    sin_x0 = out[0, 3:12].view(3, 3)[0]
+    assert torch.allclose(sin_x0, torch.tensor([math.sin(math.pi / 4), 1.0, 0.0]), atol=1e-6)
+
+
+def test_multiscale_quantizer_shapes_and_prefix_decoding():
+    torch.manual_seed(0)
+    # latent width = number of FSQ levels: no projections, so the quantizer is plain rounding
+    msq = MultiScaleResidualQuantizer(4, [1, 4, 16], QuantizerConfig(kind="fsq", levels=[8, 8, 8, 8])).eval()
+    z = 0.4 * torch.randn(3, 16, 4)
+    for s, n in enumerate([1, 5, 21], start=1):
+        zq, ids, _ = msq(z, num_scales=s)
+        assert zq.shape == (3, 16, 4) and ids.shape == (3, n) and ids.dtype == torch.int64
+        assert torch.allclose(msq.ids_to_latents(ids, 16), zq, atol=1e-5)
+    # more scales leave a smaller residual
+    errs = [float((msq(z, num_scales=s)[0] - z).pow(2).mean()) for s in (1, 2, 3)]
+    assert errs[0] > errs[1] > errs[2]
+    assert resample_tokens(torch.arange(4.0).view(1, 4, 1), 2).flatten().tolist() == [0.5, 2.5]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        MultiScaleResidualQuantizer(8, [4, 1], QuantizerConfig())
+
+
+def test_codec_decodes_from_every_number_of_scales_and_rvq_baseline():
+    torch.manual_seed(0)
+    surface = torch.cat([torch.rand(2, 256, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(2, 256, 3), dim=-1)],
+                        dim=-1)
+    pts = torch.rand(2, 50, 3) * 2 - 1
+    for bottleneck in ("multiscale", "rvq"):
+        codec = ShapeCodec(**{**TINY, "encoder": {**TINY["encoder"], "queries": "fps"}}, bottleneck=bottleneck,
+                           num_quantizers=3).eval()
+        ids = codec.encode(surface)
+        assert ids.shape == (2, codec.num_tokens)
+        for n in codec.prefix_lengths:
+            logits = codec.occupancy(codec.decode(ids[:, :n]), pts)
+            assert logits.shape == (2, 50) and torch.isfinite(logits).all()
+        with pytest.raises(ValueError, match="whole scales"):
+            codec.decode(ids[:, :2])
+    assert codec.prefix_lengths == [16, 32, 48]  # rvq: M tokens per quantizer
+    with pytest.raises(ValueError, match=r"surface points \[B, N, 6\]"):
+        codec.encode(surface[..., :3])
+    idx = farthest_point_sample(torch.tensor([[[0.0, 0, 0], [0.1, 0, 0], [1, 0, 0], [0, 1, 0]]]), 3)
+    assert idx.tolist() == [[0, 2, 3]]
+
+
+def test_marching_cubes_of_an_analytic_sphere_is_watertight_and_exact(tmp_path):
+    sphere = lambda p: 0.5 - p.norm(dim=-1)  # noqa: E731  (logit > 0 inside radius 0.5)
+    full = occupancy_grid(sphere, resolution=48, chunk=10**9)
+    chunked = occupancy_grid(sphere, resolution=48, chunk=1000)
+    assert np.array_equal(full, chunked)
+    mesh = marching_cubes_mesh(chunked)
+    assert mesh.is_watertight and mesh.volume == pytest.approx(4 / 3 * math.pi * 0.125, rel=0.02)
+    m = surface_metrics(mesh, trimesh.creation.icosphere(subdivisions=5, radius=0.5), n=20000)
+    assert m["chamfer_l1"] < 0.02 and m["fscore"] > 0.99 and m["normal_consistency"] > 0.99
+    for fmt in ("ply", "obj", "glb"):
+        path = save_mesh(mesh, str(tmp_path / f"s.{fmt}"))
+        assert len(trimesh.load(path, force="mesh").faces) == len(mesh.faces)
+    assert len(marching_cubes_mesh(np.full((8, 8, 8), -1.0, dtype=np.float32)).faces) == 0
+    assert volume_iou(torch.tensor([[1.0, -1, 1, -1]]), torch.tensor([[1, 1, 0, 0]])).item() == pytest.approx(1 / 3)
+
+
+def test_decimation_baseline_fits_the_byte_budget():
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    assert mesh_bytes(10, 16, 10) == math.ceil((3 * 10 * 10 + 3 * 4 * 16) / 8)
+    dec, size = decimation_baseline(mesh, 200, bits=10)
+    assert size <= 200 and size == mesh_bytes(len(dec.vertices), len(dec.faces), 10)
+    assert decimation_baseline(mesh, 5) is None
+
+
+def _mesh_dm(embedded, steps):
+    from tokenizers_mm.data import ShardDataModule
+
+    return ShardDataModule(modality="mesh", train_urls=os.path.join(embedded, "mesh"),
+                           val_urls=os.path.join(embedded, "mesh"), batch_size=8, val_batch_size=10,
+                           batches_per_epoch=steps, num_workers=0,
+                           mesh={"num_surface": 512, "num_volume": 512, "num_near": 256})
+
+
+@pytest.fixture(scope="module")
+def trained_shape(embedded, tmp_path_factory):
+    root = tmp_path_factory.mktemp("shape")
+    pl.seed_everything(0)
+    model = ShapeTokenizer(**TINY, val_mesh_resolution=24, optimizer={"lr": 2e-3, "warmup_steps": 5})
+    dm = _mesh_dm(embedded, 80)
+    trainer = pl.Trainer(max_steps=80, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
+    before = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    trainer.fit(model, datamodule=dm)
+    after = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    trainer.save_checkpoint(root / "shape.ckpt")
+    return model.eval(), str(root / "shape.ckpt"), before, after, root
+
+
+def test_short_training_on_the_embedded_meshes_lowers_bce_and_raises_iou(trained_shape):
+    _, _, before, after, root = trained_shape
+    assert after["val/bce_volume"] < 0.8 * before["val/bce_volume"], (before, after)
+    assert after["val/iou"] > before["val/iou"] + 0.15, (before, after)
+    assert after["val/iou_s3"] >= after["val/iou_s1"] - 0.02  # more scales are no worse
+    assert os.listdir(root / "samples")  # rendered views of reconstructed meshes
+
+
+def test_evaluate_shapes_beside_decimation(trained_shape, embedded, tmp_path, capsys):
+    from tokenizers_mm.cli import main
+
+    _, ckpt, *_ = trained_shape
+    out = tmp_path / "report"
+    assert main(["evaluate", "--ckpt", ckpt, "--data", os.path.join(embedded, "mesh"), "--out", str(out),
+                 "--max-samples", "2", "--resolution", "24", "--chamfer-points", "2000"]) == 0
+    report = json.load(open(out / "report.json"))
+    assert report["shapes"] == 2 and [r["tokens"] for r in report["per_scale"]] == [1, 5, 21]
+    assert [r["bytes"] for r in report["per_scale"]] == [2, 7, 27]
+    last = report["per_scale"][-1]
+    assert 0 <= last["iou"] <= 1 and last["chamfer_l1"] > 0 and 0 <= last["fscore"] <= 1
+    assert report["per_scale"][0]["decimation"]["shapes"] == 0  # 2 bytes hold no mesh
+    assert last["decimation"]["shapes"] == 2 and last["decimation"]["bytes"] <= 27
+    assert set(report["seconds_per_shape"]) == {"encode_s", "decode_s", "mesh_s"}
+    assert len(os.listdir(out / "renders")) == 2 and os.path.getsize(out / "rate_quality.png") > 1000
+    assert "| 3 | 21 | 27 |" in capsys.readouterr().out
+
+
+def test_export_and_pipelines_round_trip_meshes(trained_shape, mesh_dir, tmp_path, capsys):
+    from tokenizers_mm.cli import main
+
+    model, ckpt, *_ = trained_shape
+    export = str(tmp_path / "export")
+    cfg = export_checkpoint(ckpt, export)
+    assert cfg["modality"] == "mesh" and cfg["tokens"]["prefix_lengths"] == [1, 5, 21]
+    tok = pipelines.load(export)
+    surface = torch.cat([torch.rand(2, 512, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(2, 512, 3), dim=-1)],
+                        dim=-1)
+    assert torch.equal(tok.encode(surface), model.encode(surface).ids)
+    meshes = tok.decode(tok.encode(surface, num_tokens=5), resolution=24)
+    assert len(meshes) == 2 and all(isinstance(m, trimesh.Trimesh) for m in meshes)
+    with pytest.raises(ValueError, match=r"whole scales: \[1, 5, 21\] tokens, got 3"):
+        tok.decode(torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="is not a mesh file"):
+        tok.encode(["photo.png"])
+    # CLI: mesh files in, meshes out
+    ply = [os.path.join(mesh_dir, n) for n in ("ant.ply", "sphere.ply")]
+    npz = str(tmp_path / "t.npz")
+    assert main(["encode", "--model", export, *ply, "--out", npz]) == 0
+    assert np.load(npz)["ids"].shape == (2, 21)
+    assert main(["decode", "--model", export, npz, "--out", str(tmp_path / "decoded"), "--resolution", "24",
+                 "--mesh-format", "obj"]) == 0
+    assert sorted(os.listdir(tmp_path / "decoded")) == ["ant.obj", "sphere.obj"]
+    assert "decoded 2 mesh(es) from 21 tokens" in capsys.readouterr().out
+    with pytest.raises(Exception, match="image tokenizer|mesh tokenizer"):
+        pipelines.load(export, modality="image")

@@ -1,0 +1,331 @@
+"""``ShapeCodec``: point cloud -> a few latent tokens -> multi-scale residual quantization -> occupancy field.
+
+    surface points [B, N, 6] (xyz in [-1, 1]^3 + unit normal)
+      -> Fourier features -> M latent queries (learned, or farthest-point-sampled surface points) gather them by
+         cross-attention -> self-attention (3DShape2VecSet's vecset, VAT's in-context transformer)
+      -> Gaussian bottleneck (mean, log-variance; KL) -> latents [B, M, D]
+      -> MultiScaleResidualQuantizer: scale s holds n_s tokens (e.g. 1, 4, 16, 64), each quantizing the residual
+         the coarser scales left, resampled between scales (VAT) -> ids [B, sum n_s], coarse first
+      -> decoder: self-attention over the latents, then Fourier-embedded query points [B, Q, 3] cross-attend to
+         them -> occupancy logits [B, Q]
+
+Decoding from the ids of the first s scales gives the shape at a coarser fidelity and a smaller byte budget.
+A plain ``ResidualVQ`` (vector-quantize-pytorch, with quantizer dropout) is the simpler baseline in the same slot.
+No training code here: the Lightning module is :class:`~tokenizers_mm.shape.tokenizer.ShapeTokenizer`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import as_config, plain
+from ..image.vit import Transformer, ViTConfig
+from ..quantize import Quantizer, QuantizerConfig
+
+
+class FourierEmbedding(nn.Module):
+    """xyz ``[..., 3]`` -> ``[..., 3 + 6 * num_freqs]``: the input and sin / cos at frequencies ``2^i * pi``."""
+
+    def __init__(self, num_freqs: int = 8) -> None:
+        super().__init__()
+        self.register_buffer("freqs", (2.0 ** torch.arange(num_freqs)) * math.pi, persistent=False)
+        self.out_dim = 3 + 6 * num_freqs
+
+    def forward(self, xyz: torch.Tensor) -> torch.Tensor:
+        angles = (xyz[..., None] * self.freqs.to(xyz.dtype)).flatten(-2)  # [..., 3F]
+        return torch.cat([xyz, angles.sin(), angles.cos()], dim=-1)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention (queries attend to a context) followed by an MLP, both residual."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_q, self.norm_kv = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.kv, self.proj = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q = self.q(self.norm_q(x)).view(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(self.norm_kv(context)).view(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.proj(out)
+        return x + self.mlp(self.norm2(x))
+
+
+def farthest_point_sample(points: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices ``[B, m]`` of ``m`` points chosen by farthest-point sampling from ``points`` ``[B, N, 3]`` (the
+    first is point 0, so the result is deterministic; earlier picks cover the shape coarsely)."""
+    b, n, _ = points.shape
+    idx = torch.zeros(b, m, dtype=torch.long, device=points.device)
+    dist = torch.full((b, n), float("inf"), device=points.device)
+    last = points[:, 0]
+    for i in range(1, m):
+        dist = torch.minimum(dist, (points - last[:, None]).pow(2).sum(-1))
+        idx[:, i] = dist.argmax(1)
+        last = points[torch.arange(b, device=points.device), idx[:, i]]
+    return idx
+
+
+def resample_tokens(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``[B, M, D]`` -> ``[B, n, D]`` along the token axis: area averaging down, linear interpolation up."""
+    if x.shape[1] == n:
+        return x
+    t = x.transpose(1, 2)
+    t = F.adaptive_avg_pool1d(t, n) if n < x.shape[1] else F.interpolate(t, size=n, mode="linear", align_corners=False)
+    return t.transpose(1, 2)
+
+
+class MultiScaleResidualQuantizer(nn.Module):
+    """VAT's multi-scale residual quantization over a sequence of M latent tokens.
+
+    Scale ``s`` resamples the current residual to ``scales[s]`` tokens, quantizes them (one quantizer per scale,
+    FSQ or VQ), resamples the codes back to M tokens and subtracts them from the residual; the quantized latent
+    is the sum over scales. Ids are concatenated coarse to fine, so the first ``sum(scales[:s])`` ids decode
+    the first s scales.
+
+    Args:
+        dim: latent width D.
+        scales: tokens per scale, increasing; the last equals M.
+        quantizer: settings of every scale's quantizer.
+    """
+
+    def __init__(self, dim: int, scales: list[int], quantizer: QuantizerConfig) -> None:
+        super().__init__()
+        if sorted(scales) != list(scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"scales must be strictly increasing token counts, got {scales}")
+        self.scales = list(scales)
+        self.quantizers = nn.ModuleList(Quantizer(dim, quantizer) for _ in scales)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizers[0].codebook_size
+
+    def forward(self, z: torch.Tensor, num_scales: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``z`` ``[B, M, D]`` -> (quantized ``[B, M, D]`` of the first ``num_scales`` scales, ids, aux loss)."""
+        m = z.shape[1]
+        residual, out = z, torch.zeros_like(z)
+        ids, aux = [], z.new_zeros(())
+        for n, quant in zip(self.scales[: num_scales or len(self.scales)], self.quantizers):
+            q = quant(resample_tokens(residual, n))
+            up = resample_tokens(q.quantized, m)
+            out = out + up
+            residual = residual - up
+            ids.append(q.ids)
+            aux = aux + q.aux_loss
+        return out, torch.cat(ids, dim=1), aux
+
+    def ids_to_latents(self, ids: torch.Tensor, m: int) -> torch.Tensor:
+        """ids of the first s scales ``[B, sum(scales[:s])]`` -> quantized latents ``[B, M, D]``."""
+        out, start = None, 0
+        for n, quant in zip(self.scales, self.quantizers):
+            if start >= ids.shape[1]:
+                break
+            up = resample_tokens(quant.ids_to_codes(ids[:, start:start + n]), m)
+            out = up if out is None else out + up
+            start += n
+        return out
+
+
+class ResidualVQBottleneck(nn.Module):
+    """The plain baseline: ``ResidualVQ`` over all M tokens (quantizer dropout: any first q quantizers decode).
+
+    Ids are ordered quantizer-major (all M tokens of quantizer 1, then of quantizer 2 ...), so a prefix of
+    ``q * M`` ids decodes the first q quantizers; ``scales`` reads as ``[M] * num_quantizers``.
+    """
+
+    def __init__(self, dim: int, num_latents: int, num_quantizers: int, quantizer: QuantizerConfig) -> None:
+        super().__init__()
+        from vector_quantize_pytorch import ResidualVQ
+
+        self.m, self.nq = num_latents, num_quantizers
+        self.scales = [num_latents * (i + 1) for i in range(num_quantizers)]  # cumulative, for prefix lengths
+        self.rvq = ResidualVQ(dim=dim, num_quantizers=num_quantizers, codebook_size=quantizer.codebook_size,
+                              codebook_dim=quantizer.codebook_dim, quantize_dropout=True,
+                              kmeans_init=quantizer.kmeans_init, threshold_ema_dead_code=quantizer.threshold_ema_dead_code,
+                              commitment_weight=quantizer.commitment_weight, decay=quantizer.decay)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.rvq.codebook_size)
+
+    def forward(self, z: torch.Tensor, num_scales: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, idx, losses = self.rvq(z)
+        idx = idx[..., : num_scales or self.nq]
+        if num_scales and num_scales < self.nq:
+            q = self.rvq.get_output_from_indices(idx)
+        return q, idx.transpose(1, 2).reshape(z.shape[0], -1), losses.sum()
+
+    def ids_to_latents(self, ids: torch.Tensor, m: int) -> torch.Tensor:
+        nq = ids.shape[1] // m
+        idx = ids.reshape(ids.shape[0], nq, m).transpose(1, 2)
+        return self.rvq.get_output_from_indices(idx)
+
+
+@dataclass
+class ShapeEncoderConfig:
+    """Point encoder: ``queries`` = ``learned`` or ``fps`` (farthest-point-sampled surface points)."""
+
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    num_freqs: int = 8
+    queries: str = "learned"
+
+
+class ShapeCodec(nn.Module):
+    """Shape tokenizer without training code (see the module docstring).
+
+    Args:
+        num_latents: M latent tokens.
+        latent_dim: D, width of the quantized latents.
+        encoder: point encoder settings.
+        decoder: the latent transformer of the decoder (width, depth, heads).
+        bottleneck: ``multiscale`` (VAT) or ``rvq`` (ResidualVQ baseline).
+        scales: tokens per scale (multiscale; the last must be M).
+        num_quantizers: ResidualVQ depth (rvq).
+        quantizer: the quantizer of every scale (FSQ levels or VQ codebook).
+    """
+
+    architecture = "shape/occupancy"
+    modality = "mesh"
+
+    def __init__(self, num_latents: int = 64, latent_dim: int = 32, encoder: ShapeEncoderConfig | dict | None = None,
+                 decoder: ViTConfig | dict | None = None, bottleneck: str = "multiscale",
+                 scales: list[int] | None = None, num_quantizers: int = 4,
+                 quantizer: QuantizerConfig | dict | None = None) -> None:
+        super().__init__()
+        enc = as_config(ShapeEncoderConfig, encoder)
+        dec = as_config(ViTConfig, decoder or {"width": 256, "depth": 4, "heads": 4})
+        qcfg = as_config(QuantizerConfig, quantizer or {"kind": "fsq", "levels": [8, 5, 5, 5]})
+        scales = list(scales or [1, 4, 16, num_latents])
+        if bottleneck == "multiscale" and scales[-1] != num_latents:
+            raise ValueError(f"the last scale must hold all {num_latents} latents, got scales {scales}")
+        if enc.queries not in ("learned", "fps"):
+            raise ValueError(f"encoder.queries must be 'learned' or 'fps', got {enc.queries!r}")
+        self.arch = plain({"num_latents": num_latents, "latent_dim": latent_dim, "encoder": enc, "decoder": dec,
+                           "bottleneck": bottleneck, "scales": scales, "num_quantizers": num_quantizers,
+                           "quantizer": qcfg})
+        self.num_latents, self.latent_dim, self.enc_cfg = num_latents, latent_dim, enc
+        self.fourier = FourierEmbedding(enc.num_freqs)
+        w = enc.width
+        self.point_in = nn.Linear(self.fourier.out_dim + 3, w)
+        self.queries = nn.Parameter(torch.randn(num_latents, w) * 0.02)
+        self.gather = CrossAttentionBlock(w, enc.heads)
+        self.encoder = Transformer(ViTConfig(w, enc.depth, enc.heads))
+        self.to_gaussian = nn.Linear(w, 2 * latent_dim)
+        if bottleneck == "multiscale":
+            self.bottleneck = MultiScaleResidualQuantizer(latent_dim, scales, qcfg)
+        elif bottleneck == "rvq":
+            self.bottleneck = ResidualVQBottleneck(latent_dim, num_latents, num_quantizers, qcfg)
+        else:
+            raise ValueError(f"bottleneck must be 'multiscale' or 'rvq', got {bottleneck!r}")
+        self.latent_in = nn.Linear(latent_dim, dec.width)
+        self.latent_pos = nn.Parameter(torch.randn(num_latents, dec.width) * 0.02)
+        self.decoder = Transformer(dec)
+        self.query_in = nn.Linear(self.fourier.out_dim, dec.width)
+        self.probe = CrossAttentionBlock(dec.width, dec.heads)
+        self.head = nn.Sequential(nn.LayerNorm(dec.width), nn.Linear(dec.width, 1))
+
+    # ---- facts --------------------------------------------------------------------------------------
+    @property
+    def codebook_size(self) -> int:
+        return self.bottleneck.codebook_size
+
+    @property
+    def prefix_lengths(self) -> list[int]:
+        """Valid id counts: the cumulative token counts of the scales (1, 5, 21, 85 for scales 1, 4, 16, 64)."""
+        if isinstance(self.bottleneck, ResidualVQBottleneck):
+            return list(self.bottleneck.scales)
+        out, total = [], 0
+        for n in self.bottleneck.scales:
+            total += n
+            out.append(total)
+        return out
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefix_lengths[-1]
+
+    def token_spec(self) -> dict[str, Any]:
+        return {"tokens_per_sample": self.num_tokens, "token_shape": [self.num_tokens],
+                "codebook_sizes": [self.codebook_size], "prefix_decodable": True, "min_tokens": self.prefix_lengths[0],
+                "prefix_lengths": self.prefix_lengths}
+
+    # ---- checks -------------------------------------------------------------------------------------
+    @staticmethod
+    def check_surface(surface: torch.Tensor) -> None:
+        if surface.ndim != 3 or surface.shape[-1] != 6:
+            raise ValueError(f"expected surface points [B, N, 6] (xyz + unit normal), got shape {tuple(surface.shape)}")
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        if ids.ndim != 2 or ids.shape[1] not in self.prefix_lengths:
+            raise ValueError(f"expected token ids [B, n] with n one of {self.prefix_lengths} (whole scales, coarse "
+                             f"first), got shape {tuple(ids.shape)}")
+
+    # ---- encoder ------------------------------------------------------------------------------------
+    def encode_latents(self, surface: torch.Tensor, sample: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Surface ``[B, N, 6]`` -> (latents ``[B, M, D]``, KL per sample ``[B]``); ``sample`` draws from the
+        Gaussian (training), else its mean."""
+        self.check_surface(surface)
+        xyz, normals = surface[..., :3], surface[..., 3:]
+        feats = self.point_in(torch.cat([self.fourier(xyz), normals], dim=-1))
+        if self.enc_cfg.queries == "fps":
+            idx = farthest_point_sample(xyz, self.num_latents)
+            q = torch.gather(feats, 1, idx[..., None].expand(-1, -1, feats.shape[-1])) + self.queries
+        else:
+            q = self.queries.expand(surface.shape[0], -1, -1)
+        h = self.encoder(self.gather(q, feats))
+        mean, logvar = self.to_gaussian(h).chunk(2, dim=-1)
+        logvar = logvar.clamp(-30, 20)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean(dim=(1, 2))
+        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if sample else mean
+        return z, kl
+
+    def encode(self, surface: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        """Surface ``[B, N, 6]`` -> ids ``[B, num_tokens or all]`` (``num_tokens`` a whole number of scales)."""
+        z, _ = self.encode_latents(surface)
+        _, ids, _ = self.bottleneck(z)
+        if num_tokens is not None:
+            if num_tokens not in self.prefix_lengths:
+                raise ValueError(f"num_tokens must be one of {self.prefix_lengths} (whole scales), got {num_tokens}")
+            ids = ids[:, :num_tokens]
+        return ids
+
+    # ---- decoder ------------------------------------------------------------------------------------
+    def decode_latents(self, zq: torch.Tensor) -> torch.Tensor:
+        """Quantized latents ``[B, M, D]`` -> decoder states ``[B, M, width]`` (computed once per shape)."""
+        return self.decoder(self.latent_in(zq) + self.latent_pos.to(zq.dtype))
+
+    def occupancy(self, states: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Decoder states + query points ``[B, Q, 3]`` -> occupancy logits ``[B, Q]`` (> 0: inside)."""
+        q = self.query_in(self.fourier(points))
+        return self.head(self.probe(q, states)).squeeze(-1)
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids of the first s scales -> decoder states ``[B, M, width]`` (query them with :meth:`occupancy`, or
+        extract a mesh with :func:`tokenizers_mm.shape.mesh_out.extract_meshes`)."""
+        self.check_ids(ids)
+        return self.decode_latents(self.bottleneck.ids_to_latents(ids, self.num_latents))
+
+    def forward(self, surface: torch.Tensor, points: torch.Tensor, num_scales: int | None = None,
+                sample: bool = False) -> dict[str, Any]:
+        """Training pass: occupancy logits at ``points`` from the first ``num_scales`` scales, ids, KL, aux loss."""
+        z, kl = self.encode_latents(surface, sample)
+        zq, ids, aux = self.bottleneck(z, num_scales)
+        return {"logits": self.occupancy(self.decode_latents(zq), points), "ids": ids, "kl": kl.mean(),
+                "aux_loss": aux}
