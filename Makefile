@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := data/embedded
 DEMO_MODELS := fsq_ae_tiny flextok_tiny
+SHAPE_DEMO_SHAPES ?= 6
 FSQ_DEMO_STEPS ?= 300
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_MM_LOG ?= WARNING
@@ -31,8 +32,8 @@ $(DATA)/.built: $(STAMP)
 
 data: $(DATA)/.built ## build the embedded train/val shards (real photos, speech, meshes) in data/embedded
 
-demo: $(DATA)/.built ## train, evaluate, export and round-trip the tiny tokenizers on the embedded data (<15 min on 2 cores)
-	rm -rf $(addprefix runs/,$(DEMO_MODELS)) $(addprefix reports/,$(DEMO_MODELS))
+demo: $(DATA)/.built ## train, evaluate, export the tiny image and shape tokenizers on the embedded data (<15 min on 2 cores)
+	rm -rf $(addprefix runs/,$(DEMO_MODELS) vat_tiny) $(addprefix reports/,$(DEMO_MODELS) vat_tiny)
 	$(BIN)/tokenizers-mm fit --config configs/image/fsq_ae_tiny.yaml --trainer.max_steps $(FSQ_DEMO_STEPS)
 	$(BIN)/tokenizers-mm fit --config configs/image/flextok_tiny.yaml
 	for m in $(DEMO_MODELS); do \
@@ -41,6 +42,12 @@ demo: $(DATA)/.built ## train, evaluate, export and round-trip the tiny tokenize
 		$(BIN)/tokenizers-mm export --ckpt runs/$$m/checkpoints/last.ckpt --out exports/$$m \
 			--report reports/$$m/report.json || exit 1; \
 	done
+	@echo ">> 3D: the shape tokenizer on the embedded meshes"
+	$(BIN)/tokenizers-mm fit --config configs/shape/vat_tiny.yaml
+	$(BIN)/tokenizers-mm evaluate --ckpt runs/vat_tiny/checkpoints/last.ckpt --data $(DATA)/mesh --out reports/vat_tiny \
+		--max-samples $(SHAPE_DEMO_SHAPES)
+	$(BIN)/tokenizers-mm export --ckpt runs/vat_tiny/checkpoints/last.ckpt --out exports/vat_tiny \
+		--report reports/vat_tiny/report.json
 	@echo ">> round trip of the val images through the exported flextok_tiny (pipelines, no Lightning)"
 	$(BIN)/tokenizers-mm tokenize --model exports/flextok_tiny --data $(DATA)/image --split val \
 		--out reports/flextok_tiny/val_tokens --workers 1
@@ -56,6 +63,9 @@ demo: $(DATA)/.built ## train, evaluate, export and round-trip the tiny tokenize
 	done
 	@echo "  reports/flextok_tiny/val_tokens/: the val images as token shards (dataset.json)"
 	@echo "  reports/flextok_tiny/roundtrip/: those tokens decoded by the export (one PNG per image, _grid.png)"
+	@echo "  reports/vat_tiny/: report.json (IoU, Chamfer, F-score per token budget beside decimated meshes),"
+	@echo "      rate_quality.png, renders/*.png (ground truth, every number of scales, the decimated mesh)"
+	@echo "  exports/vat_tiny/ -> tokenizers-mm encode --model exports/vat_tiny shape.obj --out t.npz; decode --out meshes/"
 
 FLOW_STEPS ?= 1 2 4 8 25
 demo-flow: $(DATA)/.built ## train the rectified-flow decoder (flextok_flow_tiny) + its 1-step reflow student, evaluate per steps (~10 min)
@@ -80,9 +90,10 @@ test-slow: $(DATA)/.built ## run the slow tests too
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check tokenizers_mm pipelines tests scripts
 
-bench: $(DATA)/.built ## benchmarks: data loader samples/s, image tokenizer training/latency, export load/latency (reports/bench/)
+bench: $(DATA)/.built ## benchmarks: data loader, image and shape tokenizers (speed, memory, latency), export load/latency (reports/bench/)
 	$(BIN)/python scripts/bench_data.py --out reports/bench/data.json
 	$(BIN)/python scripts/bench_image.py --out reports/bench/image.json
+	$(BIN)/python scripts/bench_shape.py --out reports/bench/shape.json
 	$(BIN)/python scripts/bench_export.py $(if $(wildcard exports/flextok_tiny/config.json),--model exports/flextok_tiny) --out reports/bench/export.json
 
 clean: ## remove built data, runs, reports and exports (keeps .venv)
