@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := data/embedded
 DEMO_MODELS := fsq_ae_tiny flextok_tiny
-SHAPE_DEMO_SHAPES ?= 6
+SHAPE_DEMO_SHAPES ?= 4
 FSQ_DEMO_STEPS ?= 300
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_MM_LOG ?= WARNING
@@ -45,7 +45,7 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image and shape tokeniz
 	@echo ">> 3D: the shape tokenizer on the embedded meshes"
 	$(BIN)/tokenizers-mm fit --config configs/shape/vat_tiny.yaml
 	$(BIN)/tokenizers-mm evaluate --ckpt runs/vat_tiny/checkpoints/last.ckpt --data $(DATA)/mesh --out reports/vat_tiny \
-		--max-samples $(SHAPE_DEMO_SHAPES)
+		--max-samples $(SHAPE_DEMO_SHAPES) --resolution 48
 	$(BIN)/tokenizers-mm export --ckpt runs/vat_tiny/checkpoints/last.ckpt --out exports/vat_tiny \
 		--report reports/vat_tiny/report.json
 	@echo ">> round trip of the val images through the exported flextok_tiny (pipelines, no Lightning)"

@@ -43,16 +43,22 @@ class FourierEmbedding(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
-    """Pre-norm cross-attention (queries attend to a context) followed by an MLP, both residual."""
+    """Pre-norm cross-attention (queries attend to a context), residual, then an optional residual MLP.
+
+    ``mlp_ratio=0`` leaves the MLP out: the occupancy probe, evaluated at every grid point, is attention only
+    (as in 3DShape2VecSet), which keeps mesh extraction fast and its memory small.
+    """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.heads = heads
         self.norm_q, self.norm_kv = nn.LayerNorm(width), nn.LayerNorm(width)
         self.q, self.kv, self.proj = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = None
+        if mlp_ratio > 0:
+            hidden = int(width * mlp_ratio)
+            self.norm2 = nn.LayerNorm(width)
+            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -61,7 +67,7 @@ class CrossAttentionBlock(nn.Module):
         k, v = self.kv(self.norm_kv(context)).view(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
         x = x + self.proj(out)
-        return x + self.mlp(self.norm2(x))
+        return x if self.mlp is None else x + self.mlp(self.norm2(x))
 
 
 def farthest_point_sample(points: torch.Tensor, m: int) -> torch.Tensor:
@@ -237,7 +243,7 @@ class ShapeCodec(nn.Module):
         self.latent_pos = nn.Parameter(torch.randn(num_latents, dec.width) * 0.02)
         self.decoder = Transformer(dec)
         self.query_in = nn.Linear(self.fourier.out_dim, dec.width)
-        self.probe = CrossAttentionBlock(dec.width, dec.heads)
+        self.probe = CrossAttentionBlock(dec.width, dec.heads, mlp_ratio=0)
         self.head = nn.Sequential(nn.LayerNorm(dec.width), nn.Linear(dec.width, 1))
 
     # ---- facts --------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ def quantize_vertices(mesh: trimesh.Trimesh, bits: int, bound: float = 1.0) -> t
 def decimation_baseline(mesh: trimesh.Trimesh, target_bytes: int, bits: int = 10) -> tuple[trimesh.Trimesh, int] | None:
     """The finest quadric decimation of ``mesh`` whose quantized storage fits ``target_bytes``; None if even a
     tetrahedron does not fit. Returns ``(mesh, bytes)``."""
-    lo, hi, best = 4, max(4, len(mesh.faces)), None
+    # faces need at least 3 * ceil(log2 4) bits each: no more than this many can fit at all
+    lo, hi, best = 4, max(4, min(len(mesh.faces), 8 * target_bytes // 6)), None
     while lo <= hi:
         faces = (lo + hi) // 2
         dec = mesh.simplify_quadric_decimation(face_count=faces) if faces < len(mesh.faces) else mesh

@@ -11,7 +11,7 @@ VIEWS = ((20, 30), (20, 150), (70, 60))  # (elevation, azimuth) in degrees
 
 
 def render_views(meshes: list[tuple[str, trimesh.Trimesh]], out_png: str, title: str = "",
-                 max_faces: int = 20000) -> str:
+                 max_faces: int = 4000) -> str:
     """One row per view, one column per labeled mesh; writes ``out_png`` atomically and returns it.
 
     Meshes with more than ``max_faces`` faces are drawn from a random subset of faces (plots stay fast).
