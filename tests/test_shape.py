@@ -130,8 +130,8 @@ def trained_shape(embedded, tmp_path_factory):
     root = tmp_path_factory.mktemp("shape")
     pl.seed_everything(0)
     model = ShapeTokenizer(**TINY, val_mesh_resolution=24, optimizer={"lr": 2e-3, "warmup_steps": 5})
-    dm = _mesh_dm(embedded, 80)
-    trainer = pl.Trainer(max_steps=80, accelerator="cpu", logger=False, enable_checkpointing=False,
+    dm = _mesh_dm(embedded, 150)
+    trainer = pl.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]
     trainer.fit(model, datamodule=dm)
