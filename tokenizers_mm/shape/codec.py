@@ -233,6 +233,9 @@ class ShapeCodec(nn.Module):
         self.gather = CrossAttentionBlock(w, enc.heads)
         self.encoder = Transformer(ViTConfig(w, enc.depth, enc.heads))
         self.to_gaussian = nn.Linear(w, 2 * latent_dim)
+        # start with a small posterior std (e^-3 = 0.05): with the default std 1 the sampled noise drowns the
+        # latent early on and the decoder learns one average shape before the tokens carry anything
+        nn.init.constant_(self.to_gaussian.bias[latent_dim:], -6.0)
         if bottleneck == "multiscale":
             self.bottleneck = MultiScaleResidualQuantizer(latent_dim, scales, qcfg)
         elif bottleneck == "rvq":
