@@ -110,10 +110,19 @@ def _datamodule(embedded, steps=4, val=False):
                            image={"size": 32})
 
 
-def _fit(model, dm, steps, root):
+def _fit(model, dm, steps, root, trace: str | None = None, values: list | None = None):
+    """Train ``steps`` steps without validation; with ``trace``, append that logged metric after every step
+    to ``values``."""
+    callbacks = []
+    if trace:
+        class Trace(pl.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                values.append(float(trainer.callback_metrics[trace]))
+
+        callbacks.append(Trace())
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root),
-                         limit_val_batches=0)
+                         limit_val_batches=0, callbacks=callbacks)
     trainer.fit(model, datamodule=dm)
     return trainer
 
@@ -161,15 +170,7 @@ def test_repa_alignment_with_a_local_teacher_falls_and_stays_out_of_exports(embe
                                         "teacher_arch": "resnet18", "teacher_layer": "layer2", "teacher_size": 64,
                                         "block": 1}, optimizer={"lr": 2e-3})
     seen = []
-
-    class Watch(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen.append(float(trainer.callback_metrics["train/repa"]))
-
-    trainer = pl.Trainer(max_steps=25, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-                         callbacks=[Watch()])
-    trainer.fit(model, datamodule=_datamodule(embedded, 25))
+    trainer = _fit(model, _datamodule(embedded, 25), 25, tmp_path, trace="train/repa", values=seen)
     assert sum(seen[-5:]) / 5 < 0.8 * sum(seen[:5]) / 5, seen
     assert not any(k.startswith("_teacher") for k in model.state_dict())
     trainer.save_checkpoint(tmp_path / "m.ckpt")
@@ -221,15 +222,7 @@ def test_reflow_student_keeps_the_tokens_and_straightens_the_teacher(embedded, t
                          optimizer={"lr": 1e-3})
     assert student.codec.flow.default_steps == 1 and student.hparams["codec"]["flow"]["default_steps"] == 1
     losses = []
-
-    class Watch(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append(float(trainer.callback_metrics["train/reflow"]))
-
-    trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-                         callbacks=[Watch()])
-    trainer.fit(student, datamodule=_datamodule(embedded, 40))
+    trainer = _fit(student, _datamodule(embedded, 40), 40, tmp_path, trace="train/reflow", values=losses)
     assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:8]) / 8, losses
     teacher.eval()
     student.eval()

@@ -76,6 +76,12 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
 NO_DECAY_NAMES = ("registers", "queries", "token_pos", "mask_token", "pos_embed")
 
 
+def psnr_db(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of a whole batch from its mean squared error, images in ``[-1, 1]`` (peak-to-peak 2)."""
+    mse = torch.nn.functional.mse_loss(recon, x)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Split parameters into decayed (weight matrices, conv kernels) and non-decayed (biases, norms,
     learned tokens and positions: names in ``NO_DECAY_NAMES``)."""
@@ -160,6 +166,12 @@ class TokenizerModule(pl.LightningModule):
             if hasattr(exp, "add_image"):
                 exp.add_image(tag, grid, self.global_step, dataformats="HWC")
         return path
+
+    def write_images_by_k(self, batch: dict[str, Any], recons: dict[int, torch.Tensor], tag: str) -> str:
+        """Grid of up to 8 images: the originals on top, then one row per number of tokens k (ascending)."""
+        n = min(8, batch["image"].shape[0])
+        rows = [batch["image"][:n].cpu()] + [recons[k][:n].cpu() for k in sorted(recons)]
+        return self.write_image_grid(rows, tag)
 
     def samples_dir(self) -> str:
         """``<log dir>/samples``. Runs on rank 0 only, so it must not use ``trainer.log_dir``, which

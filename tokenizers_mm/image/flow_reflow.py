@@ -15,11 +15,10 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import plain
 from ..flow import interpolate, sample_flow, velocity_target
-from ..harness import OptimizerConfig, TokenizerModule
+from ..harness import OptimizerConfig, TokenizerModule, psnr_db
 from .codec1d import eval_token_counts
 from .flow_codec import FlowImageCodec
 
@@ -143,16 +142,13 @@ class FlowReflow(TokenizerModule):
             for steps in self.val_steps:
                 for k in self.val_ks:
                     r = codec.decode(pairs["ids"][:, :k], steps=steps, seed=list(range(b)))
-                    mse = F.mse_loss(r[keep_rows], x[keep_rows])
-                    losses[f"psnr_k{k}_s{steps}"] = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+                    losses[f"psnr_k{k}_s{steps}"] = psnr_db(r[keep_rows], x[keep_rows])
                     if steps == self.val_steps[0]:
                         out["recons"][k] = r
         return losses, out
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
-        n = min(8, batch["image"].shape[0])
-        rows = [batch["image"][:n].cpu()] + [outputs["recons"][k][:n].cpu() for k in self.val_ks]
-        self.write_image_grid(rows, f"val/reconstructions_by_k_{self.val_steps[0]}step")
+        self.write_images_by_k(batch, outputs["recons"], f"val/reconstructions_by_k_{self.val_steps[0]}step")
 
 
 __all__ = ["FlowReflow", "load_flow_teacher"]

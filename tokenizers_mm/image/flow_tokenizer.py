@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import as_config, plain
 from ..flow import DenoiserConfig, FlowConfig
-from ..harness import OptimizerConfig, TokenizerModule
+from ..harness import OptimizerConfig, TokenizerModule, psnr_db
 from ..quantize import QuantizerConfig
 from .codec1d import OrderingConfig, eval_token_counts
 from .flow_codec import FlowImageCodec
@@ -118,12 +117,9 @@ class FlowTokenizer(TokenizerModule):
             for k in self.val_ks:
                 recons[k] = codec.decode(out["ids"][:, :k], steps=self.val_steps, cfg_scale=self.val_cfg_scale,
                                          seed=seeds)
-                mse = F.mse_loss(recons[k][keep_rows], x[keep_rows])
-                losses[f"psnr_k{k}"] = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+                losses[f"psnr_k{k}"] = psnr_db(recons[k][keep_rows], x[keep_rows])
             out["recons"] = recons
         return losses, out
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
-        n = min(8, batch["image"].shape[0])
-        rows = [batch["image"][:n].cpu()] + [outputs["recons"][k][:n].cpu() for k in self.val_ks]
-        self.write_image_grid(rows, "val/reconstructions_by_k")
+        self.write_images_by_k(batch, outputs["recons"], "val/reconstructions_by_k")

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import as_config, plain
-from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups
+from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups, psnr_db
 from ..quantize import Quantizer, QuantizerConfig
 from .codec1d import (
     OneDImageCodec,
@@ -235,12 +234,9 @@ class OneDTokenizer(TokenizerModule):
         for k in self.val_ks:
             r = out["recon"] if k == self.num_tokens else self(x, k=k, use_ema=use_ema)["recon"]
             recons[k] = r.clamp(-1, 1)
-            mse = F.mse_loss(recons[k][keep_rows], x[keep_rows])
-            losses[f"psnr_k{k}"] = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+            losses[f"psnr_k{k}"] = psnr_db(recons[k][keep_rows], x[keep_rows])
         out["recons"] = recons
         return losses, out
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
-        n = min(8, batch["image"].shape[0])
-        rows = [batch["image"][:n].cpu()] + [outputs["recons"][k][:n].cpu() for k in self.val_ks]
-        self.write_image_grid(rows, "val/reconstructions_by_k")
+        self.write_images_by_k(batch, outputs["recons"], "val/reconstructions_by_k")
