@@ -110,6 +110,17 @@ class TokenizerPipeline:
                              f"max {int(t.max())}")
         return t
 
+    @staticmethod
+    def input_file(item: str | os.PathLike, extensions: tuple[str, ...], kind: str) -> str:
+        """Check that ``item`` is an existing file of one of ``extensions``; returns its path."""
+        path = os.fspath(item)
+        ext = os.path.splitext(path)[1].lower().lstrip(".")
+        if ext not in extensions:
+            raise ValueError(f"{path!r} is not {kind} file: this tokenizer reads {', '.join(extensions)}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{kind.split()[-1]} file {path!r} does not exist")
+        return path
+
     def encode(self, x: Any, num_tokens: int | None = None, batch_size: int = 64) -> torch.Tensor:
         raise NotImplementedError
 

@@ -51,13 +51,7 @@ class ImageTokenizer(TokenizerPipeline):
 
     def _one(self, item: Any) -> torch.Tensor:
         if isinstance(item, (str, os.PathLike)):
-            path = os.fspath(item)
-            ext = os.path.splitext(path)[1].lower().lstrip(".")
-            if ext not in IMAGE_EXTENSIONS:
-                raise ValueError(f"{path!r} is not an image file: this image tokenizer reads "
-                                 f"{', '.join(IMAGE_EXTENSIONS)}")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"image file {path!r} does not exist")
+            path = self.input_file(item, IMAGE_EXTENSIONS, "an image")
             try:
                 with Image.open(path) as im:
                     im.load()
@@ -122,7 +116,7 @@ class ImageTokenizer(TokenizerPipeline):
     @property
     def decode_options(self) -> set[str]:
         """Keyword options ``decode`` takes for this export (``steps``, ``cfg_scale``, ``seed`` for flow decoders)."""
-        from tokenizers_mm.image.flow_codec import decode_options
+        from tokenizers_mm.export import decode_options
 
         return decode_options(self.codec) - {"noise"}
 

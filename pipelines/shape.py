@@ -47,12 +47,8 @@ class ShapeTokenizer(TokenizerPipeline):
 
     def _one(self, item: Any) -> torch.Tensor:
         if isinstance(item, (str, os.PathLike)):
-            path = os.fspath(item)
+            path = self.input_file(item, MESH_EXTENSIONS, "a mesh")
             ext = os.path.splitext(path)[1].lower().lstrip(".")
-            if ext not in MESH_EXTENSIONS:
-                raise ValueError(f"{path!r} is not a mesh file: this shape tokenizer reads {', '.join(MESH_EXTENSIONS)}")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"mesh file {path!r} does not exist")
             with open(path, "rb") as f:
                 mesh = load_mesh(f.read(), ext)
             return self.surface_of(mesh, path)

@@ -135,7 +135,6 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
     meta = token_meta(tok, k)
     dtype_np = ids_dtype(tok.codebook_size)
     writers: dict[str, AtomicTarFile] = {}
-    counts: dict[str, int] = {}
     bar = tqdm(total=total, desc=f"tokenize rank {r}/{w}", unit="sample", disable=not progress or not todo)
     try:
         for item in loader if todo else []:
@@ -153,7 +152,6 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
                 tar = writers[url] = AtomicTarFile(os.path.join(out, name))
             for key, row in zip(item["keys"], ids, strict=True):
                 tar.write({"__key__": key, "ids.npy": row, "json": {"source_shard": name, "num_tokens": k}})
-            counts[url] = counts.get(url, 0) + len(ids)
             bar.update(len(ids))
     except BaseException:
         for tar in writers.values():

@@ -81,10 +81,14 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 
 def load_tokenizer(path: str, map_location: str | torch.device = "cpu") -> Any:
     """Rebuild the ``TokenizerModule`` stored in checkpoint ``path`` (eval mode, on ``map_location``)."""
-    ckpt = read_checkpoint(path)
+    return build_tokenizer(read_checkpoint(path), path, map_location)
+
+
+def build_tokenizer(ckpt: dict[str, Any], source: str, map_location: str | torch.device = "cpu") -> Any:
+    """Rebuild the ``TokenizerModule`` of an already read checkpoint dict (``source`` names it in errors)."""
     cls_path = ckpt.get(CLASS_KEY)
     if not cls_path:
-        raise ValueError(f"{path!r} was not written by a tokenizers-mm module (no {CLASS_KEY!r} entry)")
+        raise ValueError(f"{source!r} was not written by a tokenizers-mm module (no {CLASS_KEY!r} entry)")
     module_name, _, cls_name = cls_path.rpartition(".")
     if not module_name.startswith("tokenizers_mm."):
         raise ValueError(f"refusing to load class {cls_path!r} from outside the tokenizers_mm package")

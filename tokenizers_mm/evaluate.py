@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpointing import load_tokenizer, read_checkpoint
+from .checkpointing import build_tokenizer, read_checkpoint
 from .data.samples import ImageOptions, make_decoder
 from .data.shards import write_json_atomic
 from .data.stream import EvalStream
@@ -97,7 +97,7 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
     modality = dm_hp.get("modality", "image")
     if modality != "image":
         raise ValueError(f"{ckpt} is a {modality} tokenizer; `evaluate` handles image tokenizers so far")
-    model = load_tokenizer(ckpt, map_location=device)
+    model = build_tokenizer(raw, ckpt, map_location=device)
     img_opts = ImageOptions(**dm_hp["image"]) if "image" in dm_hp else ImageOptions()
     if size is not None:
         img_opts.size = size
@@ -105,7 +105,7 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
                         batch_size, max_samples=max_samples)
     prefix_decoding = hasattr(model, "num_tokens")
     ks = ks or (list(model.val_ks) if prefix_decoding else [0])  # 0: all tokens of a grid tokenizer
-    from .image.flow_codec import decode_options
+    from .export import decode_options
 
     codec = model.inference_codec() if hasattr(model, "inference_codec") else model
     flow = "steps" in decode_options(codec)

@@ -62,6 +62,14 @@ def codec_class(architecture: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
+def decode_options(codec: nn.Module) -> set[str]:
+    """Names of the keyword options a codec's ``decode`` accepts besides the ids (e.g. ``steps``, ``seed``)."""
+    import inspect
+
+    params = inspect.signature(codec.decode).parameters
+    return {n for n, p in params.items() if n != "ids" and p.kind is not p.VAR_KEYWORD}
+
+
 # ---- writing --------------------------------------------------------------------------------------
 def _fsync_write(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
@@ -193,10 +201,10 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
     ``report``: a ``report.json`` of ``tokenizers-mm evaluate`` to record in the config and model card.
     ``use_ema``: export the EMA weights when the run kept them (the default), else the raw weights.
     """
-    from .checkpointing import CLASS_KEY, load_tokenizer, read_checkpoint
+    from .checkpointing import CLASS_KEY, build_tokenizer, read_checkpoint
 
     raw = read_checkpoint(ckpt)
-    model = load_tokenizer(ckpt)
+    model = build_tokenizer(raw, ckpt)
     if not hasattr(model, "inference_codec"):
         raise ExportError(f"{raw.get(CLASS_KEY)} in {ckpt!r} has no exportable codec")
     has_ema = getattr(model, "ema", None) is not None

@@ -12,11 +12,9 @@ reproducible whatever batch it is decoded in.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..config import as_config, plain
 from ..flow import (
@@ -208,10 +206,5 @@ class FlowImageCodec(PrefixTokenizer):
         out = self.denoiser(interpolate(x0, noise, sigma), sigma, tokens, seen, return_hidden=return_hidden)
         v, hidden = out if return_hidden is not None else (out, None)
         flow = (v - velocity_target(x0, noise)).pow(2).mean()
-        return {"flow": flow, "ids": q.ids, "aux_loss": q.aux_loss, "hidden": hidden, "x0": x0}
+        return {"flow": flow, "ids": q.ids, "aux_loss": q.aux_loss, "hidden": hidden}
 
-
-def decode_options(codec: nn.Module) -> set[str]:
-    """Names of the keyword options a codec's ``decode`` accepts (beyond the ids)."""
-    params = inspect.signature(codec.decode).parameters
-    return {n for n, p in params.items() if n != "ids" and p.kind is not p.VAR_KEYWORD}

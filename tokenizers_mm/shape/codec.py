@@ -118,6 +118,11 @@ class MultiScaleResidualQuantizer(nn.Module):
     def codebook_size(self) -> int:
         return self.quantizers[0].codebook_size
 
+    @property
+    def prefix_lengths(self) -> list[int]:
+        """Id counts that decode: the cumulative token counts (1, 5, 21, 85 for scales 1, 4, 16, 64)."""
+        return [sum(self.scales[: i + 1]) for i in range(len(self.scales))]
+
     def forward(self, z: torch.Tensor, num_scales: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``z`` ``[B, M, D]`` -> (quantized ``[B, M, D]`` of the first ``num_scales`` scales, ids, aux loss)."""
@@ -149,7 +154,7 @@ class ResidualVQBottleneck(nn.Module):
     """The plain baseline: ``ResidualVQ`` over all M tokens (quantizer dropout: any first q quantizers decode).
 
     Ids are ordered quantizer-major (all M tokens of quantizer 1, then of quantizer 2 ...), so a prefix of
-    ``q * M`` ids decodes the first q quantizers; ``scales`` reads as ``[M] * num_quantizers``.
+    ``q * M`` ids decodes the first q quantizers.
     """
 
     def __init__(self, dim: int, num_latents: int, num_quantizers: int, quantizer: QuantizerConfig) -> None:
@@ -157,7 +162,6 @@ class ResidualVQBottleneck(nn.Module):
         from vector_quantize_pytorch import ResidualVQ
 
         self.m, self.nq = num_latents, num_quantizers
-        self.scales = [num_latents * (i + 1) for i in range(num_quantizers)]  # cumulative, for prefix lengths
         self.rvq = ResidualVQ(dim=dim, num_quantizers=num_quantizers, codebook_size=quantizer.codebook_size,
                               codebook_dim=quantizer.codebook_dim, quantize_dropout=True,
                               kmeans_init=quantizer.kmeans_init, threshold_ema_dead_code=quantizer.threshold_ema_dead_code,
@@ -166,6 +170,11 @@ class ResidualVQBottleneck(nn.Module):
     @property
     def codebook_size(self) -> int:
         return int(self.rvq.codebook_size)
+
+    @property
+    def prefix_lengths(self) -> list[int]:
+        """Id counts that decode: M tokens per quantizer kept."""
+        return [self.m * (i + 1) for i in range(self.nq)]
 
     def forward(self, z: torch.Tensor, num_scales: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -256,14 +265,8 @@ class ShapeCodec(nn.Module):
 
     @property
     def prefix_lengths(self) -> list[int]:
-        """Valid id counts: the cumulative token counts of the scales (1, 5, 21, 85 for scales 1, 4, 16, 64)."""
-        if isinstance(self.bottleneck, ResidualVQBottleneck):
-            return list(self.bottleneck.scales)
-        out, total = [], 0
-        for n in self.bottleneck.scales:
-            total += n
-            out.append(total)
-        return out
+        """Valid id counts, coarse first (whole scales, or whole quantizers of the ResidualVQ baseline)."""
+        return self.bottleneck.prefix_lengths
 
     @property
     def num_tokens(self) -> int:
