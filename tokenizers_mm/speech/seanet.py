@@ -1,0 +1,244 @@
+"""SEANet-style convolutional encoder and decoder for waveforms (EnCodec / DAC family).
+
+Encoder: ``[B, 1, T]`` -> ``[B, dim, T / hop]`` with ``hop = prod(ratios)``; the decoder inverts it. Each
+stage is a stack of residual units (activation -> dilated conv -> activation -> 1x1 conv, plus a skip) followed
+by a strided convolution (encoder) or preceded by a transposed one (decoder). The choices that distinguish
+EnCodec from DAC are options of :class:`SEANetConfig`: ELU vs Snake activations, residual kernel 3 vs 7,
+dilations 1, 2, 4 ... vs 1, 3, 9, an LSTM bottleneck, decoder width.
+
+With ``causal: true`` every convolution pads on the left only, so output frame ``f`` depends on input samples
+before ``(f + 1) * hop`` only; :func:`receptive_field` says how far back it looks (used for chunked encoding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+@dataclass
+class SEANetConfig:
+    """Architecture of the convolutional encoder / decoder.
+
+    Args:
+        channels: width of the first encoder stage; doubled after every downsampling.
+        decoder_channels: width of the last decoder stage (``None``: ``channels``); the decoder starts at
+            ``decoder_channels * 2**len(ratios)`` (DAC's decoder: 1536 = 96 * 16).
+        dim: latent dimension at the frame rate (what the quantizer sees).
+        ratios: upsampling ratios of the decoder, coarse to fine; the encoder downsamples by them in reverse.
+            Frame rate = sample_rate / prod(ratios) (``[8, 5, 4, 2]`` at 16 kHz -> 50 Hz).
+        kernel_size / last_kernel_size: first and last convolutions.
+        residual_kernel_size: kernel of the dilated conv in each residual unit (EnCodec 3, DAC 7).
+        num_residual: residual units per stage (EnCodec 1, DAC 3).
+        dilation_base: unit ``j`` uses dilation ``dilation_base ** j`` (EnCodec 2, DAC 3).
+        compress: hidden width of a residual unit is its width divided by this (EnCodec 2, DAC 1).
+        activation: ``elu`` or ``snake`` (periodic, learned frequency per channel; DAC).
+        causal: pad on the left only (streamable encoder, chunked encoding gives the same tokens).
+        bottleneck: ``none``, ``lstm`` (2-layer LSTM with a skip, EnCodec) or ``transformer`` at the frame rate.
+        bottleneck_layers: LSTM / transformer layers.
+        weight_norm: weight-normalized convolutions (both anchors use it).
+    """
+
+    channels: int = 32
+    decoder_channels: int | None = None
+    dim: int = 128
+    ratios: list[int] = field(default_factory=lambda: [8, 5, 4, 2])
+    kernel_size: int = 7
+    last_kernel_size: int = 7
+    residual_kernel_size: int = 3
+    num_residual: int = 1
+    dilation_base: int = 2
+    compress: int = 2
+    activation: str = "elu"
+    causal: bool = False
+    bottleneck: str = "none"
+    bottleneck_layers: int = 2
+    weight_norm: bool = True
+
+    @property
+    def hop_length(self) -> int:
+        return int(math.prod(self.ratios))
+
+
+class Snake(nn.Module):
+    """Snake activation ``x + sin^2(alpha x) / alpha`` with a learned ``alpha`` per channel (``[B, C, T]``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.alpha
+        return x + (a * x).sin().pow(2) / (a + 1e-9)
+
+
+def activation(kind: str, channels: int) -> nn.Module:
+    if kind == "elu":
+        return nn.ELU()
+    if kind == "snake":
+        return Snake(channels)
+    raise ValueError(f"activation must be 'elu' or 'snake', got {kind!r}")
+
+
+class PaddedConv1d(nn.Module):
+    """Conv1d that keeps ``T_out = ceil(T / stride)``: left padding only when causal, else split evenly."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1,
+                 causal: bool = False, norm: bool = True) -> None:
+        super().__init__()
+        conv = nn.Conv1d(cin, cout, kernel, stride=stride, dilation=dilation)
+        self.conv = weight_norm(conv) if norm else conv
+        self.causal, self.stride = causal, stride
+        self.pad_total = (kernel - 1) * dilation + 1 - stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[-1]
+        # extra right padding completes the last window: T -> ceil(T / stride) frames
+        extra = math.ceil(t / self.stride) * self.stride - t
+        if self.causal:
+            left, right = self.pad_total, extra
+        else:
+            right = self.pad_total // 2
+            left, right = self.pad_total - right, right + extra
+        return self.conv(nn.functional.pad(x, (left, right)))
+
+
+class PaddedConvTranspose1d(nn.Module):
+    """ConvTranspose1d with ``T_out = T * stride``: the overlap is trimmed on the right (causal) or both sides."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, causal: bool = False,
+                 norm: bool = True) -> None:
+        super().__init__()
+        conv = nn.ConvTranspose1d(cin, cout, kernel, stride=stride)
+        self.conv = weight_norm(conv) if norm else conv
+        self.causal, self.trim = causal, kernel - stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.trim == 0:
+            return y
+        if self.causal:
+            return y[..., : y.shape[-1] - self.trim]
+        right = self.trim // 2
+        left = self.trim - right
+        return y[..., left: y.shape[-1] - right]
+
+
+class ResidualUnit(nn.Module):
+    """act -> dilated conv (width / compress) -> act -> 1x1 conv, added to the input."""
+
+    def __init__(self, channels: int, cfg: SEANetConfig, dilation: int) -> None:
+        super().__init__()
+        hidden = channels // cfg.compress
+        self.block = nn.Sequential(
+            activation(cfg.activation, channels),
+            PaddedConv1d(channels, hidden, cfg.residual_kernel_size, dilation=dilation, causal=cfg.causal,
+                         norm=cfg.weight_norm),
+            activation(cfg.activation, hidden),
+            PaddedConv1d(hidden, channels, 1, causal=cfg.causal, norm=cfg.weight_norm),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class SequenceBottleneck(nn.Module):
+    """LSTM (with a skip, EnCodec) or transformer layers over frames ``[B, C, F]``; causal when the codec is."""
+
+    def __init__(self, channels: int, kind: str, layers: int, causal: bool) -> None:
+        super().__init__()
+        self.kind, self.causal = kind, causal
+        if kind == "lstm":
+            self.net = nn.LSTM(channels, channels, num_layers=layers, batch_first=True)
+        elif kind == "transformer":
+            heads = max(1, channels // 64)
+            layer = nn.TransformerEncoderLayer(channels, heads, 4 * channels, dropout=0.0, batch_first=True,
+                                               norm_first=True, activation="gelu")
+            self.net = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        else:
+            raise ValueError(f"bottleneck must be 'none', 'lstm' or 'transformer', got {kind!r}")
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``x [B, C, F]`` -> ``([B, C, F], new LSTM state or None)``; ``state`` continues a causal stream."""
+        h = x.transpose(1, 2)
+        if self.kind == "lstm":
+            y, new_state = self.net(h, state)
+        else:
+            mask = nn.Transformer.generate_square_subsequent_mask(h.shape[1], device=h.device) if self.causal else None
+            y, new_state = self.net(h, mask=mask, is_causal=self.causal), None
+        return x + y.transpose(1, 2), new_state
+
+
+class SEANetEncoder(nn.Module):
+    """``[B, 1, T]`` waveform -> ``[B, dim, ceil(T / hop)]`` latent frames."""
+
+    def __init__(self, cfg: SEANetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.channels
+        layers: list[nn.Module] = [PaddedConv1d(1, c, cfg.kernel_size, causal=cfg.causal, norm=cfg.weight_norm)]
+        for ratio in reversed(cfg.ratios):
+            layers += [ResidualUnit(c, cfg, cfg.dilation_base ** j) for j in range(cfg.num_residual)]
+            layers += [activation(cfg.activation, c),
+                       PaddedConv1d(c, 2 * c, 2 * ratio, stride=ratio, causal=cfg.causal, norm=cfg.weight_norm)]
+            c *= 2
+        self.front = nn.Sequential(*layers)
+        self.bottleneck = (SequenceBottleneck(c, cfg.bottleneck, cfg.bottleneck_layers, cfg.causal)
+                           if cfg.bottleneck != "none" else None)
+        self.back = nn.Sequential(activation(cfg.activation, c),
+                                  PaddedConv1d(c, cfg.dim, cfg.last_kernel_size, causal=cfg.causal,
+                                               norm=cfg.weight_norm))
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        h = self.front(wave)
+        if self.bottleneck is not None:
+            h, _ = self.bottleneck(h)
+        return self.back(h)
+
+
+class SEANetDecoder(nn.Module):
+    """``[B, dim, F]`` latent frames -> ``[B, 1, F * hop]`` waveform (unbounded; the codec applies no tanh)."""
+
+    def __init__(self, cfg: SEANetConfig) -> None:
+        super().__init__()
+        base = cfg.decoder_channels or cfg.channels
+        c = base * 2 ** len(cfg.ratios)
+        self.first = PaddedConv1d(cfg.dim, c, cfg.kernel_size, causal=cfg.causal, norm=cfg.weight_norm)
+        self.bottleneck = (SequenceBottleneck(c, cfg.bottleneck, cfg.bottleneck_layers, cfg.causal)
+                           if cfg.bottleneck != "none" else None)
+        ups: list[nn.Module] = []
+        for ratio in cfg.ratios:
+            ups += [activation(cfg.activation, c),
+                    PaddedConvTranspose1d(c, c // 2, 2 * ratio, ratio, causal=cfg.causal, norm=cfg.weight_norm)]
+            c //= 2
+            ups += [ResidualUnit(c, cfg, cfg.dilation_base ** j) for j in range(cfg.num_residual)]
+        ups += [activation(cfg.activation, c),
+                PaddedConv1d(c, 1, cfg.last_kernel_size, causal=cfg.causal, norm=cfg.weight_norm)]
+        self.ups = nn.Sequential(*ups)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.first(z)
+        if self.bottleneck is not None:
+            h, _ = self.bottleneck(h)
+        return self.ups(h)
+
+    @property
+    def last_layer_weight(self) -> torch.Tensor:
+        """Weight of the last convolution (for gradient-based loss weighting)."""
+        return self.ups[-1].conv.weight
+
+
+def receptive_field(cfg: SEANetConfig) -> int:
+    """Samples of past context the convolutional front of a causal encoder needs (bottleneck excluded)."""
+    r, jump = cfg.kernel_size, 1
+    for ratio in reversed(cfg.ratios):
+        for j in range(cfg.num_residual):
+            r += (cfg.residual_kernel_size - 1) * cfg.dilation_base ** j * jump
+        r += (2 * ratio - 1) * jump
+        jump *= ratio
+    return r

@@ -1,0 +1,349 @@
+"""``SpeechTokenizer``: trains a :class:`~tokenizers_mm.speech.codec.SpeechCodec` (manual GAN optimization).
+
+Generator loss: ``mel_weight`` x multi-scale log-mel L1 + ``waveform_weight`` x waveform L1 + ``commit_weight`` x
+RVQ commitment, plus, once the step reaches ``adv_start_step``, ``adv_weight`` x adversarial + ``feat_weight`` x
+feature matching against multi-period and multi-scale STFT discriminators. With ``balancer: true`` the
+waveform-side terms (mel, waveform, adversarial, feature matching) go through EnCodec's gradient balancer, their
+weights then being shares of the gradient. Optional DM-Codec distillation pulls the first ``rvq_layer``
+codebooks' output toward a speech model's features and / or a text LM's embeddings (see :class:`DistillConfig`).
+
+Validation logs the mel distance at every number of codebooks in ``val_quantizers`` and writes WAV files of
+originals and reconstructions (plus a spectrogram figure) under ``<run>/samples``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import as_config, plain
+from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups
+from .codec import RVQConfig, SpeechCodec
+from .discriminators import DiscriminatorConfig, WaveDiscriminator
+from .losses import (
+    LossBalancer,
+    MultiScaleMelLoss,
+    discriminator_adv_loss,
+    distillation_loss,
+    feature_matching_loss,
+    generator_adv_loss,
+)
+from .seanet import SEANetConfig
+
+
+@dataclass
+class SpeechLossConfig:
+    """Loss weights and GAN settings (see the module docstring).
+
+    Args:
+        mel_windows / mel_bins: STFT window sizes and mel bands of the multi-scale mel loss.
+        adv_kind: ``hinge`` (EnCodec) or ``lsgan`` (DAC).
+        adv_start_step: generator steps before the discriminators join (0: from the start).
+        disc_lr: discriminator learning rate (``None``: the generator's).
+        discriminator: which discriminators (``adv_weight: 0`` builds none).
+        balancer / balancer_total_norm / balancer_decay: EnCodec's loss balancer on the waveform-side terms.
+    """
+
+    mel_weight: float = 15.0
+    waveform_weight: float = 1.0
+    commit_weight: float = 1.0
+    adv_weight: float = 1.0
+    feat_weight: float = 2.0
+    mel_windows: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
+    mel_bins: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])
+    adv_kind: str = "hinge"
+    adv_start_step: int = 0
+    disc_lr: float | None = None
+    discriminator: DiscriminatorConfig | None = None
+    balancer: bool = False
+    balancer_total_norm: float = 1.0
+    balancer_decay: float = 0.999
+
+
+@dataclass
+class DistillConfig:
+    """DM-Codec distillation into the first ``rvq_layer`` codebooks (1: RVQ-1 only).
+
+    Teachers load from local folders (nothing is downloaded). ``source: online`` runs them on every batch;
+    ``precomputed`` reads features that ``tokenizers-mm data teacher-features`` stored in the shards (batch keys
+    ``teacher_speech`` / ``teacher_lm``); then ``speech_dim`` / ``lm_dim`` give their widths.
+
+    Args:
+        speech_teacher: folder of a transformers speech model (HuBERT, WavLM, wav2vec 2.0).
+        lm_teacher: folder of a transformers text model (BERT ...) embedding the transcripts.
+        recognizer: folder of a CTC recognizer (wav2vec 2.0 CTC) that transcribes and times words for the LM
+            targets; without it the shards' ``txt`` transcripts are spread over the clip.
+        teacher_layer: hidden layer of the teachers (-1: last).
+        rvq_layer: how many codebooks form the distilled representation.
+        speech_weight / lm_weight: loss weights (0 disables that teacher).
+    """
+
+    speech_teacher: str | None = None
+    lm_teacher: str | None = None
+    recognizer: str | None = None
+    teacher_layer: int = -1
+    rvq_layer: int = 1
+    speech_weight: float = 1.0
+    lm_weight: float = 1.0
+    source: str = "online"
+    speech_dim: int | None = None
+    lm_dim: int | None = None
+
+    @property
+    def uses_speech(self) -> bool:
+        return self.speech_weight > 0 and (self.speech_teacher is not None or
+                                           (self.source == "precomputed" and self.speech_dim is not None))
+
+    @property
+    def uses_lm(self) -> bool:
+        return self.lm_weight > 0 and (self.lm_teacher is not None or
+                                       (self.source == "precomputed" and self.lm_dim is not None))
+
+
+def _hidden_size(path: str, what: str) -> int:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"distill.{what}: {path!r} is not a transformers model folder (no config.json)")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if "hidden_size" not in cfg:
+        raise ValueError(f"distill.{what}: {cfg_path} has no hidden_size; expected a transformers encoder config")
+    return int(cfg["hidden_size"])
+
+
+class SpeechTokenizer(TokenizerModule):
+    """Speech codec training (see the module docstring); architecture arguments as in ``SpeechCodec``.
+
+    Args:
+        loss: loss weights, discriminators, balancer.
+        distill: DM-Codec distillation (off unless a teacher is set).
+        val_quantizers: numbers of codebooks evaluated at validation (``None``: 1, n_q / 2 and n_q).
+        write_clips: clips written as WAV at each validation.
+        optimizer / ema_decay: AdamW + schedule (generator; the discriminators share it, with ``loss.disc_lr``).
+    """
+
+    def __init__(self, sample_rate: int = 16000, seanet: SEANetConfig | None = None, rvq: RVQConfig | None = None,
+                 loss: SpeechLossConfig | None = None, distill: DistillConfig | None = None,
+                 val_quantizers: list[int] | None = None, write_clips: int = 2,
+                 optimizer: OptimizerConfig | None = None, ema_decay: float | None = None) -> None:
+        codec = SpeechCodec(sample_rate, seanet, rvq)
+        lcfg = as_config(SpeechLossConfig, loss)
+        dcfg = as_config(DistillConfig, distill)
+        lcfg.discriminator = as_config(DiscriminatorConfig, lcfg.discriminator)
+        super().__init__(optimizer=optimizer, input_key="audio", codebook_size=codec.codebook_size)
+        self.save_hyperparameters(plain({**codec.arch, "loss": lcfg, "distill": dcfg,
+                                         "val_quantizers": val_quantizers, "write_clips": write_clips,
+                                         "optimizer": self.optim_config, "ema_decay": ema_decay}))
+        self.automatic_optimization = False
+        self.codec, self.loss_cfg, self.distill_cfg = codec, lcfg, dcfg
+        if lcfg.adv_kind not in ("hinge", "lsgan"):
+            raise ValueError(f"loss.adv_kind must be 'hinge' or 'lsgan', got {lcfg.adv_kind!r}")
+        self.mel_loss = MultiScaleMelLoss(sample_rate, lcfg.mel_windows, lcfg.mel_bins)
+        self.discriminator = WaveDiscriminator(lcfg.discriminator) if lcfg.adv_weight > 0 else None
+        self.balancer = LossBalancer(
+            {"mel": lcfg.mel_weight, "waveform": lcfg.waveform_weight, "adv": lcfg.adv_weight,
+             "feat": lcfg.feat_weight}, lcfg.balancer_total_norm, lcfg.balancer_decay) if lcfg.balancer else None
+        self._setup_distillation(codec.seanet_cfg.dim)
+        n = codec.num_quantizers
+        self.val_quantizers = sorted({q for q in (val_quantizers or [1, max(1, n // 2), n]) if 1 <= q <= n})
+        self.write_clips = write_clips
+        self.setup_ema(ema_decay)
+
+    # ---- distillation ---------------------------------------------------------------------------------
+    def _setup_distillation(self, dim: int) -> None:
+        d = self.distill_cfg
+        if d.source not in ("online", "precomputed"):
+            raise ValueError(f"distill.source must be 'online' or 'precomputed', got {d.source!r}")
+        if not 1 <= d.rvq_layer <= self.codec.num_quantizers:
+            raise ValueError(f"distill.rvq_layer must lie in [1, {self.codec.num_quantizers}], got {d.rvq_layer}")
+        # frozen teachers live outside the module tree: not in checkpoints, exports or the optimizer
+        self._teachers: dict[str, nn.Module] = {}
+        self.distill_heads = nn.ModuleDict()
+        if d.uses_speech:
+            width = d.speech_dim or _hidden_size(d.speech_teacher, "speech_teacher")
+            self.distill_heads["speech"] = nn.Linear(dim, width)
+            if d.source == "online":
+                from .teachers import SpeechTeacher
+
+                self._teachers["speech"] = SpeechTeacher(d.speech_teacher, layer=d.teacher_layer)
+        if d.uses_lm:
+            width = d.lm_dim or _hidden_size(d.lm_teacher, "lm_teacher")
+            self.distill_heads["lm"] = nn.Linear(dim, width)
+            if d.source == "online":
+                from .teachers import LMTeacher
+
+                self._teachers["lm"] = LMTeacher(d.lm_teacher, recognizer_path=d.recognizer, layer=d.teacher_layer)
+
+    @property
+    def distilling(self) -> bool:
+        return len(self.distill_heads) > 0
+
+    def teacher_targets(self, batch: dict[str, Any], num_frames: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """``{"speech" | "lm": (targets [B, F, D], mask [B, F] or None)}`` aligned to the codec's frames."""
+        from .teachers import align_to_frames
+
+        out = {}
+        for name in self.distill_heads:
+            if self.distill_cfg.source == "precomputed":
+                key = f"teacher_{name}"
+                if key not in batch:
+                    raise KeyError(f"distill.source is 'precomputed' but the batch has no {key!r}: run "
+                                   "`tokenizers-mm data teacher-features` on the shards first")
+                feats, mask = batch[key].float(), batch.get(f"{key}_mask")
+                aligned = align_to_frames(feats, num_frames)
+                if mask is not None:
+                    mask = align_to_frames(mask.float().unsqueeze(-1), num_frames).squeeze(-1) > 0.5
+                out[name] = (aligned, mask)
+                continue
+            teacher = self._teachers[name].to(self.device)
+            wave, wmask = batch["audio"], batch.get("audio_mask")
+            with torch.no_grad():
+                if name == "speech":
+                    out[name] = (teacher(wave, num_frames, mask=wmask, input_rate=self.codec.sample_rate), None)
+                else:
+                    targets, fmask = teacher(wave, num_frames, texts=batch.get("txt"), mask=wmask,
+                                             input_rate=self.codec.sample_rate)
+                    out[name] = (targets, fmask)
+        return out
+
+    def distill_losses(self, batch: dict[str, Any], student: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``student``: ``[B, D, F]`` straight-through output of the first ``rvq_layer`` codebooks."""
+        feats = student.transpose(1, 2)
+        losses = {}
+        for name, (target, mask) in self.teacher_targets(batch, feats.shape[1]).items():
+            losses[f"distill_{name}"] = distillation_loss(self.distill_heads[name](feats), target.to(feats), mask)
+        return losses
+
+    # ---- losses -------------------------------------------------------------------------------------
+    def gan_active(self) -> bool:
+        return self.discriminator is not None and self.global_step >= self.loss_cfg.adv_start_step
+
+    def generator_losses(self, batch: dict[str, Any], out: dict[str, Any], with_gan: bool) -> dict[str, torch.Tensor]:
+        """All generator terms (unweighted) for a batch; ``out`` from ``SpeechCodec.forward``."""
+        x, recon = batch["audio"], out["recon"]
+        losses = {"mel": self.mel_loss(recon, x), "waveform": F.l1_loss(recon, x), "commit": out["commit"]}
+        if with_gan:
+            fake_logits, fake_feats = self.discriminator(recon)
+            with torch.no_grad():
+                _, real_feats = self.discriminator(x)
+            losses["adv"] = generator_adv_loss(fake_logits, self.loss_cfg.adv_kind)
+            losses["feat"] = feature_matching_loss(real_feats, fake_feats)
+        if "distill" in out:
+            losses.update(self.distill_losses(batch, out["distill"]))
+        return losses
+
+    def weighted_total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        c, d = self.loss_cfg, self.distill_cfg
+        weights = {"mel": c.mel_weight, "waveform": c.waveform_weight, "commit": c.commit_weight,
+                   "adv": c.adv_weight, "feat": c.feat_weight, "distill_speech": d.speech_weight,
+                   "distill_lm": d.lm_weight}
+        return sum(weights[n] * v for n, v in losses.items() if n in weights)
+
+    # ---- optimization -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        c = self.optim_config
+        gen = nn.ModuleList([self.codec, self.distill_heads])
+        opt_g = torch.optim.AdamW(param_groups(gen, c.weight_decay), lr=c.lr, betas=tuple(c.betas))
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
+        schedule = lambda s: lr_factor(s, c.warmup_steps, total, c.schedule, c.min_lr_ratio)  # noqa: E731
+        optimizers = [opt_g]
+        schedulers = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt_g, schedule), "interval": "step"}]
+        if self.discriminator is not None:
+            opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=self.loss_cfg.disc_lr or c.lr,
+                                      betas=tuple(c.betas), weight_decay=c.weight_decay)
+            optimizers.append(opt_d)
+            schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt_d, schedule), "interval": "step"})
+        return optimizers, schedulers
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        scheds = self.lr_schedulers()
+        scheds = scheds if isinstance(scheds, list) else [scheds]
+        x = batch["audio"]
+        out = self.codec(x, dropout=self.codec.rvq_cfg.quantizer_dropout,
+                         distill_layer=self.distill_cfg.rvq_layer if self.distilling else None)
+        with_gan = self.gan_active()
+        losses = self.generator_losses(batch, out, with_gan)
+        opt_g = opts[0]
+        opt_g.zero_grad(set_to_none=True)
+        if self.balancer is not None:
+            grad = self.balancer.gradient(losses, out["recon"])
+            rest = {n: v for n, v in losses.items() if n not in self.balancer.weights}
+            objective = (out["recon"] * grad.detach()).sum() + self.weighted_total(rest)
+        else:
+            objective = self.weighted_total(losses)
+        self.manual_backward(objective)
+        if self.optim_config.grad_clip:
+            self.clip_gradients(opt_g, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()  # the only step Lightning counts: global_step == generator steps
+        scheds[0].step()
+        if with_gan:
+            opt_d = opts[1]
+            real_logits, _ = self.discriminator(x)
+            fake_logits, _ = self.discriminator(out["recon"].detach())
+            d_loss = discriminator_adv_loss(real_logits, fake_logits, self.loss_cfg.adv_kind)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            if self.optim_config.grad_clip:
+                self.clip_gradients(opt_d, gradient_clip_val=10 * self.optim_config.grad_clip,
+                                    gradient_clip_algorithm="norm")
+            opt_d.optimizer.step()  # raw optimizer: not counted in global_step
+            scheds[1].step()
+            losses["disc"] = d_loss.detach()
+        losses["loss"] = self.weighted_total(losses).detach()
+        bs = x.shape[0]
+        self._count_skipped(batch, "train")
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name in ("loss", "mel"), batch_size=bs)
+        self.log("train/lr", scheds[0].get_last_lr()[0], batch_size=bs)
+        self._log_throughput(bs)
+        return losses["loss"]
+
+    # ---- validation ---------------------------------------------------------------------------------
+    def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Validation (EMA weights when kept): generator losses with all codebooks, and the mel distance and
+        waveform L1 at every number of codebooks in ``val_quantizers``."""
+        x = batch["audio"]
+        codec = self.inference_codec(use_ema=True)
+        out = codec(x, distill_layer=self.distill_cfg.rvq_layer if self.distilling else None)
+        losses = self.generator_losses(batch, out, with_gan=False)
+        losses["loss"] = self.weighted_total(losses)
+        recons = {}
+        for n in self.val_quantizers:
+            r = out["recon"] if n == codec.num_quantizers else codec(x, num_quantizers=n)["recon"]
+            recons[n] = r.clamp(-1, 1)
+            losses[f"mel_q{n}"] = self.mel_loss(recons[n], x)
+        out["recons"] = recons
+        return losses, out
+
+    def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
+        from .audio_io import save_spectrograms, write_wav
+
+        n = min(self.write_clips, batch["audio"].shape[0])
+        if n == 0:
+            return
+        sr = self.codec.sample_rate
+        folder = os.path.join(self.samples_dir(), f"val_step{self.global_step:07d}")
+        keys = batch.get("__key__") or [f"clip{i}" for i in range(n)]
+        rows = {"original": batch["audio"][:n].cpu()}
+        rows.update({f"{q} codebooks ({self.codec.bitrate_kbps(q):.2f} kbps)": outputs["recons"][q][:n].cpu()
+                     for q in sorted(outputs["recons"])})
+        for i in range(n):
+            name = str(keys[i]).replace("/", "_")
+            write_wav(os.path.join(folder, f"{name}_original.wav"), rows["original"][i], sr)
+            for q in sorted(outputs["recons"]):
+                write_wav(os.path.join(folder, f"{name}_q{q}.wav"), outputs["recons"][q][i].cpu(), sr)
+        save_spectrograms({k: v[0] for k, v in rows.items()}, sr, folder + ".png", title=str(keys[0]))
+        for logger in self.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(exp, "add_audio"):
+                exp.add_audio("val/original", rows["original"][0], self.global_step, sample_rate=sr)
+                top = max(outputs["recons"])
+                exp.add_audio(f"val/recon_q{top}", outputs["recons"][top][0].cpu(), self.global_step, sample_rate=sr)
