@@ -20,7 +20,8 @@ import torch
 from .base import TokenizerPipeline
 
 # modality -> "module:Class" of its pipeline
-PIPELINES = {"image": "pipelines.image:ImageTokenizer", "mesh": "pipelines.shape:ShapeTokenizer"}
+PIPELINES = {"image": "pipelines.image:ImageTokenizer", "mesh": "pipelines.shape:ShapeTokenizer",
+             "audio": "pipelines.audio:AudioTokenizer"}
 
 __all__ = ["load", "read_config", "TokenizerPipeline", "PIPELINES"]
 

@@ -2,7 +2,9 @@
 
 Layout (numpy ``.npz``, no pickles):
 
-- ``ids``: ``[N, k]`` token ids, ``uint16`` when the codebook has at most 65,536 codes, else ``int32``;
+- ``ids``: ``[N, k]`` token ids, ``uint16`` when the codebook has at most 65,536 codes, else ``int32``; for
+  audio, whose clips differ in length, ``[n, sum F_i]``: each clip's ``[n codebooks, F_i frames]`` side by side
+  along the frames, with ``frames`` ``[N]`` giving each ``F_i`` (and ``meta["num_samples"]`` each clip's length);
 - ``keys``: ``[N]`` unicode names of the inputs (file names without extension);
 - ``meta``: a JSON string: format, modality, architecture, codebook size, tokens per sample, the sha256 of
   the tokenizer's weights (``model_id``) and its export path.
@@ -34,13 +36,22 @@ def token_meta(pipeline: Any, num_tokens: int) -> dict[str, Any]:
             "model_id": pipeline.model_id, "model_path": pipeline.path}
 
 
-def save_tokens(path: str, ids: torch.Tensor, keys: list[str], meta: dict[str, Any]) -> str:
-    """Write ``tokens.npz`` atomically (temp file + fsync + rename); returns the path."""
+def save_tokens(path: str, ids: torch.Tensor | list[torch.Tensor], keys: list[str], meta: dict[str, Any]) -> str:
+    """Write ``tokens.npz`` atomically (temp file + fsync + rename); returns the path.
+
+    ``ids``: ``[N, k]``, or a list of ``[n, F_i]`` (audio clips) stored side by side with their ``frames``.
+    """
     if len(keys) != len(ids):
         raise ValueError(f"{len(keys)} keys for {len(ids)} rows of ids")
+    dtype = ids_dtype(meta["codebook_size"])
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(ids, (list, tuple)):
+        arrays["frames"] = np.array([int(i.shape[-1]) for i in ids], dtype=np.int64)
+        arrays["ids"] = np.concatenate([i.cpu().numpy() for i in ids], axis=-1).astype(dtype)
+    else:
+        arrays["ids"] = ids.cpu().numpy().astype(dtype)
     buf = io.BytesIO()
-    np.savez(buf, ids=ids.cpu().numpy().astype(ids_dtype(meta["codebook_size"])),
-             keys=np.array(keys, dtype=np.str_), meta=np.array(json.dumps(meta)))
+    np.savez(buf, keys=np.array(keys, dtype=np.str_), meta=np.array(json.dumps(meta)), **arrays)
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -51,8 +62,9 @@ def save_tokens(path: str, ids: torch.Tensor, keys: list[str], meta: dict[str, A
     return path
 
 
-def load_tokens(path: str) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    """Read a ``tokens.npz``: ``(ids [N, k], keys, meta)``; ``ValueError`` names what is wrong."""
+def load_tokens(path: str) -> tuple[np.ndarray | list[np.ndarray], list[str], dict[str, Any]]:
+    """Read a ``tokens.npz``: ``(ids [N, k] or a list of [n, F_i] for audio, keys, meta)``; ``ValueError`` names
+    what is wrong."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"token file {path!r} does not exist")
     try:
@@ -64,6 +76,12 @@ def load_tokens(path: str) -> tuple[np.ndarray, list[str], dict[str, Any]]:
             ids = z["ids"]
             keys = [str(k) for k in z["keys"]] if "keys" in files else [f"{i:06d}" for i in range(len(ids))]
             meta = json.loads(str(z["meta"])) if "meta" in files else {}
+            if "frames" in files:
+                frames = z["frames"]
+                if int(frames.sum()) != ids.shape[-1] or len(frames) != len(keys):
+                    raise ValueError(f"{path!r}: 'frames' ({len(frames)} clips, {int(frames.sum())} frames) does not "
+                                     f"match ids {ids.shape} and {len(keys)} keys")
+                ids = np.split(ids, np.cumsum(frames)[:-1], axis=-1)
     except (OSError, ValueError) as exc:
         if isinstance(exc, ValueError) and "holds no 'ids'" in str(exc):
             raise

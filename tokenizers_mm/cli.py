@@ -197,7 +197,11 @@ def _cmd_export(a: argparse.Namespace) -> int:
     t = cfg["tokens"]
     print(f"exported {cfg['modality']} tokenizer {cfg['architecture']} ({cfg['training']['weights']} weights, "
           f"{cfg['weights']['parameters']:,} parameters) to {a.out}")
-    print(f"  {t['tokens_per_sample']} tokens x {t['codebook_sizes']} codes = {t['bytes_per_sample']} bytes per sample")
+    if t.get("per") == "second":
+        print(f"  {t['num_quantizers']} codebooks x {t['codebook_sizes'][0]} codes at {t['frame_rate']:g} frames/s = "
+              f"{t['kbps']} kbps (first n codebooks: {t['bitrates_kbps']} kbps)")
+    else:
+        print(f"  {t['tokens_per_sample']} tokens x {t['codebook_sizes']} codes = {t['bytes_per_sample']} bytes per sample")
     for name in EXPORT_FILES:
         path = os.path.join(a.out, name)
         print(f"  {path}  {_human(os.path.getsize(path))}")
@@ -231,10 +235,25 @@ def _cmd_encode(a: argparse.Namespace) -> int:
         from .data.mesh import MESH_EXTENSIONS
 
         files = _expand_inputs(a.inputs, MESH_EXTENSIONS)
+    elif tok.modality == "audio":
+        from pipelines.audio import AUDIO_FILE_EXTENSIONS
+
+        files = _expand_inputs(a.inputs, AUDIO_FILE_EXTENSIONS)
     else:  # pragma: no cover - other modalities register their readers here
         raise ValueError(f"encode does not read {tok.modality} files yet")
-    ids = tok.encode(files, num_tokens=a.num_tokens, batch_size=a.batch_size)
     keys = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    if tok.modality == "audio":
+        waves = [tok.read(f) for f in files]
+        ids = [tok.encode(w, num_tokens=a.num_tokens, chunk_seconds=a.chunk_seconds)[0] for w in waves]
+        meta = token_meta(tok, ids[0].shape[0])
+        meta.update(num_samples=[int(w.shape[-1]) for w in waves], sample_rate=tok.sample_rate,
+                    frame_rate=tok.frame_rate, kbps=round(tok.bitrate_kbps(ids[0].shape[0]), 4))
+        save_tokens(a.out, ids, keys, meta)
+        seconds = sum(w.shape[-1] for w in waves) / tok.sample_rate
+        print(f"encoded {len(files)} audio file(s), {seconds:.1f} s, with {ids[0].shape[0]} codebooks "
+              f"({meta['kbps']} kbps) -> {a.out}")
+        return 0
+    ids = tok.encode(files, num_tokens=a.num_tokens, batch_size=a.batch_size)
     save_tokens(a.out, ids, keys, token_meta(tok, ids.shape[1]))
     print(f"encoded {len(files)} {tok.modality} file(s) into {ids.shape[1]} tokens each -> {a.out}")
     return 0
@@ -264,6 +283,18 @@ def _cmd_decode(a: argparse.Namespace) -> int:
         ids = np.stack([v for _, v in pairs])
     if a.limit:
         ids, keys = ids[: a.limit], keys[: a.limit]
+    if tok.modality == "audio":
+        if not isinstance(ids, list):
+            raise ValueError("audio decodes from a tokens.npz written by `tokenizers-mm encode`")
+        if a.num_tokens:
+            ids = [i[: a.num_tokens] for i in ids]
+        lengths = (meta.get("num_samples") or [None] * len(ids))[: len(ids)]
+        waves = tok.decode(ids, batch_size=a.batch_size)
+        waves = [w[..., :n] if n else w for w, n in zip(waves, lengths)]
+        paths = tok.save(waves, a.out, keys)
+        n_q = ids[0].shape[0]
+        print(f"decoded {len(paths)} clip(s) with {n_q} codebooks ({tok.bitrate_kbps(n_q):.3f} kbps) into {a.out}/ (WAV)")
+        return 0
     options = {name: getattr(a, name) for name in ("steps", "cfg_scale", "seed", "resolution")
                if getattr(a, name) is not None}
     out = tok.decode(ids, batch_size=a.batch_size, **options)
@@ -369,18 +400,24 @@ def _project_parser() -> argparse.ArgumentParser:
         q.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
         q.add_argument("--batch-size", type=int, default=64)
 
-    en = sub.add_parser("encode", help="encode files (images: png / jpg / webp; meshes: obj / ply / stl / glb / off) into tokens.npz")
+    en = sub.add_parser("encode", help="encode files (images: png / jpg / webp; meshes: obj / ply / stl / glb / off; "
+                                       "audio: wav / flac / ogg / mp3) into tokens.npz")
     inference_flags(en)
     en.add_argument("inputs", nargs="+", help="files or folders of files")
     en.add_argument("--out", required=True, help="output .npz (ids [N, k], keys, meta)")
-    en.add_argument("--num-tokens", type=int, default=None, help="keep the first k tokens (1D tokenizers)")
+    en.add_argument("--num-tokens", type=int, default=None,
+                    help="keep the first k tokens (1D tokenizers) or the first k codebooks (audio)")
+    en.add_argument("--chunk-seconds", type=float, default=30.0,
+                    help="audio: encode long files in chunks of this length (causal models: same tokens as one pass)")
     en.set_defaults(func=_cmd_encode)
 
-    de = sub.add_parser("decode", help="decode tokens.npz or token shards into files (images: PNG; meshes: ply / obj / glb)")
+    de = sub.add_parser("decode", help="decode tokens.npz or token shards into files (images: PNG; meshes: ply / obj / "
+                                       "glb; audio: WAV)")
     inference_flags(de)
     de.add_argument("inputs", nargs="+", help="a tokens.npz, or token shards (pattern, folder, @list.txt)")
     de.add_argument("--out", required=True, help="output folder")
     de.add_argument("--limit", type=int, default=None, help="decode at most this many samples")
+    de.add_argument("--num-tokens", type=int, default=None, help="audio: decode from the first k codebooks only")
     de.add_argument("--steps", type=int, default=None, help="rectified-flow decoders: Euler steps")
     de.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
     de.add_argument("--seed", type=int, default=None, help="rectified-flow decoders: sample i uses seed + i")

@@ -46,6 +46,7 @@ CODECS = {
     "image/grid": "tokenizers_mm.image.grid_codec:GridImageCodec",
     "image/flow": "tokenizers_mm.image.flow_codec:FlowImageCodec",
     "shape/occupancy": "tokenizers_mm.shape.codec:ShapeCodec",
+    "speech/rvq": "tokenizers_mm.speech.codec:SpeechCodec",
 }
 
 
@@ -131,7 +132,11 @@ def build_config(codec: nn.Module, inputs: dict[str, Any], training: dict[str, A
     tokens = dict(codec.token_spec())
     bits = _bits(tokens["codebook_sizes"])
     tokens["bits_per_token"] = round(bits, 4)
-    tokens["bytes_per_sample"] = math.ceil(tokens["tokens_per_sample"] * bits / 8)
+    if tokens.get("per") == "second":  # streams (audio): the rate per second of all codebooks
+        tokens["bytes_per_second"] = round(tokens["tokens_per_sample"] * bits / 8, 3)
+        tokens["kbps"] = round(tokens["tokens_per_sample"] * bits / 1000, 4)
+    else:
+        tokens["bytes_per_sample"] = math.ceil(tokens["tokens_per_sample"] * bits / 8)
     cfg = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "modality": codec.modality,
         "architecture": codec.architecture, "arch": codec.arch, "tokens": tokens, "inputs": inputs,
@@ -180,14 +185,23 @@ def _mesh_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
             "surface_sampling": "area-uniform points on the normalized mesh, seed 0"}
 
 
-INPUT_SPECS = {"image": _image_inputs, "mesh": _mesh_inputs}
+def _audio_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
+    audio = data_hp.get("audio") or {}
+    return {"kind": "audio", "sample_rate": int(codec.sample_rate), "channels": 1, "layout": "[B, 1, T]",
+            "range": [-1.0, 1.0], "hop_length": int(codec.hop_length), "causal": bool(codec.causal),
+            "preprocess": {"mono": "mean of the channels", "resample": "torchaudio sinc interpolation",
+                           "loudness_lufs": audio.get("loudness_lufs")}}
+
+
+INPUT_SPECS = {"image": _image_inputs, "mesh": _mesh_inputs, "audio": _audio_inputs}
 
 
 def _evaluation_from_report(path: str) -> dict[str, Any]:
     with open(path) as f:
         report = json.load(f)
     keep = ("images", "image_size", "tokens_per_image", "codebook_size", "bits_per_token", "per_k",
-            "shapes", "per_scale", "conventions", "seconds_per_shape")
+            "shapes", "per_scale", "conventions", "seconds_per_shape", "clips", "seconds", "sample_rate",
+            "per_quantizers", "real_time_factor")
     ev = {k: report[k] for k in keep if k in report}
     base = report.get("baselines") or {}
     ev["baselines_at_our_bytes"] = {fmt: b.get("at_our_bytes") for fmt, b in base.items()}
@@ -218,8 +232,8 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
         "epoch": raw.get("epoch"), "weights": "ema" if has_ema and use_ema else "raw",
         "optimizer": hp.get("optimizer"), "loss": hp.get("loss", hp.get("pixel_loss")),
         "ema_decay": hp.get("ema_decay"),
-        "data": {k: data_hp.get(k) for k in ("modality", "train_urls", "val_urls", "batch_size", "image", "mesh")
-                 if k in data_hp and (k != "mesh" or data_hp.get("modality") == "mesh")},
+        "data": {k: data_hp.get(k) for k in ("modality", "train_urls", "val_urls", "batch_size", "image", "mesh", "audio")
+                 if k in data_hp and (k not in ("image", "mesh", "audio") or data_hp.get("modality") == k)},
     }
     evaluation = _evaluation_from_report(report) if report else None
     return export_codec(codec, out, INPUT_SPECS[codec.modality](codec, data_hp), training, evaluation)
@@ -303,27 +317,42 @@ def model_card(cfg: dict[str, Any]) -> str:
              f"({cfg['weights']['parameters']:,} parameters, {tr.get('weights', 'raw')} weights, sha256 "
              f"`{cfg['weights']['sha256'][:16]}...`), this card. Nothing is pickled.", "",
              "## Tokens", "",
-             f"- {t['tokens_per_sample']} tokens per sample, codebook size {t['codebook_sizes']}, "
-             f"{t['bits_per_token']:.2f} bits per token: {t['bytes_per_sample']} bytes per sample.",
-             ("- Any prefix of 1..K tokens decodes (quality rises with the number kept)." if t.get("prefix_decodable")
+             (f"- {t['num_quantizers']} codebooks of {t['codebook_sizes'][0]} codes at {t['frame_rate']:g} frames/s: "
+              f"{t['kbps']} kbps with all of them. Any first n codebooks decode (bitrate chosen at decode time): "
+              f"{t['bitrates_kbps']} kbps." if t.get("per") == "second" else
+              f"- {t['tokens_per_sample']} tokens per sample, codebook size {t['codebook_sizes']}, "
+              f"{t['bits_per_token']:.2f} bits per token: {t['bytes_per_sample']} bytes per sample."),
+             (None if t.get("per") == "second" else
+              "- Any prefix of 1..K tokens decodes (quality rises with the number kept)." if t.get("prefix_decodable")
               else "- Every token is needed to decode (a grid of tokens).")]
+    lines = [line for line in lines if line is not None]
     if inp.get("kind") == "mesh":
         lines.append(f"- Input: meshes (obj / ply / stl / glb / off), normalized into [-1, 1]^3, {inp['num_surface']} surface "
                      "points with normals. Any whole number of scales decodes: "
                      f"{t.get('prefix_lengths')} tokens.")
+    if inp.get("kind") == "audio":
+        lines.append(f"- Input: mono audio `[B, 1, T]` in [-1, 1] at {inp['sample_rate']} Hz (files are mixed to mono "
+                     f"and resampled); {'causal: long files are encoded in chunks with the tokens of one pass' if inp.get('causal') else 'non-causal'}.")
     if inp.get("kind") == "image":
         pre = inp["preprocess"]
         lines.append(f"- Input: RGB images `[B, 3, {inp['image_size']}, {inp['image_size']}]` in [-1, 1] "
                      f"(uint8 `x / 127.5 - 1`). Files are resized to a shorter side of {pre['resize_shorter_side']} "
                      f"and center-cropped to {inp['image_size']}.")
-    lines += ["", "## Use", "", "```python", "import pipelines", "", "tok = pipelines.load(\"THIS_FOLDER\")  # cpu; "
-              "device=\"cuda\", dtype=torch.bfloat16 also work",
-              "ids = tok.encode(images)            # int64 [B, K]; num_tokens=k keeps a prefix",
-              "recon = tok.decode(ids)             # [B, 3, S, S] in [-1, 1]", "```", "",
-              "```bash", "tokenizers-mm encode --model THIS_FOLDER a.png b.jpg --out tokens.npz",
-              "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/",
-              "tokenizers-mm tokenize --model THIS_FOLDER --data shards/ --out token_shards/", "```", "",
-              "## Training", ""]
+    load_line = "tok = pipelines.load(\"THIS_FOLDER\")  # cpu; device=\"cuda\", dtype=torch.bfloat16 also work"
+    if inp.get("kind") == "audio":
+        lines += ["", "## Use", "", "```python", "import pipelines", "", load_line,
+                  "ids = tok.encode(\"clip.wav\")       # int64 [1, n_q, F]; num_tokens=n keeps the first n codebooks",
+                  "wave = tok.decode(ids)             # [1, 1, F * hop] in [-1, 1]", "```", "",
+                  "```bash", "tokenizers-mm encode --model THIS_FOLDER a.wav b.flac --out tokens.npz --num-tokens 4",
+                  "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/", "```", "", "## Training", ""]
+    else:
+        lines += ["", "## Use", "", "```python", "import pipelines", "", load_line,
+                  "ids = tok.encode(images)            # int64 [B, K]; num_tokens=k keeps a prefix",
+                  "recon = tok.decode(ids)             # [B, 3, S, S] in [-1, 1]", "```", "",
+                  "```bash", "tokenizers-mm encode --model THIS_FOLDER a.png b.jpg --out tokens.npz",
+                  "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/",
+                  "tokenizers-mm tokenize --model THIS_FOLDER --data shards/ --out token_shards/", "```", "",
+                  "## Training", ""]
     if tr:
         lines += [f"- Module `{tr.get('module')}`, {tr.get('global_step')} optimizer steps ({tr.get('epoch')} epochs), "
                   f"{tr.get('weights')} weights.",
@@ -335,7 +364,14 @@ def model_card(cfg: dict[str, Any]) -> str:
         lines.append("- Not recorded.")
     lines += ["", "## Evaluation", ""]
     ev = cfg.get("evaluation")
-    if ev and ev.get("per_scale"):
+    if ev and ev.get("per_quantizers"):
+        lines.append(f"{ev.get('clips')} held-out clips, {ev.get('seconds')} s in all, at {ev.get('sample_rate')} Hz "
+                     f"(`tokenizers-mm evaluate`; {ev.get('source')}).")
+        lines += ["", "| codebooks | kbps | mel distance | SI-SDR (dB) | STOI | PESQ |", "|---|---|---|---|---|---|"]
+        for r in ev["per_quantizers"]:
+            lines.append(f"| {r['num_quantizers']} | {r['kbps']} | {r['mel_distance']:.3f} | {r['si_sdr']:.2f} | "
+                         f"{r['stoi']:.3f} | {r['pesq']:.2f} |")
+    elif ev and ev.get("per_scale"):
         lines.append(f"{ev.get('shapes')} held-out shapes (`tokenizers-mm evaluate`; {ev.get('source')}).")
         lines += ["", "| scales | tokens | bytes | IoU | Chamfer-L1 | F-score@0.02 |", "|---|---|---|---|---|---|"]
         for r in ev["per_scale"]:

@@ -1,0 +1,145 @@
+"""``AudioTokenizer``: encode audio to token ids and decode ids to waveforms from an export folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokenizers_mm.data.audio import AUDIO_EXTENSIONS
+
+from .base import TokenizerPipeline
+
+AUDIO_FILE_EXTENSIONS = (*AUDIO_EXTENSIONS, "mp3")
+
+
+class AudioTokenizer(TokenizerPipeline):
+    """Speech codec of an export folder (built by :func:`pipelines.load`).
+
+    Token ids of one clip are ``[n, F]``: the first ``n`` of the ``n_q`` codebooks (bitrate chosen by ``n``) at
+    ``frame_rate`` frames per second. ``encode`` takes audio files (wav / flac / ogg / mp3: mixed to mono and
+    resampled to the model rate) or waveforms (``[T]``, ``[1, T]`` or ``[B, 1, T]`` in [-1, 1] at the model
+    rate). Long inputs are encoded in chunks of ``chunk_seconds``; a causal model gives exactly the tokens of
+    one pass.
+    """
+
+    modality = "audio"
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config["inputs"]["sample_rate"])
+
+    @property
+    def num_quantizers(self) -> int:
+        return int(self.config["tokens"]["num_quantizers"])
+
+    @property
+    def num_tokens(self) -> int:
+        """Codebooks per frame (the most a decode can use)."""
+        return self.num_quantizers
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.config["tokens"]["frame_rate"])
+
+    def bitrate_kbps(self, num_quantizers: int | None = None) -> float:
+        return float(self.codec.bitrate_kbps(num_quantizers))
+
+    def __repr__(self) -> str:
+        return (f"AudioTokenizer({self.config['architecture']}, {self.num_quantizers} codebooks x {self.codebook_size} "
+                f"codes at {self.frame_rate:g} Hz, {self.sample_rate} Hz audio, device={self.device})")
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def read(self, path: str | os.PathLike) -> torch.Tensor:
+        """One audio file -> ``[1, T]`` at the model rate."""
+        from tokenizers_mm.speech.audio_io import read_audio
+
+        return read_audio(self.input_file(path, AUDIO_FILE_EXTENSIONS, "an audio"), self.sample_rate)
+
+    def to_model_input(self, x: Any) -> list[torch.Tensor]:
+        """Any accepted input -> a list of ``[1, 1, T_i]`` waveforms on CPU."""
+        if isinstance(x, (str, os.PathLike)):
+            return [self.read(x)[None]]
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if isinstance(x, torch.Tensor):
+            t = x.detach().float().cpu()
+            t = t.reshape(1, 1, -1) if t.ndim == 1 else t[None] if t.ndim == 2 else t
+            if t.ndim != 3 or t.shape[1] != 1:
+                raise ValueError(f"waveforms must be [T], [1, T] or [B, 1, T] (mono), got shape {tuple(x.shape)}")
+            if t.numel() and float(t.abs().max()) > 1.0 + 1e-4:
+                raise ValueError(f"waveforms must lie in [-1, 1], got peak {float(t.abs().max()):.3f}")
+            return list(t.split(1))
+        if isinstance(x, Sequence) and len(x) > 0:
+            return [w for item in x for w in self.to_model_input(item)]
+        raise TypeError(f"cannot read audio from {type(x).__name__}")
+
+    def check_clip_ids(self, ids: Any) -> torch.Tensor:
+        """ids of one clip or a batch (``[n, F]`` or ``[B, n, F]``) -> int64 ``[B, n, F]``, validated."""
+        t = ids.detach().cpu() if isinstance(ids, torch.Tensor) else torch.from_numpy(np.asarray(ids))
+        if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"token ids must be integers, got {t.dtype}")
+        t = t.long()
+        t = t[None] if t.ndim == 2 else t
+        if t.ndim != 3 or not 1 <= t.shape[1] <= self.num_quantizers or t.shape[2] == 0:
+            raise ValueError(f"audio token ids must be [n, F] or [B, n, F] with 1 <= n <= {self.num_quantizers} "
+                             f"codebooks, got shape {tuple(t.shape)}")
+        if int(t.min()) < 0 or int(t.max()) >= self.codebook_size:
+            raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got min {int(t.min())} max {int(t.max())}")
+        return t
+
+    # ---- encode / decode ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, x: Any, num_tokens: int | None = None, batch_size: int = 16, chunk_seconds: float = 30.0
+               ) -> torch.Tensor | list[torch.Tensor]:
+        """Audio -> int64 ids. A waveform tensor ``[B, 1, T]`` gives ``[B, n, F]``; one file gives ``[1, n, F]``; a
+        list of files gives a list of ``[n, F_i]`` (clips differ in length). ``num_tokens``: codebooks kept."""
+        waves = self.to_model_input(x)
+        same = len({w.shape[-1] for w in waves}) == 1
+        out: list[torch.Tensor] = []
+        if same and waves[0].shape[-1] <= chunk_seconds * self.sample_rate:
+            batch = torch.cat(waves)
+            for sl in self.batches(len(batch), batch_size):
+                with self.autocast():
+                    out.append(self.codec.encode(batch[sl].to(self.device), num_tokens).cpu())
+            ids = torch.cat(out)
+            return ids if isinstance(x, (torch.Tensor, np.ndarray, str, os.PathLike)) else list(ids)
+        for w in waves:
+            with self.autocast():
+                out.append(self.codec.encode_chunked(w.to(self.device), chunk_seconds, num_tokens).cpu()[0])
+        return out
+
+    @torch.inference_mode()
+    def decode(self, ids: Any, batch_size: int = 16, num_samples: Sequence[int] | None = None
+               ) -> torch.Tensor | list[torch.Tensor]:
+        """ids ``[B, n, F]`` -> waveforms ``[B, 1, F * hop]`` in [-1, 1]; a list of ``[n, F_i]`` -> a list of ``[1, T_i]``.
+
+        ``num_samples`` trims each output to its original length (the last frame is zero-padded at encode).
+        """
+        if isinstance(ids, (list, tuple)):
+            waves = [self.decode(self.check_clip_ids(i), batch_size)[0] for i in ids]
+        else:
+            t = self.check_clip_ids(ids)
+            parts = []
+            for sl in self.batches(len(t), batch_size):
+                with self.autocast():
+                    parts.append(self.codec.decode(t[sl].to(self.device)).float().cpu())
+            waves = torch.cat(parts)
+        if num_samples is not None:
+            if len(num_samples) != len(waves):
+                raise ValueError(f"{len(num_samples)} lengths for {len(waves)} clips")
+            waves = [w[..., :n] for w, n in zip(waves, num_samples)]
+        return waves
+
+    def save(self, waves: Sequence[torch.Tensor], out_dir: str, names: Sequence[str]) -> list[str]:
+        """Write ``[1, T]`` waveforms as ``out_dir/<name>.wav`` (16-bit PCM)."""
+        from tokenizers_mm.speech.audio_io import write_wav
+
+        paths = []
+        for wave, name in zip(waves, names, strict=True):
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "clip"
+            paths.append(write_wav(os.path.join(out_dir, f"{safe}.wav"), wave, self.sample_rate))
+        return paths
