@@ -164,6 +164,18 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
         for name, path in report["files"].items():
             print(f"  {name}: {path}")
         return 0
+    if modality == "audio":
+        from .speech.evaluate import evaluate_speech_checkpoint, format_speech_table
+
+        report = evaluate_speech_checkpoint(a.ckpt, a.data, a.out, max_clips=a.max_samples,
+                                            baselines=not a.no_baselines, pesq=not a.no_pesq)
+        print(f"{report['model']}: {report['clips']} clips ({report['seconds']} s) at {report['sample_rate']} Hz, "
+              f"{report['num_quantizers']} codebooks x {report['codebook_size']} codes at {report['frame_rate']:g} Hz")
+        print(format_speech_table(report))
+        print("report files:")
+        for name, path in report["files"].items():
+            print(f"  {name}: {path}")
+        return 0
 
     report = evaluate_checkpoint(a.ckpt, a.data, a.out, batch_size=a.batch_size, max_samples=a.max_samples,
                                  size=a.size, csv_log=a.csv_log, lpips_path=a.lpips, inception_path=a.inception,
@@ -354,6 +366,10 @@ def _project_parser() -> argparse.ArgumentParser:
                      default=["image", "audio", "mesh"])
     emb.set_defaults(func=_cmd_data_embedded)
 
+    from .speech import teacher_features
+
+    teacher_features.add_parser(dsub)
+
     i = dsub.add_parser("inspect", help="count samples, list extensions, decode, report corrupt samples")
     i.add_argument("urls", nargs="+", help="shards: pattern, directory, @list.txt, pipe: or http(s) URL")
     i.add_argument("--split", choices=["train", "val"], default=None, help="for directories: one split")
@@ -379,7 +395,8 @@ def _project_parser() -> argparse.ArgumentParser:
     e.add_argument("--csv-log", default=None, help="metrics.csv of the training run, for loss curves")
     e.add_argument("--lpips", default=None, help="local LPIPS-style weights file (enables the LPIPS column)")
     e.add_argument("--inception", default=None, help="local InceptionV3 weights file (enables rFID)")
-    e.add_argument("--no-baselines", action="store_true", help="skip the JPEG / WebP baselines")
+    e.add_argument("--no-baselines", action="store_true", help="skip the JPEG / WebP (images) or Opus / MP3 (audio) baselines")
+    e.add_argument("--no-pesq", action="store_true", help="audio: skip PESQ (the slowest metric)")
     e.add_argument("--steps", type=int, nargs="+", default=None,
                    help="rectified-flow decoders: Euler steps to evaluate (e.g. 1 2 4 8 25; default: the model's)")
     e.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")

@@ -66,6 +66,19 @@ def loudness_normalize(wave: torch.Tensor, sample_rate: int, target_lufs: float 
     return wave * gain
 
 
+def crop_start(length: int, num_samples: int, mode: str, rng: random.Random) -> int:
+    """First sample of the ``num_samples`` window cut from a clip of ``length`` samples.
+
+    ``mode`` is ``random`` (training: a uniform start in ``[0, length - num_samples]``, one ``rng.randint``
+    draw) or ``start`` (evaluation: 0). Clips shorter than the window start at 0 without drawing.
+    """
+    if mode not in ("random", "start"):
+        raise ValueError(f"audio crop mode must be 'random' or 'start', got {mode!r}")
+    if length < num_samples or mode == "start":
+        return 0
+    return rng.randint(0, length - num_samples)
+
+
 def crop_or_pad(wave: torch.Tensor, num_samples: int, mode: str, rng: random.Random
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut or zero-pad ``[1, T]`` to exactly ``num_samples``.
@@ -73,19 +86,57 @@ def crop_or_pad(wave: torch.Tensor, num_samples: int, mode: str, rng: random.Ran
     ``mode`` is ``random`` (training: a random window) or ``start`` (evaluation: the first window).
     Returns ``(wave [1, N], mask [1, N] bool)`` where ``mask`` is True on real samples, False on padding.
     """
+    wave, mask, _ = crop_or_pad_at(wave, num_samples, mode, rng)
+    return wave, mask
+
+
+def crop_or_pad_at(wave: torch.Tensor, num_samples: int, mode: str, rng: random.Random
+                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`crop_or_pad` that also returns the window's first sample (0 for padded clips)."""
     t = wave.shape[-1]
+    start = crop_start(t, num_samples, mode, rng)
     if t >= num_samples:
-        if mode == "random":
-            start = rng.randint(0, t - num_samples)
-        elif mode == "start":
-            start = 0
-        else:
-            raise ValueError(f"audio crop mode must be 'random' or 'start', got {mode!r}")
         out = wave[..., start:start + num_samples]
-        return out, torch.ones_like(out, dtype=torch.bool)
+        return out, torch.ones_like(out, dtype=torch.bool), start
     mask = torch.zeros(wave.shape[0], num_samples, dtype=torch.bool)
     mask[:, :t] = True
-    return torch.nn.functional.pad(wave, (0, num_samples - t)), mask
+    return torch.nn.functional.pad(wave, (0, num_samples - t)), mask, 0
+
+
+def crop_frames(feats: np.ndarray | torch.Tensor, start_seconds: float, frame_rate: float, num_frames: int,
+                valid: np.ndarray | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the time window of an audio crop out of per-frame features, zero-padded to ``num_frames``.
+
+    Args:
+        feats: ``[T', D]`` features of the whole clip; frame ``i`` covers ``[i, i + 1) / frame_rate`` seconds.
+        start_seconds: where the audio crop starts in the clip (``>= 0``).
+        frame_rate: frames per second of ``feats`` (``> 0``).
+        num_frames: frames of the output window (the clip length times ``frame_rate``, rounded).
+        valid: optional ``[T']`` bool mask of meaningful frames (False frames stay False).
+
+    Returns ``(window [num_frames, D] float32, mask [num_frames] bool)``: the window starts at frame
+    ``round(start_seconds * frame_rate)``; frames past the end of ``feats`` are zeros with mask False.
+    """
+    if frame_rate <= 0:
+        raise ValueError(f"feature frame rate must be > 0 frames per second, got {frame_rate}")
+    x = torch.as_tensor(feats).float()
+    if x.ndim != 2:
+        raise ValueError(f"features must be [frames, dim], got shape {tuple(x.shape)}")
+    first = int(round(start_seconds * frame_rate))
+    piece = x[first:first + num_frames]
+    n = piece.shape[0]
+    out = torch.zeros(num_frames, x.shape[1], dtype=torch.float32)
+    out[:n] = piece
+    mask = torch.zeros(num_frames, dtype=torch.bool)
+    if valid is None:
+        mask[:n] = True
+    else:
+        v = torch.as_tensor(valid).bool()
+        if v.shape != x.shape[:1]:
+            raise ValueError(f"feature mask shape {tuple(v.shape)} does not match {x.shape[0]} frames")
+        mask[:n] = v[first:first + num_frames]
+        out[~mask] = 0.0
+    return out, mask
 
 
 @dataclass
@@ -105,7 +156,23 @@ class AudioTransform:
     loudness_lufs: float | None = None
 
     def __call__(self, wave: torch.Tensor, sr: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        audio, mask, _ = self.crop_with_start(wave, sr, rng)
+        return audio, mask
+
+    def crop_with_start(self, wave: torch.Tensor, sr: int, rng: random.Random
+                        ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Like calling the transform, plus where the clip starts in the source: ``(wave, mask, seconds)``."""
         wave = resample(to_mono(wave), sr, self.sample_rate)
         if self.loudness_lufs is not None:
             wave = loudness_normalize(wave, self.sample_rate, self.loudness_lufs)
-        return crop_or_pad(wave, int(round(self.seconds * self.sample_rate)), self.crop, rng)
+        out, mask, start = crop_or_pad_at(wave, self.num_samples, self.crop, rng)
+        return out, mask, start / self.sample_rate
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per clip: ``round(seconds * sample_rate)``."""
+        return int(round(self.seconds * self.sample_rate))
+
+    def num_frames(self, frame_rate: float) -> int:
+        """Frames per clip of per-frame features at ``frame_rate`` frames per second: ``round(seconds * rate)``."""
+        return int(round(self.seconds * frame_rate))

@@ -7,15 +7,16 @@ training (random crops / subsets) or evaluation (deterministic views).
 from __future__ import annotations
 
 import io
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ..config import as_config
-from .audio import AUDIO_EXTENSIONS, AudioTransform, decode_audio
+from .audio import AUDIO_EXTENSIONS, AudioTransform, crop_frames, decode_audio
 from .image import IMAGE_EXTENSIONS, ImageTransform, decode_image
 from .mesh import MESH_EXTENSIONS, MeshTransform, decode_mesh_npz
 
@@ -50,12 +51,16 @@ class AudioOptions:
         seconds: training clip length (random crop; short clips padded and masked).
         val_seconds: evaluation clip length (from the start); ``None`` = ``seconds``.
         loudness_lufs: normalize every clip to this loudness, or ``None``.
+        teacher: precomputed teacher features (``tokenizers-mm data teacher-features``): ``auto`` adds them to
+            batches when the shards hold them (every sample must agree; see :class:`AudioSampleDecoder`),
+            ``require`` rejects samples without them, ``ignore`` never reads them.
     """
 
     sample_rate: int = 16000
     seconds: float = 1.0
     val_seconds: float | None = None
     loudness_lufs: float | None = None
+    teacher: str = "auto"
 
 
 @dataclass
@@ -100,15 +105,79 @@ class ImageSampleDecoder:
         return {"image": self.transform(decode_image(sample[ext]), rng)}
 
 
+TEACHER_META = "teacher.json"  # per-sample description of precomputed teacher features
+TEACHER_FIELDS = {"speech": ("speech_feats.npy", None), "lm": ("lm_feats.npy", "lm_mask.npy")}
+TEACHER_MODES = ("auto", "require", "ignore")
+
+
+def decode_npy(data: bytes, name: str) -> np.ndarray:
+    """``.npy`` bytes -> array (no pickles). Raises ``ValueError`` naming the field for anything else."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"{name} is not a readable .npy array: {exc}") from exc
+
+
 @dataclass
 class AudioSampleDecoder:
+    """Audio sample -> ``audio [1, N]`` + ``audio_mask [1, N]``, plus cropped teacher features when present.
+
+    Samples written by ``tokenizers-mm data teacher-features`` carry ``teacher.json`` and per-frame features
+    of the whole clip (``speech_feats.npy`` ``[T', D]``; ``lm_feats.npy`` ``[T', D]`` + ``lm_mask.npy``
+    ``[T']``). They are cut to the same time window as the audio crop (first frame
+    ``round(start_seconds * frame_rate)``) and zero-padded to ``round(seconds * frame_rate)`` frames:
+    ``teacher_speech [Ft, D]`` float32 + ``teacher_speech_mask [Ft]`` bool, ``teacher_lm`` + ``teacher_lm_mask``.
+
+    With ``teacher="auto"`` the first sample a decoder sees fixes which teacher keys every later sample
+    must carry: a dataset mixing samples with and without features (or with different teachers) cannot be
+    batched, so the odd samples raise ``ValueError`` (the stream skips and logs them as corrupt).
+    """
+
     transform: AudioTransform
+    teacher: str = "auto"
+    _kinds: tuple[str, ...] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHER_MODES:
+            raise ValueError(f"data.audio.teacher must be one of {TEACHER_MODES}, got {self.teacher!r}")
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
         ext = _find(sample, AUDIO_EXTENSIONS, "audio")
         wave, sr = decode_audio(sample[ext])
-        audio, mask = self.transform(wave, sr, rng)
-        return {"audio": audio, "audio_mask": mask}
+        audio, mask, start = self.transform.crop_with_start(wave, sr, rng)
+        out = {"audio": audio, "audio_mask": mask}
+        if self.teacher != "ignore":
+            out.update(self._teacher_features(sample, start))
+        return out
+
+    def _teacher_features(self, sample: dict[str, Any], start_seconds: float) -> dict[str, torch.Tensor]:
+        meta = json.loads(sample[TEACHER_META]) if TEACHER_META in sample else {}
+        kinds = tuple(k for k in TEACHER_FIELDS if k in meta)
+        if not kinds and self.teacher == "require":
+            raise ValueError("sample has no precomputed teacher features (teacher.json + speech_feats.npy / "
+                             "lm_feats.npy): write them with `tokenizers-mm data teacher-features`, or set "
+                             "data.audio.teacher: auto")
+        if self._kinds is None:
+            self._kinds = kinds
+        elif kinds != self._kinds:
+            raise ValueError(f"sample carries teacher features {list(kinds)} but earlier samples carried "
+                             f"{list(self._kinds)}: a dataset must be all with or all without the same teacher "
+                             "features (rerun `tokenizers-mm data teacher-features` on every shard, or set "
+                             "data.audio.teacher: ignore)")
+        out: dict[str, torch.Tensor] = {}
+        for kind in kinds:
+            feats_name, mask_name = TEACHER_FIELDS[kind]
+            for name in (feats_name, mask_name):
+                if name is not None and name not in sample:
+                    raise ValueError(f"teacher.json lists {kind!r} features but the sample has no {name!r}")
+            rate = meta[kind].get("frame_rate") if isinstance(meta[kind], dict) else None
+            if not isinstance(rate, (int, float)) or rate <= 0:
+                raise ValueError(f"teacher.json gives no positive frame_rate for {kind!r}: {meta[kind]!r}")
+            valid = decode_npy(sample[mask_name], mask_name) if mask_name else None
+            feats, fmask = crop_frames(decode_npy(sample[feats_name], feats_name), start_seconds, float(rate),
+                                       self.transform.num_frames(float(rate)), valid)
+            out[f"teacher_{kind}"], out[f"teacher_{kind}_mask"] = feats, fmask
+        return out
 
 
 @dataclass
@@ -168,7 +237,7 @@ def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None =
         o = as_config(AudioOptions, audio)
         seconds = o.seconds if train or o.val_seconds is None else o.val_seconds
         return AudioSampleDecoder(AudioTransform(o.sample_rate, seconds, "random" if train else "start",
-                                                 o.loudness_lufs))
+                                                 o.loudness_lufs), teacher=o.teacher)
     if modality == "mesh":
         o = as_config(MeshOptions, mesh)
         return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train))

@@ -163,53 +163,34 @@ class SpeechTokenizer(TokenizerModule):
         if not 1 <= d.rvq_layer <= self.codec.num_quantizers:
             raise ValueError(f"distill.rvq_layer must lie in [1, {self.codec.num_quantizers}], got {d.rvq_layer}")
         # frozen teachers live outside the module tree: not in checkpoints, exports or the optimizer
-        self._teachers: dict[str, nn.Module] = {}
+        self._targets: list[nn.Module] = []
         self.distill_heads = nn.ModuleDict()
         if d.uses_speech:
-            width = d.speech_dim or _hidden_size(d.speech_teacher, "speech_teacher")
-            self.distill_heads["speech"] = nn.Linear(dim, width)
-            if d.source == "online":
-                from .teachers import SpeechTeacher
-
-                self._teachers["speech"] = SpeechTeacher(d.speech_teacher, layer=d.teacher_layer)
+            self.distill_heads["speech"] = nn.Linear(dim, d.speech_dim or _hidden_size(d.speech_teacher, "speech_teacher"))
         if d.uses_lm:
-            width = d.lm_dim or _hidden_size(d.lm_teacher, "lm_teacher")
-            self.distill_heads["lm"] = nn.Linear(dim, width)
-            if d.source == "online":
-                from .teachers import LMTeacher
+            self.distill_heads["lm"] = nn.Linear(dim, d.lm_dim or _hidden_size(d.lm_teacher, "lm_teacher"))
+        if self.distill_heads:
+            from .teachers import DistillationTargets
 
-                self._teachers["lm"] = LMTeacher(d.lm_teacher, recognizer_path=d.recognizer, layer=d.teacher_layer)
+            online = d.source == "online"
+            self._targets.append(DistillationTargets.from_paths(
+                d.speech_teacher if online and d.uses_speech else None, d.lm_teacher if online and d.uses_lm else None,
+                d.recognizer, layer=d.teacher_layer, lm_layer=d.teacher_layer, input_rate=self.codec.sample_rate))
 
     @property
     def distilling(self) -> bool:
         return len(self.distill_heads) > 0
 
-    def teacher_targets(self, batch: dict[str, Any], num_frames: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        """``{"speech" | "lm": (targets [B, F, D], mask [B, F] or None)}`` aligned to the codec's frames."""
-        from .teachers import align_to_frames
-
-        out = {}
-        for name in self.distill_heads:
-            if self.distill_cfg.source == "precomputed":
-                key = f"teacher_{name}"
-                if key not in batch:
-                    raise KeyError(f"distill.source is 'precomputed' but the batch has no {key!r}: run "
-                                   "`tokenizers-mm data teacher-features` on the shards first")
-                feats, mask = batch[key].float(), batch.get(f"{key}_mask")
-                aligned = align_to_frames(feats, num_frames)
-                if mask is not None:
-                    mask = align_to_frames(mask.float().unsqueeze(-1), num_frames).squeeze(-1) > 0.5
-                out[name] = (aligned, mask)
-                continue
-            teacher = self._teachers[name].to(self.device)
-            wave, wmask = batch["audio"], batch.get("audio_mask")
-            with torch.no_grad():
-                if name == "speech":
-                    out[name] = (teacher(wave, num_frames, mask=wmask, input_rate=self.codec.sample_rate), None)
-                else:
-                    targets, fmask = teacher(wave, num_frames, texts=batch.get("txt"), mask=wmask,
-                                             input_rate=self.codec.sample_rate)
-                    out[name] = (targets, fmask)
+    def teacher_targets(self, batch: dict[str, Any], num_frames: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{"speech" | "lm": (targets [B, F, D], mask [B, F])}`` aligned to the codec's ``F`` frames: precomputed
+        features from the batch, or the online teachers run on ``batch["audio"]``."""
+        targets = self._targets[0].to(self.device)
+        with torch.no_grad():
+            out = targets(batch, num_frames, texts=batch.get("txt"))
+        missing = [name for name in self.distill_heads if name not in out]
+        if missing:
+            raise KeyError(f"no distillation targets for {missing}: distill.source is {self.distill_cfg.source!r}; "
+                           "precomputed targets need shards from `tokenizers-mm data teacher-features`")
         return out
 
     def distill_losses(self, batch: dict[str, Any], student: torch.Tensor) -> dict[str, torch.Tensor]:
