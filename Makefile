@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 DATA   := data/embedded
 DEMO_MODELS := fsq_ae_tiny flextok_tiny
 SHAPE_DEMO_SHAPES ?= 4
+SPEECH_DEMO_CLIPS ?= 8
 FSQ_DEMO_STEPS ?= 300
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_MM_LOG ?= WARNING
@@ -32,8 +33,8 @@ $(DATA)/.built: $(STAMP)
 
 data: $(DATA)/.built ## build the embedded train/val shards (real photos, speech, meshes) in data/embedded
 
-demo: $(DATA)/.built ## train, evaluate, export the tiny image and shape tokenizers on the embedded data (<15 min on 2 cores)
-	rm -rf $(addprefix runs/,$(DEMO_MODELS) vat_tiny) $(addprefix reports/,$(DEMO_MODELS) vat_tiny)
+demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech tokenizers on the embedded data (<15 min on 2 cores)
+	rm -rf $(addprefix runs/,$(DEMO_MODELS) vat_tiny codec_tiny) $(addprefix reports/,$(DEMO_MODELS) vat_tiny codec_tiny)
 	$(BIN)/tokenizers-mm fit --config configs/image/fsq_ae_tiny.yaml --trainer.max_steps $(FSQ_DEMO_STEPS)
 	$(BIN)/tokenizers-mm fit --config configs/image/flextok_tiny.yaml
 	for m in $(DEMO_MODELS); do \
@@ -48,6 +49,12 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image and shape tokeniz
 		--max-samples $(SHAPE_DEMO_SHAPES) --resolution 48
 	$(BIN)/tokenizers-mm export --ckpt runs/vat_tiny/checkpoints/last.ckpt --out exports/vat_tiny \
 		--report reports/vat_tiny/report.json
+	@echo ">> speech: the neural codec on the embedded speech"
+	$(BIN)/tokenizers-mm fit --config configs/speech/codec_tiny.yaml
+	$(BIN)/tokenizers-mm evaluate --ckpt runs/codec_tiny/checkpoints/last.ckpt --data $(DATA)/audio --out reports/codec_tiny \
+		--max-samples $(SPEECH_DEMO_CLIPS)
+	$(BIN)/tokenizers-mm export --ckpt runs/codec_tiny/checkpoints/last.ckpt --out exports/codec_tiny \
+		--report reports/codec_tiny/report.json
 	@echo ">> round trip of the val images through the exported flextok_tiny (pipelines, no Lightning)"
 	$(BIN)/tokenizers-mm tokenize --model exports/flextok_tiny --data $(DATA)/image --split val \
 		--out reports/flextok_tiny/val_tokens --workers 1
@@ -66,6 +73,9 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image and shape tokeniz
 	@echo "  reports/vat_tiny/: report.json (IoU, Chamfer, F-score per token budget beside decimated meshes),"
 	@echo "      rate_quality.png, renders/*.png (ground truth, every number of scales, the decimated mesh)"
 	@echo "  exports/vat_tiny/ -> tokenizers-mm encode --model exports/vat_tiny shape.obj --out t.npz; decode --out meshes/"
+	@echo "  reports/codec_tiny/: report.json (mel / STFT distance, SI-SDR, STOI, PESQ per number of codebooks beside Opus"
+	@echo "      and MP3), rate_quality.png, wav/ (originals and reconstructions at every bitrate)"
+	@echo "  exports/codec_tiny/ -> tokenizers-mm encode --model exports/codec_tiny clip.wav --out t.npz --num-tokens 4"
 
 FLOW_STEPS ?= 1 2 4 8 25
 demo-flow: $(DATA)/.built ## train the rectified-flow decoder (flextok_flow_tiny) + its 1-step reflow student, evaluate per steps (~10 min)
@@ -90,10 +100,11 @@ test-slow: $(DATA)/.built ## run the slow tests too
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check tokenizers_mm pipelines tests scripts
 
-bench: $(DATA)/.built ## benchmarks: data loader, image and shape tokenizers (speed, memory, latency), export load/latency (reports/bench/)
+bench: $(DATA)/.built ## benchmarks: data loader, image, shape and speech tokenizers (speed, memory, latency), export load/latency (reports/bench/)
 	$(BIN)/python scripts/bench_data.py --out reports/bench/data.json
 	$(BIN)/python scripts/bench_image.py --out reports/bench/image.json
 	$(BIN)/python scripts/bench_shape.py --out reports/bench/shape.json
+	$(BIN)/python scripts/bench_speech.py --out reports/bench/speech.json
 	$(BIN)/python scripts/bench_export.py $(if $(wildcard exports/flextok_tiny/config.json),--model exports/flextok_tiny) --out reports/bench/export.json
 
 clean: ## remove built data, runs, reports and exports (keeps .venv)

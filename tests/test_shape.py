@@ -53,6 +53,69 @@ def test_fourier_embedding():
     assert torch.allclose(sin_x0, torch.tensor([math.sin(math.pi / 4), 1.0, 0.0]), atol=1e-6)
 
 
+def test_fourier_frequency_scale():
+    x = torch.tensor([[0.5, 0.0, 0.0]])
+    half = FourierEmbedding(num_freqs=2, freq_scale=0.5)(x)
+    # sin(0.5 * 2^i * pi * 0.5) for i = 0, 1: sin(pi/4), sin(pi/2)
+    assert torch.allclose(half[0, 3:9].view(3, 2)[0], torch.tensor([math.sin(math.pi / 4), 1.0]), atol=1e-6)
+    normals = torch.tensor([[0.0, 0.0, 1.0]])
+    out = FourierEmbedding(num_freqs=2)(x, normals)
+    assert out.shape == (1, 3 + 12 + 3) and torch.equal(out[:, -3:], normals)
+    assert torch.equal(out[:, :-3], FourierEmbedding(num_freqs=2)(x))
+    with pytest.raises(ValueError, match="freq_scale"):
+        FourierEmbedding(num_freqs=2, freq_scale=0.0)
+
+
+def test_farthest_point_sample_matches_the_definition():
+    torch.manual_seed(0)
+    pts = torch.rand(3, 200, 3)
+    idx = farthest_point_sample(pts, 20)
+    for b in range(3):
+        chosen = [0]
+        for _ in range(19):  # each pick is the point farthest from all picked so far
+            d = torch.cdist(pts[b], pts[b, chosen]).min(1).values
+            chosen.append(int(d.argmax()))
+        assert idx[b].tolist() == chosen
+
+
+def test_probe_options_and_old_checkpoints_load():
+    torch.manual_seed(0)
+    surface = torch.cat([torch.rand(2, 128, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(2, 128, 3), dim=-1)],
+                        dim=-1)
+    pts = torch.rand(2, 30, 3) * 2 - 1
+    deep = ShapeCodec(**TINY, probe={"depth": 2, "mlp_ratio": 1.0, "num_freqs": 2, "freq_scale": 0.5}).eval()
+    assert len(deep.probe) == 2 and deep.query_fourier.out_dim == 3 + 12 and deep.arch["probe"]["depth"] == 2
+    assert deep.occupancy(deep.decode(deep.encode(surface)), pts).shape == (2, 30)
+    # a state dict from before the probe was a list of blocks (probe.q.weight) loads into probe.0
+    codec = ShapeCodec(**TINY).eval()
+    old = {k.replace("probe.0.", "probe."): v for k, v in codec.state_dict().items()}
+    assert "probe.q.weight" in old
+    fresh = ShapeCodec(**TINY).eval()
+    fresh.load_state_dict(old)
+    ids = codec.encode(surface)
+    assert torch.equal(fresh.occupancy(fresh.decode(ids), pts), codec.occupancy(codec.decode(ids), pts))
+    zero = ShapeCodec(**{**TINY, "encoder": {**TINY["encoder"], "zero_init": True}})
+    assert not zero.gather.proj.weight.any() and not zero.encoder.blocks[0].mlp[-1].weight.any()
+
+
+def test_loss_options_pos_weight_and_posterior_mean():
+    torch.manual_seed(0)
+    model = ShapeTokenizer(**TINY, loss={"volume_pos_weight": 3.0, "sample_posterior": False, "scale_dropout": 0.0})
+    logits, labels = torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 0.0]])
+    manual = (3.0 * torch.nn.functional.softplus(-logits[0, 0]) + torch.nn.functional.softplus(logits[0, 1])) / 2
+    assert torch.allclose(model._bce(logits, labels, 3.0), manual)
+    batch = {"surface": torch.cat([torch.rand(2, 64, 3) * 2 - 1,
+                                   torch.nn.functional.normalize(torch.randn(2, 64, 3), dim=-1)], dim=-1),
+             "volume_points": torch.rand(2, 20, 3) * 2 - 1, "volume_labels": (torch.rand(2, 20) > 0.7).float(),
+             "near_points": torch.rand(2, 10, 3) * 2 - 1, "near_labels": (torch.rand(2, 10) > 0.5).float()}
+    model.train()
+    first, second = model.compute_losses(batch)[0], model.compute_losses(batch)[0]
+    assert torch.equal(first["loss"], second["loss"])  # the posterior mean: no sampling noise
+    model.loss_cfg.sample_posterior = True
+    model.codec.to_gaussian.bias.data[TINY["latent_dim"]:] = 0.0  # std 1: samples differ visibly
+    assert not torch.equal(model.compute_losses(batch)[0]["loss"], model.compute_losses(batch)[0]["loss"])
+
+
 def test_multiscale_quantizer_shapes_and_prefix_decoding():
     torch.manual_seed(0)
     # latent width = number of FSQ levels: no projections, so the quantizer is plain rounding

@@ -30,16 +30,22 @@ from ..quantize import Quantizer, QuantizerConfig
 
 
 class FourierEmbedding(nn.Module):
-    """xyz ``[..., 3]`` -> ``[..., 3 + 6 * num_freqs]``: the input and sin / cos at frequencies ``2^i * pi``."""
+    """xyz ``[..., 3]`` -> ``[..., 3 + 6 * num_freqs]``: the input and sin / cos at frequencies
+    ``freq_scale * 2^i * pi``, i = 0 .. num_freqs - 1 (the highest frequency sets the finest detail the
+    embedding resolves, and the noise an untrained decoder paints on the surface)."""
 
-    def __init__(self, num_freqs: int = 8) -> None:
+    def __init__(self, num_freqs: int = 8, freq_scale: float = 1.0) -> None:
         super().__init__()
-        self.register_buffer("freqs", (2.0 ** torch.arange(num_freqs)) * math.pi, persistent=False)
+        if num_freqs < 0 or freq_scale <= 0:
+            raise ValueError(f"num_freqs must be >= 0 and freq_scale > 0, got {num_freqs}, {freq_scale}")
+        self.register_buffer("freqs", freq_scale * (2.0 ** torch.arange(num_freqs)) * math.pi, persistent=False)
         self.out_dim = 3 + 6 * num_freqs
 
-    def forward(self, xyz: torch.Tensor) -> torch.Tensor:
+    def forward(self, xyz: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``extra`` ``[..., E]`` (e.g. normals) is appended in the same concatenation (one copy, not two)."""
         angles = (xyz[..., None] * self.freqs.to(xyz.dtype)).flatten(-2)  # [..., 3F]
-        return torch.cat([xyz, angles.sin(), angles.cos()], dim=-1)
+        parts = [xyz, angles.sin(), angles.cos()]
+        return torch.cat(parts if extra is None else [*parts, extra], dim=-1)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -74,13 +80,21 @@ def farthest_point_sample(points: torch.Tensor, m: int) -> torch.Tensor:
     """Indices ``[B, m]`` of ``m`` points chosen by farthest-point sampling from ``points`` ``[B, N, 3]`` (the
     first is point 0, so the result is deterministic; earlier picks cover the shape coarsely)."""
     b, n, _ = points.shape
-    idx = torch.zeros(b, m, dtype=torch.long, device=points.device)
-    dist = torch.full((b, n), float("inf"), device=points.device)
-    last = points[:, 0]
-    for i in range(1, m):
-        dist = torch.minimum(dist, (points - last[:, None]).pow(2).sum(-1))
-        idx[:, i] = dist.argmax(1)
-        last = points[torch.arange(b, device=points.device), idx[:, i]]
+    dev = points.device
+    with torch.no_grad():
+        # coordinates first ([B, 3, N], contiguous) and one flat index per pick: ~2.5x faster on CPU than
+        # [B, N, 3] differences and a batched gather, with the same picks
+        pts = points.detach().transpose(1, 2).contiguous()
+        flat = points.detach().reshape(b * n, 3)
+        base = torch.arange(b, device=dev) * n
+        idx = torch.zeros(b, m, dtype=torch.long, device=dev)
+        dist = torch.full((b, n), float("inf"), dtype=points.dtype, device=dev)
+        last = flat[base]  # [B, 3]: point 0 of every cloud
+        for i in range(1, m):
+            torch.minimum(dist, (pts - last[:, :, None]).square_().sum(1), out=dist)
+            nxt = dist.argmax(1)
+            idx[:, i] = nxt
+            last = flat[base + nxt]
     return idx
 
 
@@ -192,13 +206,40 @@ class ResidualVQBottleneck(nn.Module):
 
 @dataclass
 class ShapeEncoderConfig:
-    """Point encoder: ``queries`` = ``learned`` or ``fps`` (farthest-point-sampled surface points)."""
+    """Point encoder: ``queries`` = ``learned`` or ``fps`` (farthest-point-sampled surface points).
+
+    ``zero_init`` starts every residual branch of the encoder (the gathering cross-attention and its MLP, the
+    self-attention blocks) at zero, so that at the first step each latent is its own query: with ``fps`` the
+    embedding of a surface point, which the decoder learns to read in a few hundred steps, where the randomly
+    mixed features of a default initialization keep it at the mean shape for much longer.
+    """
 
     width: int = 256
     depth: int = 4
     heads: int = 4
     num_freqs: int = 8
+    freq_scale: float = 1.0
     queries: str = "learned"
+    zero_init: bool = False
+
+
+@dataclass
+class ShapeProbeConfig:
+    """The occupancy probe: query points ``[B, Q, 3]`` -> Fourier features -> ``depth`` cross-attention blocks
+    over the decoder states -> logit.
+
+    Args:
+        num_freqs / freq_scale: Fourier features of the query points (``None``: the encoder's).
+        heads: attention heads (``None``: the decoder's).
+        depth: cross-attention blocks.
+        mlp_ratio: width of the per-query MLP after each block (0: attention only, as in 3DShape2VecSet).
+    """
+
+    num_freqs: int | None = None
+    freq_scale: float | None = None
+    heads: int | None = None
+    depth: int = 1
+    mlp_ratio: float = 0.0
 
 
 class ShapeCodec(nn.Module):
@@ -213,6 +254,7 @@ class ShapeCodec(nn.Module):
         scales: tokens per scale (multiscale; the last must be M).
         num_quantizers: ResidualVQ depth (rvq).
         quantizer: the quantizer of every scale (FSQ levels or VQ codebook).
+        probe: the occupancy probe of the query points.
     """
 
     architecture = "shape/occupancy"
@@ -221,9 +263,11 @@ class ShapeCodec(nn.Module):
     def __init__(self, num_latents: int = 64, latent_dim: int = 32, encoder: ShapeEncoderConfig | dict | None = None,
                  decoder: ViTConfig | dict | None = None, bottleneck: str = "multiscale",
                  scales: list[int] | None = None, num_quantizers: int = 4,
-                 quantizer: QuantizerConfig | dict | None = None) -> None:
+                 quantizer: QuantizerConfig | dict | None = None, probe: ShapeProbeConfig | dict | None = None
+                 ) -> None:
         super().__init__()
         enc = as_config(ShapeEncoderConfig, encoder)
+        pcfg = as_config(ShapeProbeConfig, probe)
         dec = as_config(ViTConfig, decoder or {"width": 256, "depth": 4, "heads": 4})
         qcfg = as_config(QuantizerConfig, quantizer or {"kind": "fsq", "levels": [8, 5, 5, 5]})
         scales = list(scales or [1, 4, 16, num_latents])
@@ -233,14 +277,22 @@ class ShapeCodec(nn.Module):
             raise ValueError(f"encoder.queries must be 'learned' or 'fps', got {enc.queries!r}")
         self.arch = plain({"num_latents": num_latents, "latent_dim": latent_dim, "encoder": enc, "decoder": dec,
                            "bottleneck": bottleneck, "scales": scales, "num_quantizers": num_quantizers,
-                           "quantizer": qcfg})
+                           "quantizer": qcfg, "probe": pcfg})
         self.num_latents, self.latent_dim, self.enc_cfg = num_latents, latent_dim, enc
-        self.fourier = FourierEmbedding(enc.num_freqs)
+        self.fourier = FourierEmbedding(enc.num_freqs, enc.freq_scale)
+        self.query_fourier = FourierEmbedding(enc.num_freqs if pcfg.num_freqs is None else pcfg.num_freqs,
+                                              enc.freq_scale if pcfg.freq_scale is None else pcfg.freq_scale)
         w = enc.width
         self.point_in = nn.Linear(self.fourier.out_dim + 3, w)
         self.queries = nn.Parameter(torch.randn(num_latents, w) * 0.02)
         self.gather = CrossAttentionBlock(w, enc.heads)
         self.encoder = Transformer(ViTConfig(w, enc.depth, enc.heads))
+        if enc.zero_init:
+            branch_outs = [self.gather.proj, self.gather.mlp[-1]]
+            branch_outs += [m for blk in self.encoder.blocks for m in (blk.attn.proj, blk.mlp[-1])]
+            for lin in branch_outs:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
         self.to_gaussian = nn.Linear(w, 2 * latent_dim)
         # start with a small posterior std (e^-3 = 0.05): with the default std 1 the sampled noise drowns the
         # latent early on and the decoder learns one average shape before the tokens carry anything
@@ -254,9 +306,17 @@ class ShapeCodec(nn.Module):
         self.latent_in = nn.Linear(latent_dim, dec.width)
         self.latent_pos = nn.Parameter(torch.randn(num_latents, dec.width) * 0.02)
         self.decoder = Transformer(dec)
-        self.query_in = nn.Linear(self.fourier.out_dim, dec.width)
-        self.probe = CrossAttentionBlock(dec.width, dec.heads, mlp_ratio=0)
+        self.query_in = nn.Linear(self.query_fourier.out_dim, dec.width)
+        heads = pcfg.heads or dec.heads
+        self.probe = nn.ModuleList(CrossAttentionBlock(dec.width, heads, pcfg.mlp_ratio) for _ in range(pcfg.depth))
         self.head = nn.Sequential(nn.LayerNorm(dec.width), nn.Linear(dec.width, 1))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints from before the probe became a list of blocks hold ``probe.q.weight`` for ``probe.0.q.weight``
+        old = f"{prefix}probe."
+        for key in [k for k in state_dict if k.startswith(old) and not k[len(old):].split(".")[0].isdigit()]:
+            state_dict[f"{old}0.{key[len(old):]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- facts --------------------------------------------------------------------------------------
     @property
@@ -295,7 +355,7 @@ class ShapeCodec(nn.Module):
         Gaussian (training), else its mean."""
         self.check_surface(surface)
         xyz, normals = surface[..., :3], surface[..., 3:]
-        feats = self.point_in(torch.cat([self.fourier(xyz), normals], dim=-1))
+        feats = self.point_in(self.fourier(xyz, normals))
         if self.enc_cfg.queries == "fps":
             idx = farthest_point_sample(xyz, self.num_latents)
             q = torch.gather(feats, 1, idx[..., None].expand(-1, -1, feats.shape[-1])) + self.queries
@@ -325,8 +385,10 @@ class ShapeCodec(nn.Module):
 
     def occupancy(self, states: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Decoder states + query points ``[B, Q, 3]`` -> occupancy logits ``[B, Q]`` (> 0: inside)."""
-        q = self.query_in(self.fourier(points))
-        return self.head(self.probe(q, states)).squeeze(-1)
+        q = self.query_in(self.query_fourier(points))
+        for block in self.probe:
+            q = block(q, states)
+        return self.head(q).squeeze(-1)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids of the first s scales -> decoder states ``[B, M, width]`` (query them with :meth:`occupancy`, or

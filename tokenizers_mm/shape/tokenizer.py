@@ -20,18 +20,22 @@ from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenizerModule
 from ..image.vit import ViTConfig
 from ..quantize import QuantizerConfig
-from .codec import ShapeCodec, ShapeEncoderConfig
+from .codec import ShapeCodec, ShapeEncoderConfig, ShapeProbeConfig
 from .metrics import volume_iou
 
 
 @dataclass
 class ShapeLossConfig:
-    """Loss weights: near-surface BCE relative to volume BCE, KL, quantizer losses; scale dropout probability."""
+    """Loss weights: near-surface BCE relative to volume BCE, KL, quantizer losses; scale dropout probability;
+    ``volume_pos_weight`` weighs the inside volume points (most uniform points are outside); ``sample_posterior``
+    trains on samples of the Gaussian bottleneck (else on its mean)."""
 
     near_weight: float = 0.1
     kl_weight: float = 1e-3
     aux_weight: float = 1.0
     scale_dropout: float = 0.5
+    volume_pos_weight: float = 1.0
+    sample_posterior: bool = True
 
 
 class ShapeTokenizer(TokenizerModule):
@@ -41,14 +45,17 @@ class ShapeTokenizer(TokenizerModule):
         loss: loss weights and scale dropout.
         val_mesh_resolution: grid resolution of the meshes rendered at validation (0: none).
         optimizer / ema_decay: AdamW + schedule; EMA of the codec.
+        probe: the occupancy probe (see ``ShapeProbeConfig``; defaults: one attention-only block).
     """
 
     def __init__(self, num_latents: int = 64, latent_dim: int = 32, encoder: ShapeEncoderConfig | None = None,
                  decoder: ViTConfig | None = None, bottleneck: str = "multiscale", scales: list[int] | None = None,
                  num_quantizers: int = 4, quantizer: QuantizerConfig | None = None,
                  loss: ShapeLossConfig | None = None, val_mesh_resolution: int = 48,
-                 optimizer: OptimizerConfig | None = None, ema_decay: float | None = None) -> None:
-        codec = ShapeCodec(num_latents, latent_dim, encoder, decoder, bottleneck, scales, num_quantizers, quantizer)
+                 optimizer: OptimizerConfig | None = None, ema_decay: float | None = None,
+                 probe: ShapeProbeConfig | None = None) -> None:
+        codec = ShapeCodec(num_latents, latent_dim, encoder, decoder, bottleneck, scales, num_quantizers, quantizer,
+                           probe)
         lcfg = as_config(ShapeLossConfig, loss)
         super().__init__(optimizer=optimizer, input_key="surface", codebook_size=codec.codebook_size)
         self.save_hyperparameters(plain({**codec.arch, "loss": lcfg, "val_mesh_resolution": val_mesh_resolution,
@@ -57,8 +64,9 @@ class ShapeTokenizer(TokenizerModule):
         self.num_scales = len(codec.prefix_lengths)
         self.setup_ema(ema_decay)
 
-    def _bce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    def _bce(self, logits: torch.Tensor, labels: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
+        pw = None if pos_weight == 1.0 else logits.new_tensor(pos_weight)
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=pw)
 
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         surface, vol, near = batch["surface"], batch["volume_points"], batch["near_points"]
@@ -69,9 +77,9 @@ class ShapeTokenizer(TokenizerModule):
         num_scales = None
         if not validating and self.loss_cfg.scale_dropout > 0 and random.random() < self.loss_cfg.scale_dropout:
             num_scales = random.randint(1, self.num_scales)
-        out = codec(surface, points, num_scales=num_scales, sample=not validating)
         c = self.loss_cfg
-        bce_vol = self._bce(out["logits"][:, :nv], batch["volume_labels"])
+        out = codec(surface, points, num_scales=num_scales, sample=c.sample_posterior and not validating)
+        bce_vol = self._bce(out["logits"][:, :nv], batch["volume_labels"], c.volume_pos_weight)
         bce_near = self._bce(out["logits"][:, nv:], batch["near_labels"])
         losses = {"bce_volume": bce_vol, "bce_near": bce_near, "kl": out["kl"], "aux": out["aux_loss"],
                   "iou": volume_iou(out["logits"][:, :nv], batch["volume_labels"]).mean()}

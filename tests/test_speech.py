@@ -1,0 +1,294 @@
+"""Speech codec: frame rates and bitrates, quantizer dropout, chunked causal encoding, losses, a short training on
+the embedded speech, the GAN and the distillation steps, export + pipelines + CLI, evaluation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tokenizers_mm.speech.codec import SpeechCodec
+from tokenizers_mm.speech.losses import (
+    LossBalancer,
+    MultiScaleMelLoss,
+    distillation_loss,
+    feature_matching_loss,
+)
+from tokenizers_mm.speech.seanet import receptive_field
+from tokenizers_mm.speech.tokenizer import SpeechTokenizer
+
+TINY = dict(sample_rate=16000,
+            seanet={"channels": 8, "dim": 32, "ratios": [8, 5, 4, 2], "causal": True},
+            rvq={"num_quantizers": 4, "codebook_size": 64, "decay": 0.9, "quantizer_dropout": 1.0},
+            loss={"adv_weight": 0.0, "mel_windows": [64, 128, 256, 512], "mel_bins": [10, 20, 40, 64]},
+            val_quantizers=[1, 2, 4])
+
+
+def speech(seconds: float = 1.0, n: int = 2) -> torch.Tensor:
+    """Real speech from the vendored clips, resampled to 16 kHz: ``[n, 1, T]``."""
+    from tokenizers_mm.data.embedded import embedded_dir
+    from tokenizers_mm.speech.audio_io import read_audio
+
+    folder = embedded_dir("speech")
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".flac"))[:n]
+    t = int(seconds * 16000)
+    clips = []
+    for name in names:
+        w = read_audio(os.path.join(folder, name), 16000)[..., :t]
+        clips.append(torch.nn.functional.pad(w, (0, t - w.shape[-1])))
+    return torch.stack(clips)
+
+
+@pytest.mark.parametrize("sr,ratios,n_q,size,hz,kbps", [
+    (16000, [8, 5, 4, 2], 8, 256, 50.0, 3.2),      # the tiny demo config
+    (24000, [8, 5, 4, 2], 32, 1024, 75.0, 24.0),   # EnCodec 24 kHz
+    (16000, [8, 5, 4, 2], 12, 1024, 50.0, 6.0),    # DAC-style 16 kHz
+])
+def test_frame_rate_shapes_and_bitrate(sr, ratios, n_q, size, hz, kbps):
+    codec = SpeechCodec(sr, {"channels": 4, "dim": 16, "ratios": ratios},
+                        {"num_quantizers": n_q, "codebook_size": size, "kmeans_init": False})
+    assert codec.frame_rate == hz and codec.hop_length == sr // hz
+    assert codec.bitrate_kbps() == pytest.approx(kbps) and codec.bitrate_kbps(1) == pytest.approx(kbps / n_q)
+    x = torch.randn(2, 1, sr // 2 + 13) * 0.1  # not a whole number of frames
+    out = codec(x)
+    frames = -(-x.shape[-1] // codec.hop_length)
+    assert out["recon"].shape == x.shape and out["ids"].shape == (2, n_q, frames)
+    spec = codec.token_spec()
+    assert spec["tokens_per_sample"] == hz * n_q and spec["bitrates_kbps"][-1] == pytest.approx(kbps)
+
+
+def test_every_number_of_codebooks_decodes_and_bad_ids_are_refused():
+    torch.manual_seed(0)
+    codec = SpeechCodec(**{k: TINY[k] for k in ("sample_rate", "seanet", "rvq")}).eval()
+    x = speech(0.5)
+    ids = codec.encode(x)
+    assert ids.shape == (2, 4, 25) and ids.dtype == torch.int64
+    outs = [codec.decode(ids[:, :n]) for n in range(1, 5)]
+    for y in outs:
+        assert y.shape == (2, 1, 25 * 320) and torch.isfinite(y).all() and y.abs().max() <= 1
+    assert not torch.allclose(outs[0], outs[-1])  # each codebook adds something
+    assert torch.equal(codec.encode(x, num_tokens=2), ids[:, :2])
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        codec.decode(ids.clamp_max(10) + 60)
+    with pytest.raises(ValueError, match="1 <= n <= 4"):
+        codec.decode(torch.zeros(1, 5, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integers"):
+        codec.decode(ids.float())
+    with pytest.raises(ValueError, match="mono audio"):
+        codec.encode(torch.zeros(1, 2, 100))
+
+
+@pytest.mark.parametrize("bottleneck", ["lstm", "none"])
+def test_chunked_causal_encoding_gives_the_tokens_of_one_pass(bottleneck):
+    torch.manual_seed(0)
+    cfg = {"channels": 4, "dim": 16, "ratios": [4, 4, 2], "causal": True, "bottleneck": bottleneck}
+    codec = SpeechCodec(16000, cfg, {"num_quantizers": 3, "codebook_size": 32, "kmeans_init": False}).eval()
+    x = speech(1.3, n=1)[..., :20_000]
+    whole = codec.encode(x)
+    assert torch.equal(codec.encode_chunked(x, chunk_seconds=0.1), whole)
+    assert codec.context_samples() >= receptive_field(codec.seanet_cfg)
+    # the same chunking without left context changes tokens: the test can tell
+    noncausal = SpeechCodec(16000, {**cfg, "causal": False}, {"num_quantizers": 3, "codebook_size": 32,
+                                                              "kmeans_init": False}).eval()
+    assert not torch.equal(noncausal.encode_chunked(x, chunk_seconds=0.1), noncausal.encode(x))
+
+
+def test_losses():
+    x = speech(0.5)
+    mel = MultiScaleMelLoss(16000, [64, 256], [10, 40])
+    assert float(mel(x, x)) == 0.0
+    noisy = [float(mel(x + s * torch.randn_like(x), x)) for s in (0.001, 0.01, 0.1)]
+    assert noisy[0] < noisy[1] < noisy[2]
+    a, b = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    assert float(distillation_loss(a, a)) < 0.32 < float(distillation_loss(a, -a))  # -log sigmoid(1) = 0.313
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[:, :5] = True
+    b[:, :5] = a[:, :5]
+    assert float(distillation_loss(a, b, mask)) == pytest.approx(float(distillation_loss(a[:, :5], a[:, :5])))
+    feats = [[torch.ones(2, 3)]]
+    assert float(feature_matching_loss(feats, feats)) == 0.0
+    # the balancer gives each loss its share of the gradient whatever the loss's own scale
+    out = torch.randn(4, 1, 100, requires_grad=True)
+    target = torch.randn(4, 1, 100)
+    losses = {"mel": 1000 * (out - target).abs().mean(), "waveform": 1e-3 * (out - target).pow(2).mean()}
+    bal = LossBalancer({"mel": 3.0, "waveform": 1.0}, total_norm=1.0, decay=0.0)
+    g = bal.gradient(losses, out)
+    g_mel = torch.autograd.grad(losses["mel"], out, retain_graph=True)[0]
+    g_wav = torch.autograd.grad(losses["waveform"], out)[0]
+    share = lambda gi: float(gi.norm()) / 2  # noqa: E731  (per-sample norm of the EMA = norm / sqrt(B))
+    expected = 0.75 * g_mel / share(g_mel) + 0.25 * g_wav / share(g_wav)
+    assert torch.allclose(g, expected, rtol=1e-4, atol=1e-6)
+
+
+def _audio_dm(embedded, steps, seconds=0.5):
+    from tokenizers_mm.data import ShardDataModule
+
+    return ShardDataModule(modality="audio", train_urls=os.path.join(embedded, "audio"),
+                           val_urls=os.path.join(embedded, "audio"), batch_size=8, val_batch_size=15,
+                           batches_per_epoch=steps, num_workers=0,
+                           audio={"sample_rate": 16000, "seconds": seconds, "val_seconds": 1.0, "loudness_lufs": -23.0})
+
+
+@pytest.fixture(scope="module")
+def trained_speech(embedded, tmp_path_factory):
+    root = tmp_path_factory.mktemp("speech")
+    pl.seed_everything(0)
+    model = SpeechTokenizer(**TINY, optimizer={"lr": 3e-3, "warmup_steps": 5, "betas": [0.8, 0.99]})
+    dm = _audio_dm(embedded, 200)
+    trainer = pl.Trainer(max_steps=200, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
+    before = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    trainer.fit(model, datamodule=dm)
+    after = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    trainer.save_checkpoint(root / "speech.ckpt")
+    return model.eval(), str(root / "speech.ckpt"), before, after, root
+
+
+def test_short_training_on_embedded_speech_lowers_mel_and_more_codebooks_help(trained_speech):
+    model, _, before, after, root = trained_speech
+    assert after["val/mel"] < 0.8 * before["val/mel"], (before, after)
+    # after 200 CPU steps the decoder is still coarse and has mostly seen coarse latents (quantizer dropout), so
+    # extra codebooks do not yet lower the mel distance (measured: within +-0.04 of one codebook); they must not
+    # hurt more than that, and each must bring the decoded latent closer to the encoder's
+    assert after["val/mel_q4"] <= after["val/mel_q1"] + 0.05, after
+    codec = model.inference_codec()
+    x = speech(1.0, n=4)
+    with torch.no_grad():
+        z = codec.encoder(codec.pad_to_hop(x))
+        ids = codec.encode(x)
+        errors = [float((codec._ids_to_latent(ids[:, :n]).transpose(1, 2) - z).norm()) for n in range(1, 5)]
+        assert all(a > b for a, b in zip(errors, errors[1:])), errors
+        # the tokens carry the clip: its own tokens decode closer to it than another clip's
+        own = float(model.mel_loss(codec.decode(ids)[..., :16000], x))
+        other = float(model.mel_loss(codec.decode(ids.roll(1, 0))[..., :16000], x))
+    assert own < other - 0.1, (own, other)
+    wavs = [f for _, _, fs in os.walk(root / "samples") for f in fs if f.endswith(".wav")]
+    assert any(f.endswith("_original.wav") for f in wavs) and any(f.endswith("_q4.wav") for f in wavs)
+
+
+def test_generator_and_discriminator_both_step_with_and_without_the_balancer(embedded, tmp_path):
+    for balancer in (False, True):
+        pl.seed_everything(0)
+        loss = {**TINY["loss"], "adv_weight": 1.0, "adv_start_step": 0, "balancer": balancer,
+                "discriminator": {"periods": [2, 3], "mpd_channels": [4, 8], "stft_windows": [256], "stft_channels": 4}}
+        model = SpeechTokenizer(**{**TINY, "loss": loss}, optimizer={"lr": 1e-3})
+        enc0 = [p.detach().clone() for p in model.codec.encoder.parameters()]
+        disc0 = [p.detach().clone() for p in model.discriminator.parameters()]
+        trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                             default_root_dir=str(tmp_path))
+        trainer.fit(model, datamodule=_audio_dm(embedded, 3))
+        assert trainer.global_step == 3  # generator steps only
+        assert any(not torch.equal(a, b) for a, b in zip(enc0, model.codec.encoder.parameters()))
+        assert any(not torch.equal(a, b) for a, b in zip(disc0, model.discriminator.parameters()))
+        logged = trainer.logged_metrics
+        assert {"train/disc", "train/adv", "train/feat"} <= set(logged) and torch.isfinite(logged["train/disc"])
+        if balancer:
+            assert model.balancer.steps == 3
+
+
+def test_distillation_loss_falls_with_a_tiny_speech_teacher(embedded, tmp_path):
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "hubert"
+    HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+                ).save_pretrained(teacher)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(teacher)
+    pl.seed_everything(0)
+    model = SpeechTokenizer(**TINY, distill={"speech_teacher": str(teacher), "rvq_layer": 1, "speech_weight": 10.0},
+                            optimizer={"lr": 2e-3})
+    assert "speech" in model.distill_heads and not any("hubert" in k for k in model.state_dict())
+    batch = {"audio": speech(0.5, n=4), "audio_mask": torch.ones(4, 1, 8000, dtype=torch.bool)}
+
+    def distill_now() -> float:
+        model.eval()
+        with torch.no_grad():
+            out = model.codec(batch["audio"], distill_layer=1)
+            return float(model.distill_losses(batch, out["distill"])["distill_speech"])
+
+    first = distill_now()
+    trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=_audio_dm(embedded, 40))
+    assert "train/distill_speech" in trainer.logged_metrics
+    assert distill_now() < first - 0.05, first
+
+
+def test_export_pipelines_and_cli_round_trip(trained_speech, embedded, tmp_path, capsys):
+    import pipelines
+    from pipelines.files import load_tokens
+    from tokenizers_mm.cli import main
+    from tokenizers_mm.data.embedded import embedded_dir
+    from tokenizers_mm.export import ExportError, export_checkpoint
+
+    model, ckpt, *_ = trained_speech
+    out = tmp_path / "export"
+    cfg = export_checkpoint(ckpt, str(out))
+    assert cfg["modality"] == "audio" and cfg["tokens"]["kbps"] == pytest.approx(1.2)  # 4 x 6 bits x 50 Hz
+    tok = pipelines.load(str(out))
+    x = speech(0.7)
+    ids = tok.encode(x)
+    codec = model.inference_codec()
+    assert torch.equal(ids, codec.encode(x))
+    assert torch.allclose(tok.decode(ids[:, :2]), codec.decode(ids[:, :2]), atol=1e-6)
+    with pytest.raises(ExportError, match="audio tokenizer; expected a image"):
+        pipelines.load(str(out), modality="image")
+    with pytest.raises(ValueError, match="1 <= n <= 4"):
+        tok.decode(np.zeros((5, 10), dtype=np.int64))
+    with pytest.raises(ValueError, match="not an audio file"):
+        tok.encode(os.path.join(embedded, "audio", "dataset.json"))
+    files = sorted(os.path.join(embedded_dir("speech"), f) for f in os.listdir(embedded_dir("speech"))
+                   if f.endswith(".flac"))[:3]
+    assert main(["encode", "--model", str(out), *files, "--out", str(tmp_path / "t.npz"), "--num-tokens", "3"]) == 0
+    got, keys, meta = load_tokens(str(tmp_path / "t.npz"))
+    assert len(got) == 3 and all(g.shape[0] == 3 for g in got) and meta["kbps"] == pytest.approx(tok.bitrate_kbps(3))
+    assert np.array_equal(got[0], tok.encode(files[0], num_tokens=3)[0].numpy())
+    assert main(["decode", "--model", str(out), str(tmp_path / "t.npz"), "--out", str(tmp_path / "wav")]) == 0
+    import soundfile as sf
+
+    for key, n in zip(keys, meta["num_samples"]):
+        data, sr = sf.read(tmp_path / "wav" / f"{key}.wav")
+        assert sr == 16000 and len(data) == n
+
+
+def test_evaluate_speech_beside_opus_and_mp3(trained_speech, embedded, tmp_path, capsys):
+    from tokenizers_mm.cli import main
+
+    _, ckpt, *_ = trained_speech
+    out = tmp_path / "report"
+    assert main(["evaluate", "--ckpt", ckpt, "--data", os.path.join(embedded, "audio"), "--out", str(out),
+                 "--max-samples", "2"]) == 0
+    report = json.load(open(out / "report.json"))
+    rows = report["per_quantizers"]
+    assert [r["num_quantizers"] for r in rows] == [1, 2, 3, 4] and report["clips"] == 2
+    assert all(np.isfinite(r["mel_distance"]) for r in rows) and rows[0]["kbps"] < rows[-1]["kbps"]
+    assert all(np.isfinite(r["si_sdr"]) and 0 <= r["stoi"] <= 1 for r in rows)
+    codecs = {r["codec"] for r in report["baselines"]["rows"]}
+    assert codecs == {"opus", "mp3"}
+    assert all(r["kbps"] > 0 for r in report["baselines"]["rows"])
+    assert len(report["codebook_usage"]) == 4 and report["real_time_factor"]["encode"] > 0
+    assert os.path.isfile(out / "rate_quality.png") and any(f.endswith("_q4_1.20kbps.wav") for f in os.listdir(out / "wav"))
+    assert "| opus |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["codec_tiny", "codec_16k", "codec_24k", "dmcodec_16k"])
+def test_speech_configs_parse_and_build(name, capsys):
+    """Every speech YAML is a valid CLI config, and its codec builds with the anchors' sizes."""
+    import yaml
+
+    from tokenizers_mm.cli import main
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "speech", f"{name}.yaml")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", path, "--print_config"])
+    assert exc.value.code in (0, None)
+    args = yaml.safe_load(open(path))["model"]["init_args"]
+    codec = SpeechCodec(args["sample_rate"], args["seanet"], args["rvq"])
+    expected = {"codec_tiny": (50.0, 3.2), "codec_16k": (50.0, 6.0), "codec_24k": (75.0, 24.0),
+                "dmcodec_16k": (50.0, 6.0)}[name]
+    assert (codec.frame_rate, round(codec.bitrate_kbps(), 3)) == expected
