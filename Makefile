@@ -7,10 +7,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := data/embedded
-DEMO_MODELS := fsq_ae_tiny flextok_tiny
+DEMO_MODELS := flextok_tiny
 SHAPE_DEMO_SHAPES ?= 4
-SPEECH_DEMO_CLIPS ?= 8
-FSQ_DEMO_STEPS ?= 300
+SPEECH_DEMO_CLIPS ?= 6
+SHAPE_DEMO_STEPS ?= 300
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_MM_LOG ?= WARNING
 
@@ -35,7 +35,6 @@ data: $(DATA)/.built ## build the embedded train/val shards (real photos, speech
 
 demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech tokenizers on the embedded data (<15 min on 2 cores)
 	rm -rf $(addprefix runs/,$(DEMO_MODELS) vat_tiny codec_tiny) $(addprefix reports/,$(DEMO_MODELS) vat_tiny codec_tiny)
-	$(BIN)/tokenizers-mm fit --config configs/image/fsq_ae_tiny.yaml --trainer.max_steps $(FSQ_DEMO_STEPS)
 	$(BIN)/tokenizers-mm fit --config configs/image/flextok_tiny.yaml
 	for m in $(DEMO_MODELS); do \
 		$(BIN)/tokenizers-mm evaluate --ckpt runs/$$m/checkpoints/last.ckpt --data $(DATA)/image \
@@ -44,7 +43,7 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech
 			--report reports/$$m/report.json || exit 1; \
 	done
 	@echo ">> 3D: the shape tokenizer on the embedded meshes"
-	$(BIN)/tokenizers-mm fit --config configs/shape/vat_tiny.yaml
+	$(BIN)/tokenizers-mm fit --config configs/shape/vat_tiny.yaml --trainer.max_steps $(SHAPE_DEMO_STEPS)
 	$(BIN)/tokenizers-mm evaluate --ckpt runs/vat_tiny/checkpoints/last.ckpt --data $(DATA)/mesh --out reports/vat_tiny \
 		--max-samples $(SHAPE_DEMO_SHAPES) --resolution 48
 	$(BIN)/tokenizers-mm export --ckpt runs/vat_tiny/checkpoints/last.ckpt --out exports/vat_tiny \

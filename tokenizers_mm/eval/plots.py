@@ -57,10 +57,16 @@ def rate_distortion_plot(ours: list[dict], baselines: dict[str, list[dict]], out
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
 
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig, out_png: str | os.PathLike) -> str:
+    """Write a matplotlib figure as PNG atomically (temp file in the same folder, then ``os.replace``); creates
+    the parent folders; returns the path."""
     out_png = os.fspath(out_png)
     folder = os.path.dirname(os.path.abspath(out_png))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".rd-", suffix=".png", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".fig-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png")
@@ -91,9 +97,4 @@ def quality_vs_steps_plot(rows: list[dict], out_png: str) -> str:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out_png = os.fspath(out_png)
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    tmp = f"{out_png}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out_png)
-    return out_png
+    return save_figure(fig, out_png)

@@ -179,10 +179,9 @@ def rate_quality_plot(per_scale: list[dict[str, Any]], out_png: str) -> str:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = f"{out_png}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out_png)
-    return out_png
+    from ..eval.plots import save_figure
+
+    return save_figure(fig, out_png)
 
 
 def format_shape_table(report: dict[str, Any]) -> str:

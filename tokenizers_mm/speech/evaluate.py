@@ -179,11 +179,9 @@ def rate_quality_plot(report: dict[str, Any], out_png: str) -> str:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    tmp = f"{out_png}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out_png)
-    return out_png
+    from ..eval.plots import save_figure
+
+    return save_figure(fig, out_png)
 
 
 def format_speech_table(report: dict[str, Any]) -> str:
