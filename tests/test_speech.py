@@ -274,6 +274,11 @@ def test_evaluate_speech_beside_opus_and_mp3(trained_speech, embedded, tmp_path,
     assert len(report["codebook_usage"]) == 4 and report["real_time_factor"]["encode"] > 0
     assert os.path.isfile(out / "rate_quality.png") and any(f.endswith("_q4_1.20kbps.wav") for f in os.listdir(out / "wav"))
     assert "| opus |" in capsys.readouterr().out
+    # the report goes into the export's config and model card
+    assert main(["export", "--ckpt", ckpt, "--out", str(tmp_path / "export"), "--report", str(out / "report.json")]) == 0
+    cfg = json.load(open(tmp_path / "export" / "config.json"))
+    assert cfg["evaluation"]["per_quantizers"] == rows and cfg["evaluation"]["baselines"]
+    assert "| 4 | 1.2 |" in open(tmp_path / "export" / "README.md").read()
 
 
 @pytest.mark.parametrize("name", ["codec_tiny", "codec_16k", "codec_24k", "dmcodec_16k"])

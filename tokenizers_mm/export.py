@@ -204,7 +204,10 @@ def _evaluation_from_report(path: str) -> dict[str, Any]:
             "per_quantizers", "real_time_factor")
     ev = {k: report[k] for k in keep if k in report}
     base = report.get("baselines") or {}
-    ev["baselines_at_our_bytes"] = {fmt: b.get("at_our_bytes") for fmt, b in base.items()}
+    if "rows" in base:  # audio: classical codecs at their measured bitrates
+        ev["baselines"] = base["rows"]
+    else:
+        ev["baselines_at_our_bytes"] = {fmt: b.get("at_our_bytes") for fmt, b in base.items()}
     ev["source"] = os.path.abspath(path)
     return ev
 
