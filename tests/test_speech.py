@@ -16,7 +16,7 @@ from tokenizers_mm.speech.losses import (
     distillation_loss,
     feature_matching_loss,
 )
-from tokenizers_mm.speech.seanet import receptive_field
+from tokenizers_mm.speech.seanet import Snake, _SnakeFunction, receptive_field
 from tokenizers_mm.speech.tokenizer import SpeechTokenizer
 
 TINY = dict(sample_rate=16000,
@@ -93,6 +93,30 @@ def test_chunked_causal_encoding_gives_the_tokens_of_one_pass(bottleneck):
     noncausal = SpeechCodec(16000, {**cfg, "causal": False}, {"num_quantizers": 3, "codebook_size": 32,
                                                               "kmeans_init": False}).eval()
     assert not torch.equal(noncausal.encode_chunked(x, chunk_seconds=0.1), noncausal.encode(x))
+
+
+def test_memory_efficient_snake_matches_the_composed_ops():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, dtype=torch.double, requires_grad=True)
+    alpha = (torch.rand(1, 3, 1, dtype=torch.double) + 0.3).requires_grad_()
+    assert torch.autograd.gradcheck(_SnakeFunction.apply, (x, alpha))
+    snake = Snake(3).double()
+    with torch.no_grad():
+        snake.alpha.copy_(alpha)
+    outs, grads = [], []
+    for efficient in (True, False):
+        Snake.memory_efficient = efficient
+        try:
+            y = snake(x)
+            g = torch.randn_like(y, generator=torch.Generator().manual_seed(1))
+            gx, ga = torch.autograd.grad(y, (x, snake.alpha), g)
+        finally:
+            Snake.memory_efficient = True
+        outs.append(y.detach())
+        grads.append((gx, ga))
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
 
 
 def test_losses():

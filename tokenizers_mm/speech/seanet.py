@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
@@ -64,8 +66,39 @@ class SEANetConfig:
         return int(math.prod(self.ratios))
 
 
+class _SnakeFunction(torch.autograd.Function):
+    """``x + sin^2(a x) / a`` that saves only its inputs for backward (the composed ops keep three activation-sized
+    intermediates alive per call; recomputing ``sin(2 a x)`` in backward is cheaper than storing them)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, alpha)
+        a = alpha + 1e-9
+        return x + (alpha * x).sin().square_().div_(a)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, alpha = ctx.saved_tensors
+        a = alpha + 1e-9
+        ax = alpha * x
+        # d/dx = 1 + sin(2ax);  d/da = x sin(2ax) / a - sin^2(ax) / a^2
+        s2 = (2 * ax).sin()
+        gx = grad + grad * s2 if ctx.needs_input_grad[0] else None
+        ga = None
+        if ctx.needs_input_grad[1]:
+            per = grad * (x * s2 / a - ax.sin().square() / (a * a))
+            ga = per.sum(dim=[d for d in range(per.ndim) if alpha.shape[d] == 1], keepdim=True)
+        return gx, ga
+
+
 class Snake(nn.Module):
-    """Snake activation ``x + sin^2(alpha x) / alpha`` with a learned ``alpha`` per channel (``[B, C, T]``)."""
+    """Snake activation ``x + sin^2(alpha x) / alpha`` with a learned ``alpha`` per channel (``[B, C, T]``).
+
+    Backward recomputes from the input alone (:class:`_SnakeFunction`), which cut the peak memory of a DAC-sized
+    training step (``scripts/bench_speech.py``); set ``memory_efficient = False`` for the plain composed ops.
+    """
+
+    memory_efficient = True
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -73,6 +106,8 @@ class Snake(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.alpha
+        if self.memory_efficient and torch.is_grad_enabled():
+            return _SnakeFunction.apply(x, a.to(x.dtype))
         return x + (a * x).sin().pow(2) / (a + 1e-9)
 
 
