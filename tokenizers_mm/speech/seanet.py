@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
 from typing import Any
 
 import torch
@@ -66,6 +65,11 @@ class SEANetConfig:
         return int(math.prod(self.ratios))
 
 
+def _snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``x + sin^2(alpha x) / alpha`` (the epsilon keeps ``alpha -> 0`` finite)."""
+    return x + (alpha * x).sin().square() / (alpha + 1e-9)
+
+
 class _SnakeFunction(torch.autograd.Function):
     """``x + sin^2(a x) / a`` that saves only its inputs for backward (the composed ops keep three activation-sized
     intermediates alive per call; recomputing ``sin(2 a x)`` in backward is cheaper than storing them)."""
@@ -73,8 +77,7 @@ class _SnakeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, alpha)
-        a = alpha + 1e-9
-        return x + (alpha * x).sin().square_().div_(a)
+        return _snake(x, alpha)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -108,7 +111,7 @@ class Snake(nn.Module):
         a = self.alpha
         if self.memory_efficient and torch.is_grad_enabled():
             return _SnakeFunction.apply(x, a.to(x.dtype))
-        return x + (a * x).sin().pow(2) / (a + 1e-9)
+        return _snake(x, a)
 
 
 def activation(kind: str, channels: int) -> nn.Module:
