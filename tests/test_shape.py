@@ -280,3 +280,25 @@ def test_export_and_pipelines_round_trip_meshes(trained_shape, mesh_dir, tmp_pat
     assert "decoded 2 mesh(es) from 21 tokens" in capsys.readouterr().out
     with pytest.raises(Exception, match="image tokenizer|mesh tokenizer"):
         pipelines.load(export, modality="image")
+
+
+@pytest.mark.parametrize("name", ["vat_tiny", "vat_b"])
+def test_shape_configs_parse_and_build(name):
+    """Every shape YAML is a valid CLI config, and its codec builds with the settings that let it learn
+    (zero-initialized encoder branches, a probe MLP) and the byte budgets its header states."""
+    import yaml
+
+    from tokenizers_mm.cli import main
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "shape", f"{name}.yaml")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", path, "--print_config"])
+    assert exc.value.code in (0, None)
+    args = yaml.safe_load(open(path))["model"]["init_args"]
+    codec = ShapeCodec(args["num_latents"], args["latent_dim"], args["encoder"], args["decoder"], args["bottleneck"],
+                       args["scales"], args["num_quantizers"], args["quantizer"], args["probe"])
+    assert codec.enc_cfg.zero_init and all(block.mlp is not None for block in codec.probe)
+    assert float(codec.gather.proj.weight.abs().sum()) == 0.0
+    bits = math.log2(codec.codebook_size)
+    budgets = [math.ceil(n * bits / 8) for n in codec.prefix_lengths]
+    assert budgets == {"vat_tiny": [2, 7, 27, 106], "vat_b": [2, 9, 35, 139, 555, 1387]}[name], budgets
