@@ -14,7 +14,7 @@ import trimesh
 import pipelines
 from tokenizers_mm.data.mesh import normalize_mesh, precompute_mesh_sample
 from tokenizers_mm.export import export_checkpoint
-from tokenizers_mm.quantize import QuantizerConfig
+from tokenizers_mm.quantize import QuantizerConfig, bytes_for
 from tokenizers_mm.shape.codec import (
     FourierEmbedding,
     MultiScaleResidualQuantizer,
@@ -299,6 +299,5 @@ def test_shape_configs_parse_and_build(name):
                        args["scales"], args["num_quantizers"], args["quantizer"], args["probe"])
     assert codec.enc_cfg.zero_init and all(block.mlp is not None for block in codec.probe)
     assert float(codec.gather.proj.weight.abs().sum()) == 0.0
-    bits = math.log2(codec.codebook_size)
-    budgets = [math.ceil(n * bits / 8) for n in codec.prefix_lengths]
+    budgets = [bytes_for(n, codec.codebook_size) for n in codec.prefix_lengths]
     assert budgets == {"vat_tiny": [2, 7, 27, 106], "vat_b": [2, 9, 35, 139, 555, 1387]}[name], budgets

@@ -25,7 +25,7 @@ from .data.shards import write_json_atomic
 from .data.stream import EvalStream
 from .data.urls import expand_urls
 from .eval.image_metrics import FIDAccumulator, InceptionFeatures, psnr, ssim, to_uint8_hwc
-from .quantize import stats_from_counts
+from .quantize import bytes_for, stats_from_counts
 from .visual import image_grid, save_png
 
 
@@ -62,11 +62,6 @@ def plot_loss_curves(csv_path: str, out_png: str) -> str | None:
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, out_png)
     return out_png
-
-
-def bytes_for(k: int, codebook_size: int) -> int:
-    """Bytes of k tokens of a ``codebook_size`` codebook: ``ceil(k * log2(codebook_size) / 8)``."""
-    return math.ceil(k * math.log2(codebook_size) / 8)
 
 
 class _PerK:

@@ -129,6 +129,11 @@ class Quantizer(nn.Module):
         return self.impl.get_output_from_indices(ids)
 
 
+def bytes_for(k: int, codebook_size: int) -> int:
+    """Bytes of k tokens of a ``codebook_size`` codebook: ``ceil(k * log2(codebook_size) / 8)``."""
+    return math.ceil(k * math.log2(codebook_size) / 8)
+
+
 def codebook_stats(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
     """Usage (fraction of codes used), perplexity and entropy (bits) of a set of ids."""
     counts = torch.bincount(ids.reshape(-1).long(), minlength=codebook_size).double()

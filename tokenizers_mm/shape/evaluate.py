@@ -25,6 +25,7 @@ from ..checkpointing import load_tokenizer
 from ..data.mesh import MESH_EXTENSIONS, decode_mesh_npz, load_mesh, make_watertight, normalize_mesh
 from ..data.shards import iter_raw_samples, write_json_atomic
 from ..data.urls import expand_urls
+from ..quantize import bytes_for
 from .mesh_out import marching_cubes_mesh, occupancy_grid
 from .metrics import surface_metrics, volume_iou
 from .render import render_views
@@ -77,7 +78,7 @@ def evaluate_shape_checkpoint(ckpt: str, data: str | list[str], out: str, resolu
     codec = model.inference_codec()
     prefixes = codec.prefix_lengths
     bits = math.log2(codec.codebook_size)
-    budgets = [math.ceil(n * bits / 8) for n in prefixes]
+    budgets = [bytes_for(n, codec.codebook_size) for n in prefixes]
     rows: dict[int, list[dict[str, float]]] = {s: [] for s in range(1, len(prefixes) + 1)}
     base_rows: dict[int, list[dict[str, float]]] = {s: [] for s in rows}
     times = {"encode_s": [], "decode_s": [], "mesh_s": []}
