@@ -36,6 +36,12 @@ class RVQConfig:
         commitment_weight: commitment loss weight inside the quantizer loss.
         quantizer_dropout: probability that a training batch is quantized with a random number
             ``1..n_q`` of codebooks instead of all of them (so each prefix learns to decode).
+        residual_gradient: fraction of the gradient that flows back through each codebook's output into the
+            next codebook's residual (vector-quantize-pytorch ``quant_grad_frac``). 1.0: the decoder's gradient
+            reaches the encoder once, as in EnCodec and DAC; 0.0: once per codebook used (the library's default),
+            so the encoder's gradient is n_q times larger with all codebooks than with one.
+        rotation_trick: pass gradients through each codebook with the rotation trick (Fifty et al. 2024; the
+            library's default) instead of the straight-through estimator of EnCodec and DAC.
     """
 
     num_quantizers: int = 8
@@ -47,6 +53,8 @@ class RVQConfig:
     threshold_ema_dead_code: float = 2.0
     commitment_weight: float = 1.0
     quantizer_dropout: float = 0.5
+    residual_gradient: float = 1.0
+    rotation_trick: bool = False
 
 
 class SpeechCodec(nn.Module):
@@ -76,6 +84,7 @@ class SpeechCodec(nn.Module):
             codebook_dim=q.codebook_dim, use_cosine_sim=q.cosine, decay=q.decay, kmeans_init=q.kmeans_init,
             kmeans_iters=10, threshold_ema_dead_code=q.threshold_ema_dead_code,
             commitment_weight=q.commitment_weight, quantize_dropout=q.num_quantizers > 1,
+            quant_grad_frac=q.residual_gradient, rotation_trick=q.rotation_trick,
         )
 
     # ---- sizes --------------------------------------------------------------------------------------
