@@ -193,8 +193,8 @@ def test_short_training_on_embedded_speech_lowers_mel_and_more_codebooks_help(tr
     assert after["val/mel"] < 0.8 * before["val/mel"], (before, after)
     # after 200 CPU steps the decoder renders only what one codebook carries: decoding the encoder's unquantized
     # latent is no better than one codebook (measured: 2.09 against 2.06 at 200 steps, 1.48 against 1.42 at 600),
-    # so extra codebooks do not yet lower the mel distance (measured: within +-0.04 of one
-    # codebook); they must not hurt more than that, and each must bring the decoded latent closer to the encoder's
+    # so extra codebooks do not yet lower the mel distance (measured: within +-0.04 of one codebook); they must
+    # not hurt more than that, and each must bring the decoded latent closer to the encoder's
     assert after["val/mel_q4"] <= after["val/mel_q1"] + 0.05, after
     codec = model.inference_codec()
     x = speech(1.0, n=4)
