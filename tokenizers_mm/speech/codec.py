@@ -1,4 +1,5 @@
-"""``SpeechCodec``: SEANet encoder -> residual VQ (quantizer dropout) -> SEANet decoder, without training code.
+"""``SpeechCodec``: SEANet encoder -> residual VQ (quantizer dropout) -> SEANet or inverse-STFT decoder, without
+training code.
 
 Tokens are ``int64 [B, n_q, F]``: codebook-major, ``F = ceil(T / hop)`` frames at ``sample_rate / hop`` Hz.
 Codebook ``q`` quantizes the residual that codebooks ``< q`` left, so any first ``n`` codebooks decode
@@ -17,6 +18,7 @@ from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
 from ..config import as_config, plain
+from .istft_decoder import ISTFTDecoder
 from .seanet import SEANetConfig, SEANetDecoder, SEANetEncoder, receptive_field
 
 
@@ -78,7 +80,7 @@ class SpeechCodec(nn.Module):
         self.arch = plain({"sample_rate": self.sample_rate, "seanet": self.seanet_cfg, "rvq": self.rvq_cfg})
         s, q = self.seanet_cfg, self.rvq_cfg
         self.encoder = SEANetEncoder(s)
-        self.decoder = SEANetDecoder(s)
+        self.decoder = ISTFTDecoder(s) if s.decoder == "istft" else SEANetDecoder(s)
         self.rvq = ResidualVQ(
             dim=s.dim, num_quantizers=q.num_quantizers, codebook_size=q.codebook_size,
             codebook_dim=q.codebook_dim, use_cosine_sim=q.cosine, decay=q.decay, kmeans_init=q.kmeans_init,

@@ -42,6 +42,11 @@ class SEANetConfig:
         bottleneck: ``none``, ``lstm`` (2-layer LSTM with a skip, EnCodec) or ``transformer`` at the frame rate.
         bottleneck_layers: LSTM / transformer layers.
         weight_norm: weight-normalized convolutions (both anchors use it).
+        decoder: ``seanet`` (transposed convolutions up to the sample rate, EnCodec / DAC) or ``istft``
+            (ConvNeXt blocks at the frame rate and an inverse-STFT head, Vocos / WavTokenizer:
+            :class:`~tokenizers_mm.speech.istft_decoder.ISTFTDecoder`; not causal).
+        istft_channels / istft_layers / istft_n_fft: width, ConvNeXt blocks and STFT window (``None``:
+            ``4 * hop``) of the ``istft`` decoder.
     """
 
     channels: int = 32
@@ -59,6 +64,14 @@ class SEANetConfig:
     bottleneck: str = "none"
     bottleneck_layers: int = 2
     weight_norm: bool = True
+    decoder: str = "seanet"
+    istft_channels: int = 256
+    istft_layers: int = 8
+    istft_n_fft: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("seanet", "istft"):
+            raise ValueError(f"decoder must be 'seanet' or 'istft', got {self.decoder!r}")
 
     @property
     def hop_length(self) -> int:
