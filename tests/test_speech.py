@@ -45,7 +45,7 @@ def speech(seconds: float = 1.0, n: int = 2) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sr,ratios,n_q,size,hz,kbps", [
-    (16000, [8, 5, 4, 2], 8, 256, 50.0, 3.2),      # the tiny demo config
+    (16000, [8, 5, 4, 2], 8, 4, 50.0, 0.8),        # the tiny demo config
     (24000, [8, 5, 4, 2], 32, 1024, 75.0, 24.0),   # EnCodec 24 kHz
     (16000, [8, 5, 4, 2], 12, 1024, 50.0, 6.0),    # DAC-style 16 kHz
 ])
@@ -370,6 +370,6 @@ def test_speech_configs_parse_and_build(name, capsys):
     assert exc.value.code in (0, None)
     args = yaml.safe_load(open(path))["model"]["init_args"]
     codec = SpeechCodec(args["sample_rate"], args["seanet"], args["rvq"])
-    expected = {"codec_tiny": (50.0, 3.2), "codec_16k": (50.0, 6.0), "codec_24k": (75.0, 24.0),
+    expected = {"codec_tiny": (50.0, 0.8), "codec_16k": (50.0, 6.0), "codec_24k": (75.0, 24.0),
                 "dmcodec_16k": (50.0, 6.0)}[name]
     assert (codec.frame_rate, round(codec.bitrate_kbps(), 3)) == expected
