@@ -226,7 +226,8 @@ def test_short_training_on_embedded_speech_lowers_mel_and_more_codebooks_help(tr
     assert after["val/mel"] < 0.8 * before["val/mel"], (before, after)
     # what a short CPU training learns fits in a few bits per 20 ms frame (a codec trained without any quantizer
     # decodes no better from its latent than from one 64-code codebook: README, "Speech"), so the tests' codebooks
-    # hold 1 bit each and every one added must show: measured val mel 1.79 / 1.62 / 1.55 at 1 / 2 / 4 codebooks
+    # hold 1 bit each and every one added must show: measured val mel 1.82 / 1.63 / 1.56 at 1 / 2 / 4 codebooks
+    # (seed 0; seeds 1 and 2 within 0.06)
     assert after["val/mel_q2"] < after["val/mel_q1"] - 0.05, after
     assert after["val/mel_q4"] < after["val/mel_q2"] + 0.02 and after["val/mel_q4"] < after["val/mel_q1"] - 0.1, after
     codec = model.inference_codec()

@@ -1,6 +1,7 @@
 """Speech: SEANet codec with residual VQ (bitrate chosen at decode time), GAN + mel losses, DM-Codec distillation.
 
-- ``seanet``: convolutional encoder / decoder; ``istft_decoder``: Vocos-style frame-rate decoder; ``codec``: :class:`SpeechCodec` (export-ready, no Lightning);
+- ``seanet``: convolutional encoder / decoder; ``istft_decoder``: Vocos-style frame-rate decoder;
+  ``codec``: :class:`SpeechCodec` (export-ready, no Lightning);
 - ``losses`` / ``discriminators``: training objectives; ``tokenizer``: the Lightning module;
 - ``teachers`` / ``teacher_features``: distillation teachers (local transformers models) and their precomputation;
 - ``evaluate``: bitrate-quality report beside Opus / MP3; ``audio_io``: files and spectrogram figures.

@@ -6,8 +6,8 @@ one STFT frame (``n_fft // 2 + 1`` bins, hop = the codec's hop) -> ``torch.istft
 
 Every layer works at the frame rate, so a step costs far less than upsampling through the SEANet stages, and
 the decoder writes spectra directly, which is what the mel loss measures: on the embedded speech the tests'
-codec reached val mel 1.26 after 400 CPU steps against 1.59 with the SEANet decoder, at 0.73x the time per step
-(``runs/diag`` measurements quoted in the README).
+codec reached val mel 1.21 after 400 CPU steps against 1.59 with the SEANet decoder, at 0.8x the time per step
+(README, "Speech").
 
 Not causal: a frame's convolutions see ``(kernel_size - 1) / 2`` frames ahead per block and the overlap-add
 window reaches ``n_fft / 2`` samples ahead. The encoder stays causal (chunked encoding is unaffected).
