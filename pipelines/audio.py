@@ -11,7 +11,7 @@ import torch
 
 from tokenizers_mm.data.audio import AUDIO_EXTENSIONS
 
-from .base import TokenizerPipeline
+from .base import TokenizerPipeline, file_stems
 
 AUDIO_FILE_EXTENSIONS = (*AUDIO_EXTENSIONS, "mp3")
 
@@ -139,7 +139,6 @@ class AudioTokenizer(TokenizerPipeline):
         from tokenizers_mm.speech.audio_io import write_wav
 
         paths = []
-        for wave, name in zip(waves, names, strict=True):
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "clip"
+        for wave, safe in zip(waves, file_stems(names, "clip"), strict=True):
             paths.append(write_wav(os.path.join(out_dir, f"{safe}.wav"), wave, self.sample_rate))
         return paths

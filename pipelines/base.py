@@ -26,6 +26,24 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
 
 
+def file_stems(names: Any, default: str) -> list[str]:
+    """File names (without extension) for sample ``names``: characters other than letters, digits, ``-_.`` become
+    ``_``; an empty name becomes ``default``. Two names that would share a file are a ``ValueError`` naming both
+    (one decoded sample must never overwrite another)."""
+    stems: dict[str, str] = {}
+    out = []
+    for name in names:
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or default
+        if stem.strip(".") == "":
+            stem = default
+        if stem in stems:
+            raise ValueError(f"keys {stems[stem]!r} and {str(name)!r} would both be written as {stem!r}; "
+                             "give the samples distinct keys")
+        stems[stem] = str(name)
+        out.append(stem)
+    return out
+
+
 class TokenizerPipeline:
     """Base of the modality pipelines: wraps a codec ``nn.Module`` loaded from an export.
 

@@ -19,7 +19,7 @@ from tokenizers_mm.data.image import (
     tensor_to_uint8,
 )
 
-from .base import TokenizerPipeline
+from .base import TokenizerPipeline, file_stems
 
 ImageInput = Any  # a tensor, numpy array, PIL image, file path, or a sequence of the last three
 
@@ -154,7 +154,6 @@ class ImageTokenizer(TokenizerPipeline):
 
         os.makedirs(out_dir, exist_ok=True)
         paths = []
-        for img, name in zip(images, names, strict=True):
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "image"
+        for img, safe in zip(images, file_stems(names, "image"), strict=True):
             paths.append(save_png(tensor_to_uint8(img), os.path.join(out_dir, f"{safe}.png")))
         return paths

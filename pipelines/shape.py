@@ -12,7 +12,7 @@ import trimesh
 
 from tokenizers_mm.data.mesh import MESH_EXTENSIONS, load_mesh, make_watertight, normalize_mesh
 
-from .base import TokenizerPipeline
+from .base import TokenizerPipeline, file_stems
 
 
 class ShapeTokenizer(TokenizerPipeline):
@@ -101,7 +101,6 @@ class ShapeTokenizer(TokenizerPipeline):
         from tokenizers_mm.shape.mesh_out import save_mesh
 
         paths = []
-        for mesh, name in zip(meshes, names, strict=True):
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "shape"
+        for mesh, safe in zip(meshes, file_stems(names, "shape"), strict=True):
             paths.append(save_mesh(mesh, os.path.join(out_dir, f"{safe}.{fmt}")))
         return paths

@@ -7,8 +7,11 @@ splits, and :class:`~tokenizers_mm.data.ShardDataModule` with ``modality: tokens
 
 - Parallel: input shards are dealt round-robin to ranks (``RANK`` / ``WORLD_SIZE`` from torchrun or SLURM,
   or ``--rank`` / ``--world-size``), then to dataloader workers that decode; the rank's process encodes.
-- Resumable: each output shard is written to a temporary name and renamed when complete; a rerun skips
-  input shards whose output exists, so a killed job continues where it stopped.
+- Resumable and safe: shards are written into a staging folder beside ``--out`` (each shard under a temporary
+  name, renamed when complete) whose ``made_by.json`` records the model's sha256, the inputs' fingerprint and
+  the settings; a rerun that agrees skips the shards already there, so a killed job continues where it stopped,
+  and one that does not is refused with the difference. The folder is swapped in as ``--out`` when every shard
+  is done; an ``--out`` holding anything else (the input shards themselves included) is never overwritten.
 - Corrupt samples are skipped, counted and logged with key and shard; the counts go into ``dataset.json``.
 """
 
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import random
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,15 +31,24 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from tokenizers_mm.data.samples import ImageOptions, make_decoder
-from tokenizers_mm.data.shards import AtomicTarFile, write_json_atomic
-from tokenizers_mm.data.stream import SkipCounter, count_samples, dist_info
+from tokenizers_mm.data.stream import SkipCounter, check_shard_modality, count_samples, dist_info
 from tokenizers_mm.data.urls import expand_urls, is_remote
+from tokenizers_mm.io import (
+    AtomicTarFile,
+    EmptyOutputError,
+    OutputFolder,
+    empty_output_message,
+    file_fingerprint,
+    remove_temp_files,
+    write_json_atomic,
+)
 
 from .base import TokenizerPipeline
 from .files import ids_dtype, token_meta
 
 log = logging.getLogger("tokenizers_mm.tokenize")
 PROGRESS_DIR = ".tokenize"
+COMMIT_LOCK = ".commit-lock"
 
 
 def _sample_decoder(pipeline: TokenizerPipeline):
@@ -79,7 +92,7 @@ class ShardBatches(IterableDataset):
                     keys, xs = [], []
             if xs:
                 yield {"shard": url, "keys": keys, "x": torch.stack(xs), "end": False}
-            yield {"shard": url, "end": True, "skipped": counter.total}
+            yield {"shard": url, "end": True, "skipped": counter.total, "reasons": counter.reasons}
 
 
 def output_name(url: str) -> str:
@@ -87,19 +100,33 @@ def output_name(url: str) -> str:
     return name if name.endswith(".tar") else f"{name}.tar"
 
 
+def _made_by(tok: TokenizerPipeline, k: int, urls: list[str], split: str | None) -> dict[str, Any]:
+    local = [u for u in urls if not is_remote(u)]
+    return {"command": "tokenize", "modality": "tokens", "source_modality": tok.modality,
+            "model": {"sha256": tok.model_id, "architecture": tok.config["architecture"]},
+            "settings": {"num_tokens": k, "split": split},
+            "inputs": {"shards": [output_name(u) for u in urls],
+                       "fingerprint": file_fingerprint(local) if len(local) == len(urls) else None}}
+
+
 def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: str, num_tokens: int | None = None,
                     batch_size: int = 64, num_workers: int = 2, split: str | None = None, rank: int | None = None,
                     world_size: int | None = None, device: str | None = None, dtype: str | None = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Tokenize the shards ``data`` into ``out`` (see the module docstring); returns the ``dataset.json`` content.
 
     Args:
         model: an export folder or a loaded pipeline.
         data: shard URLs (pattern, directory, ``@list.txt`` ...); a directory gives all its ``*.tar``
             unless ``split`` (``train`` / ``val``) picks one.
-        out: output folder (created); reruns resume.
+        out: output folder. Shards are written into a staging folder beside it (``.NAME.partial``) that is swapped
+            in when every input shard is done; a rerun with the same model, inputs and settings resumes there,
+            and one with other settings is an ``OutputError`` naming the difference. An existing ``out`` that is
+            not this very output is refused unless ``overwrite``.
         num_tokens: keep the first ``num_tokens`` of each sample (1D tokenizers); default all.
         rank / world_size: this process's part; default from torch.distributed or the launcher's environment.
+    Raises:
+        EmptyOutputError: no input sample could be tokenized (the message gives the first reasons).
     """
     import pipelines
 
@@ -111,21 +138,35 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
         tok = pipelines.load(model, device=device, dtype=dtype)
     k = num_tokens or tok.num_tokens
     if not 1 <= k <= tok.num_tokens or (not tok.prefix_decodable and k != tok.num_tokens):
-        raise ValueError(f"num_tokens must be in 1..{tok.num_tokens} for this tokenizer, got {num_tokens}")
-    urls = expand_urls(data, split=split)
+        raise ValueError(f"--num-tokens must be in 1..{tok.num_tokens} for this tokenizer"
+                         + ("" if tok.prefix_decodable else f" (exactly {tok.num_tokens}: it is not prefix-decodable)")
+                         + f", got {num_tokens}")
+    try:
+        urls = expand_urls(data, split=split)
+    except (FileNotFoundError, ValueError) as exc:
+        raise type(exc)(f"--data: {exc}") from exc
+    check_shard_modality(urls, tok.modality, "--data")
     names = [output_name(u) for u in urls]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"input shards share file names {dupes[:5]}; output shards are named after inputs, so "
-                         "tokenize each folder into its own --out")
+        raise ValueError(f"--data: input shards share file names {dupes[:5]}; output shards are named after inputs, "
+                         "so tokenize each folder into its own --out")
     r, w = dist_info()
     r = r if rank is None else rank
     w = w if world_size is None else world_size
     if not 0 <= r < w:
-        raise ValueError(f"rank must be in 0..{w - 1}, got {r}")
-    os.makedirs(os.path.join(out, PROGRESS_DIR), exist_ok=True)
+        raise ValueError(f"--rank must be in 0..{w - 1}, got {r}")
+    folder = OutputFolder(out, _made_by(tok, k, urls, split), overwrite=overwrite, resumable=True,
+                          inputs=[u for u in urls if not is_remote(u)])
+    if not overwrite and folder.existing():
+        log.warning("%s already holds these token shards (same model, inputs and settings): nothing to do", out)
+        with open(os.path.join(out, "dataset.json")) as f:
+            return json.load(f)
+    stage = folder.check().path
+    os.makedirs(os.path.join(stage, PROGRESS_DIR), exist_ok=True)
+    remove_temp_files(stage)
     mine = [u for i, u in enumerate(urls) if i % w == r]
-    todo = [u for u in mine if not os.path.exists(os.path.join(out, output_name(u)))]
+    todo = [u for u in mine if not os.path.exists(os.path.join(stage, output_name(u)))]
     if len(todo) < len(mine):
         log.warning("resuming: %d of this rank's %d shards are already tokenized", len(mine) - len(todo), len(mine))
     total = sum(count_samples(u) for u in todo) if todo and not any(is_remote(u) for u in todo) else None
@@ -141,15 +182,16 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
             url = item["shard"]
             name = output_name(url)
             if item["end"]:
-                tar = writers.pop(url, None) or AtomicTarFile(os.path.join(out, name))
-                write_json_atomic(os.path.join(out, PROGRESS_DIR, f"{name}.json"),
-                                  {"source": url, "samples": tar.count, "skipped": int(item["skipped"])})
+                tar = writers.pop(url, None) or AtomicTarFile(os.path.join(stage, name))
+                write_json_atomic(os.path.join(stage, PROGRESS_DIR, f"{name}.json"),
+                                  {"source": url, "samples": tar.count, "skipped": int(item["skipped"]),
+                                   "reasons": item["reasons"]})
                 tar.commit()
                 continue
             ids = tok.encode(item["x"], num_tokens=k, batch_size=batch_size).numpy().astype(dtype_np)
             tar = writers.get(url)
             if tar is None:
-                tar = writers[url] = AtomicTarFile(os.path.join(out, name))
+                tar = writers[url] = AtomicTarFile(os.path.join(stage, name))
             for key, row in zip(item["keys"], ids, strict=True):
                 tar.write({"__key__": key, "ids.npy": row, "json": {"source_shard": name, "num_tokens": k}})
             bar.update(len(ids))
@@ -159,7 +201,22 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
         raise
     finally:
         bar.close()
-    return write_manifest(out, tok, meta, urls)
+    manifest = write_manifest(stage, tok, meta, urls)
+    if not manifest["complete"]:
+        return manifest  # other ranks' shards are still missing: the last rank to finish swaps the folder in
+    if not sum(manifest["counts"].values()):
+        shutil.rmtree(stage, ignore_errors=True)
+        raise EmptyOutputError(empty_output_message(f"tokenize of {len(urls)} shard(s)", manifest["input_samples"],
+                                                    [tuple(x) for x in manifest["skip_reasons"]]))
+    try:
+        os.mkdir(os.path.join(stage, COMMIT_LOCK))
+    except FileExistsError:
+        return manifest  # another rank is swapping the folder in
+    except FileNotFoundError:
+        return manifest  # another rank has swapped it in already
+    folder.commit()
+    os.rmdir(os.path.join(out, COMMIT_LOCK))
+    return manifest
 
 
 def write_manifest(out: str, tok: TokenizerPipeline, meta: dict[str, Any], urls: list[str]) -> dict[str, Any]:
@@ -167,6 +224,7 @@ def write_manifest(out: str, tok: TokenizerPipeline, meta: dict[str, Any], urls:
     shards: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     skipped = 0
+    reasons: list[list[str]] = []
     done = 0
     for u in urls:
         name = output_name(u)
@@ -182,8 +240,10 @@ def write_manifest(out: str, tok: TokenizerPipeline, meta: dict[str, Any], urls:
             prog = {"samples": count_samples(os.path.join(out, name)), "skipped": 0}
         counts[split] = counts.get(split, 0) + int(prog["samples"])
         skipped += int(prog["skipped"])
+        reasons += [list(x) for x in prog.get("reasons", [])][: 3 - len(reasons)]
     manifest = {"format_version": 1, "modality": "tokens", "source_modality": tok.modality,
-                "counts": counts, "shards": shards, "skipped_samples": skipped,
+                "counts": counts, "shards": shards, "skipped_samples": skipped, "skip_reasons": reasons,
+                "input_samples": sum(counts.values()) + skipped,
                 "complete": done == len(urls), "input_shards": len(urls), "tokens": meta,
                 "tokenizer": {"architecture": tok.config["architecture"], "arch": tok.config["arch"],
                               "tokens": tok.config["tokens"]}}

@@ -20,6 +20,7 @@ from tokenizers_mm.data.urls import expand_urls
 from tokenizers_mm.export import EXPORT_FILES, ExportError, export_checkpoint
 from tokenizers_mm.image.fsq_autoencoder import FSQAutoencoder
 from tokenizers_mm.image.tokenizer1d import OneDTokenizer
+from tokenizers_mm.io import MADE_BY_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONED = {"image_size": 32, "patch_size": 8, "num_tokens": 8, "encoder": {"width": 64, "depth": 2, "heads": 2},
@@ -67,7 +68,7 @@ def test_export_load_gives_identical_ids_and_outputs(trained, kind, tmp_path):
     model, ckpt = trained[kind]
     out = str(tmp_path / "export")
     cfg = export_checkpoint(ckpt, out)
-    assert sorted(os.listdir(out)) == sorted(EXPORT_FILES)
+    assert sorted(os.listdir(out)) == sorted([*EXPORT_FILES, MADE_BY_FILE])
     tok = pipelines.load(out, device="cpu")
     x = _images()
     with torch.inference_mode():
@@ -224,14 +225,14 @@ def test_export_never_overwrites_foreign_folders_and_replaces_old_exports(traine
     mine = tmp_path / "my_results"
     mine.mkdir()
     (mine / "notes.txt").write_text("precious")
-    with pytest.raises(ExportError, match="not a tokenizers-mm export; choose another --out"):
+    with pytest.raises(ExportError, match="not written by `tokenizers-mm export` .it holds notes.txt.; choose another --out"):
         export_checkpoint(trained["oned"][1], str(mine))
     assert (mine / "notes.txt").read_text() == "precious" and os.listdir(mine) == ["notes.txt"]
     out = _copy_export(oned_export, tmp_path / "again")
     export_checkpoint(trained["grid"][1], out)  # an earlier export is replaced as a whole
     assert json.load(open(os.path.join(out, "config.json")))["architecture"] == "image/grid"
-    assert sorted(os.listdir(out)) == sorted(EXPORT_FILES)
-    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n or ".old" in n]
+    assert sorted(os.listdir(out)) == sorted([*EXPORT_FILES, MADE_BY_FILE])
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n or ".old" in n or ".partial" in n]
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------
@@ -309,12 +310,17 @@ def test_tokenize_writes_token_shards_the_data_layer_reads_back(oned_export, emb
         for key, row in zip(batch["__key__"], ref):
             assert torch.equal(got[key], row), key
 
-    # resumable: a lost shard is redone, finished ones are left alone
-    keep = os.path.join(out, "val-000000.tar")
-    before = os.stat(keep).st_mtime_ns
-    os.remove(os.path.join(out, "val-000001.tar"))
-    m = tokenize_shards(oned_export, src, out, split="val", num_workers=0, progress=False)
-    assert m["complete"] and m["counts"] == {"val": 72} and os.stat(keep).st_mtime_ns == before
+    # resumable: after an interrupted run, the rerun does only the missing shards and leaves finished ones alone
+    out2 = str(tmp_path / "tokens2")
+    tokenize_shards(oned_export, src, out2, split="val", rank=0, world_size=2, num_workers=0, progress=False)
+    assert not os.path.exists(out2)  # incomplete: nothing under the final name yet
+    staged = os.path.join(str(tmp_path), ".tokens2.partial", "val-000000.tar")
+    before = os.stat(staged).st_mtime_ns
+    m = tokenize_shards(oned_export, src, out2, split="val", num_workers=0, progress=False)
+    assert m["complete"] and m["counts"] == {"val": 72}
+    assert os.stat(os.path.join(out2, "val-000000.tar")).st_mtime_ns == before
+    for name in ("val-000000.tar", "val-000001.tar", "val-000002.tar"):
+        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(out2, name), "rb").read()
 
 
 def test_tokenize_skips_and_counts_corrupt_samples(oned_export, embedded, tmp_path, capsys):
@@ -337,7 +343,7 @@ def test_tokenize_skips_and_counts_corrupt_samples(oned_export, embedded, tmp_pa
     assert "5} samples, 1 skipped, complete" in capsys.readouterr().out
     # decode straight from the token shards
     assert main(["decode", "--model", oned_export, out, "--out", str(tmp_path / "png")]) == 0
-    assert len([n for n in os.listdir(tmp_path / "png") if not n.startswith("_")]) == 5
+    assert len([n for n in os.listdir(tmp_path / "png") if n.endswith(".png") and not n.startswith("_")]) == 5
 
 
 class _NotATensor:

@@ -276,7 +276,7 @@ def test_export_and_pipelines_round_trip_meshes(trained_shape, mesh_dir, tmp_pat
     assert np.load(npz)["ids"].shape == (2, 21)
     assert main(["decode", "--model", export, npz, "--out", str(tmp_path / "decoded"), "--resolution", "24",
                  "--mesh-format", "obj"]) == 0
-    assert sorted(os.listdir(tmp_path / "decoded")) == ["ant.obj", "sphere.obj"]
+    assert sorted(os.listdir(tmp_path / "decoded")) == ["ant.obj", "made_by.json", "sphere.obj"]
     assert "decoded 2 mesh(es) from 21 tokens" in capsys.readouterr().out
     with pytest.raises(Exception, match="image tokenizer|mesh tokenizer"):
         pipelines.load(export, modality="image")

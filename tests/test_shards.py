@@ -55,7 +55,8 @@ def test_image_round_trip(photo_dir, tmp_path):
     assert m["counts"] == {"train": 4, "val": 2} and m["modality"] == "image"
     assert len(m["shards"]["train"]) == 2 and len(m["shards"]["val"]) == 1
     assert json.load(open(os.path.join(out, "dataset.json")))["counts"] == m["counts"]
-    assert sorted(os.listdir(out)) == ["dataset.json", "train-000000.tar", "train-000001.tar", "val-000000.tar"]
+    assert sorted(os.listdir(out)) == ["dataset.json", "made_by.json", "train-000000.tar", "train-000001.tar",
+                                       "val-000000.tar"]
     samples = _raw(out, "train") + _raw(out, "val")
     keys = sorted(s["__key__"] for s in samples)
     assert keys == ["a/coffee", "a/coins", "a/rocket", "b/astronaut", "b/camera", "b/chelsea"]
@@ -127,19 +128,26 @@ def test_failed_build_leaves_no_partial_shard(photo_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(shards, "_make_sample", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        build_shards("image", photo_dir, out, shard_size=4, val_fraction=0.34, seed=0, progress=False)
+        build_shards("image", photo_dir, out, shard_size=4, val_fraction=0.34, seed=0, progress=False,
+                     overwrite=True)
     names = sorted(os.listdir(out))
-    assert not [n for n in names if ".tmp" in n]
+    assert names == sorted(before) and not [n for n in os.listdir(tmp_path) if ".partial" in n]
     # the earlier complete build is untouched: nothing half-written sits under a final name
     for n in names:
         assert open(os.path.join(out, n), "rb").read() == before[n]
 
 
 def test_rebuild_removes_stale_shards(photo_dir, tmp_path):
+    from tokenizers_mm.io import OutputError
+
     out = str(tmp_path / "shards")
     build_shards("image", photo_dir, out, shard_size=1, val_fraction=0.0, seed=0, progress=False)
     assert len([n for n in os.listdir(out) if n.startswith("train-")]) == 6
-    build_shards("image", photo_dir, out, shard_size=4, val_fraction=0.0, seed=0, progress=False)
+    build_shards("image", photo_dir, out, shard_size=1, val_fraction=0.0, seed=0, progress=False)  # same settings
+    with pytest.raises(OutputError, match="settings.shard_size was 1, now 4"):
+        build_shards("image", photo_dir, out, shard_size=4, val_fraction=0.0, seed=0, progress=False)
+    assert len([n for n in os.listdir(out) if n.startswith("train-")]) == 6
+    build_shards("image", photo_dir, out, shard_size=4, val_fraction=0.0, seed=0, progress=False, overwrite=True)
     assert sorted(n for n in os.listdir(out) if n.endswith(".tar")) == ["train-000000.tar", "train-000001.tar"]
 
 

@@ -1,14 +1,20 @@
-"""Callbacks of tokenizers-mm."""
+"""Callbacks and loggers of tokenizers-mm: data trace, last checkpoint, run history kept across resumes."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import warnings
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.loggers.logger import rank_zero_experiment
+from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import SaveConfigCallback
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
 class DataTrace(pl.Callback):
@@ -71,3 +77,59 @@ class Checkpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def archive_previous(path: str) -> str | None:
+    """Move an existing ``name.ext`` to ``name-<i>.ext`` (``i`` = 1, 2, ... the first free index); returns the new
+    path, or ``None`` when there was nothing to keep. Each attempt of a run keeps its file beside the earlier ones."""
+    if not os.path.isfile(path):
+        return None
+    stem, ext = os.path.splitext(path)
+    i = 1
+    while os.path.exists(f"{stem}-{i}{ext}"):
+        i += 1
+    os.replace(path, f"{stem}-{i}{ext}")
+    return f"{stem}-{i}{ext}"
+
+
+class _HistoryWriter(ExperimentWriter):
+    """CSV writer that appends to an existing ``metrics.csv`` (Lightning's deletes it) and keeps earlier
+    ``hparams.yaml`` files as ``hparams-<i>.yaml``."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.metrics: list[dict[str, float]] = []
+        self.metrics_keys: list[str] = []
+        self.hparams: dict[str, Any] = {}
+        self._fs = get_filesystem(log_dir)
+        self.log_dir = log_dir
+        self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        self._fs.makedirs(log_dir, exist_ok=True)
+        if os.path.isfile(self.metrics_file_path):  # earlier attempts: their header is the starting key set
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+        archive_previous(os.path.join(log_dir, self.NAME_HPARAMS_FILE))
+
+
+class HistoryCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` grows across resumes instead of starting over (rows of every attempt
+    stay, in order; a new metric rewrites the header with the union of the columns)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryWriter(self.log_dir)
+        return self._experiment
+
+
+class KeepConfigs(SaveConfigCallback):
+    """LightningCLI's ``SaveConfigCallback`` that keeps the resolved config of every attempt of a run:
+    ``config.yaml`` is the latest, earlier ones become ``config-1.yaml``, ``config-2.yaml`` ..."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir:
+            log_dir = trainer.log_dir  # a collective call: every rank makes it
+            if trainer.is_global_zero and log_dir is not None:
+                archive_previous(os.path.join(log_dir, self.config_filename))
+        super().setup(trainer, pl_module, stage)

@@ -28,30 +28,51 @@ PROJECT_COMMANDS = ("data", "evaluate", "export", "encode", "decode", "tokenize"
 # ---- LightningCLI ---------------------------------------------------------------------------------
 def _lightning_cli(args: list[str] | None) -> None:
     from pytorch_lightning.cli import LightningCLI
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from pytorch_lightning.loggers import TensorBoardLogger
 
+    from .callbacks import HistoryCSVLogger, KeepConfigs
     from .checkpointing import AtomicCheckpointIO
     from .data import ShardDataModule
-    from .harness import TokenizerModule
+    from .harness import TokenizerModule, check_resume
 
     class TokenizersCLI(LightningCLI):
-        """LightningCLI with atomic checkpoints and TensorBoard + CSV logs unless the config names loggers."""
+        """LightningCLI with atomic checkpoints, TensorBoard + CSV logs that keep their history across resumes
+        (unless the config names loggers), a resolved config kept per attempt, and input checks before fit writes
+        anything: the data URLs, and that a resumed checkpoint fits the configured model."""
 
         def instantiate_trainer(self, **kwargs: Any):
             trainer_cfg = self._get(self.config_init, "trainer", default={})
             if trainer_cfg.get("logger") in (None, True):
                 root = trainer_cfg.get("default_root_dir") or "runs"
                 kwargs["logger"] = [TensorBoardLogger(root, name="", version=""),
-                                    CSVLogger(root, name="", version="")]
+                                    HistoryCSVLogger(root, name="", version="")]
             plugins = trainer_cfg.get("plugins") or []
             plugins = plugins if isinstance(plugins, list) else [plugins]
             if not any(hasattr(p, "save_checkpoint") for p in plugins):
                 kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
             return super().instantiate_trainer(**kwargs)
 
+        def before_fit(self) -> None:
+            dm = self.datamodule
+            if isinstance(dm, ShardDataModule):
+                dm.shard_urls("train_urls", "train")
+                if dm.val_urls:
+                    dm.shard_urls("val_urls", "val")
+            ckpt = self.config[self.subcommand].get("ckpt_path")
+            if ckpt == "last":
+                found = set()
+                for cb in self.trainer.checkpoint_callbacks:
+                    if hasattr(cb, "_find_last_checkpoints"):
+                        found |= {p for p in cb._find_last_checkpoints(self.trainer) if os.path.isfile(p)}
+                ckpt = max(found, key=os.path.getmtime) if found else None
+            if ckpt and ckpt not in ("best", "hpc", "registry") and "://" not in str(ckpt):
+                if os.path.isdir(ckpt):
+                    raise ValueError(f"--ckpt_path {ckpt!r} is a folder; expected a .ckpt file (or 'last')")
+                check_resume(str(ckpt), self.model)
+
     TokenizersCLI(
         TokenizerModule, ShardDataModule, subclass_mode_model=True, auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True}, args=args,
+        save_config_callback=KeepConfigs, save_config_kwargs={"overwrite": True}, args=args,
         parser_kwargs={"description": "Train and evaluate tokenizers (LightningCLI)."},
     )
 
@@ -63,7 +84,7 @@ def _cmd_data_build(a: argparse.Namespace) -> int:
     mesh = MeshBuildOptions(num_surface=a.mesh_surface_points, num_volume=a.mesh_volume_points,
                             num_near=a.mesh_near_points)
     manifest = build_shards(a.modality, a.src, a.out, shard_size=a.shard_size, val_fraction=a.val_fraction,
-                            seed=a.seed, split_by=a.split_by, mesh=mesh)
+                            seed=a.seed, split_by=a.split_by, mesh=mesh, overwrite=a.overwrite)
     print(f"wrote {manifest['counts']} samples of {a.modality} into {a.out} "
           f"({len(manifest['shards']['train'])} train + {len(manifest['shards']['val'])} val shards)")
     if manifest["skipped"]:
@@ -86,7 +107,13 @@ def _cmd_data_embedded(a: argparse.Namespace) -> int:
 def _cmd_data_inspect(a: argparse.Namespace) -> int:
     from .data.shards import inspect_shards
     from .data.urls import expand_urls
+    from .io import check_folder
 
+    for spec in a.urls:
+        if os.path.isdir(spec):
+            problem = check_folder(spec)
+            if problem:
+                raise ValueError(problem)
     urls = expand_urls(a.urls, split=a.split)
     report = inspect_shards(urls, modality=a.modality, limit=a.limit)
     if a.json:
@@ -148,16 +175,68 @@ def _cmd_data_bench(a: argparse.Namespace) -> int:
 
 
 # ---- evaluate -------------------------------------------------------------------------------------
+def checkpoint_file(path: str, flag: str = "--ckpt") -> str:
+    """``path`` when it is a checkpoint file; one-line errors for an export folder, a run folder or nothing."""
+    if os.path.isdir(path):
+        from .export import is_export_dir
+
+        if is_export_dir(path):
+            raise ValueError(f"{flag} {path!r} is an export folder; {flag} takes a training checkpoint (.ckpt), "
+                             "e.g. runs/NAME/checkpoints/last.ckpt")
+        last = os.path.join(path, "checkpoints", "last.ckpt")
+        hint = f" (did you mean {last!r}?)" if os.path.isfile(last) else ""
+        raise ValueError(f"{flag} {path!r} is a folder; expected a checkpoint file (.ckpt){hint}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag}: checkpoint {path!r} does not exist")
+    return path
+
+
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .checkpointing import read_checkpoint
+    from .data.stream import check_shard_modality
+    from .data.urls import expand_urls, is_remote
+    from .io import OutputFolder
+
+    ckpt = checkpoint_file(a.ckpt)
+    raw = read_checkpoint(ckpt)
+    modality = (raw.get("datamodule_hyper_parameters") or {}).get("modality", "image")
+    try:
+        urls = expand_urls(a.data, split="val")
+    except (FileNotFoundError, ValueError) as exc:
+        raise type(exc)(f"--data: {exc}") from exc
+    check_shard_modality(urls, modality, "--data")
+    folder = OutputFolder(a.out, {"command": "evaluate", "modality": modality,
+                                  "model": {"checkpoint": os.path.abspath(ckpt), "global_step": raw.get("global_step")},
+                                  "inputs": {"data": a.data}},
+                          overwrite=a.overwrite, identity=("command", "modality"),
+                          inputs=[ckpt, *(u for u in urls if not is_remote(u))]).check()
+    try:
+        code = _evaluate_into(a, ckpt, modality, folder)
+    except BaseException:
+        folder.discard()
+        raise
+    return code
+
+
+def _finish_report(report: dict[str, Any], folder: Any) -> dict[str, Any]:
+    """Point the report's file paths into ``--out``, rewrite its report.json there, swap the folder in."""
+    from .io import write_json_atomic
+
+    report = folder.relocate(report)
+    write_json_atomic(os.path.join(folder.path, "report.json"), report)
+    folder.commit()
+    return report
+
+
+def _evaluate_into(a: argparse.Namespace, ckpt: str, modality: str, folder: Any) -> int:
     from .evaluate import evaluate_checkpoint, format_table
 
-    modality = (read_checkpoint(a.ckpt).get("datamodule_hyper_parameters") or {}).get("modality", "image")
     if modality == "mesh":
         from .shape.evaluate import evaluate_shape_checkpoint, format_shape_table
 
-        report = evaluate_shape_checkpoint(a.ckpt, a.data, a.out, resolution=a.resolution,
-                                           max_samples=a.max_samples, chamfer_points=a.chamfer_points)
+        report = _finish_report(evaluate_shape_checkpoint(
+            ckpt, a.data, folder.path, resolution=a.resolution, max_samples=a.max_samples,
+            chamfer_points=a.chamfer_points), folder)
         print(f"{report['model']}: {report['shapes']} shapes, {report['bits_per_token']} bits per token")
         print(format_shape_table(report))
         print("report files:")
@@ -167,8 +246,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     if modality == "audio":
         from .speech.evaluate import evaluate_speech_checkpoint, format_speech_table
 
-        report = evaluate_speech_checkpoint(a.ckpt, a.data, a.out, max_clips=a.max_samples,
-                                            baselines=not a.no_baselines, pesq=not a.no_pesq)
+        report = _finish_report(evaluate_speech_checkpoint(
+            ckpt, a.data, folder.path, max_clips=a.max_samples, baselines=not a.no_baselines,
+            pesq=not a.no_pesq), folder)
         print(f"{report['model']}: {report['clips']} clips ({report['seconds']} s) at {report['sample_rate']} Hz, "
               f"{report['num_quantizers']} codebooks x {report['codebook_size']} codes at {report['frame_rate']:g} Hz")
         print(format_speech_table(report))
@@ -177,9 +257,10 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
             print(f"  {name}: {path}")
         return 0
 
-    report = evaluate_checkpoint(a.ckpt, a.data, a.out, batch_size=a.batch_size, max_samples=a.max_samples,
-                                 size=a.size, csv_log=a.csv_log, lpips_path=a.lpips, inception_path=a.inception,
-                                 baselines=not a.no_baselines, steps=a.steps, cfg_scale=a.cfg_scale)
+    report = _finish_report(evaluate_checkpoint(
+        ckpt, a.data, folder.path, batch_size=a.batch_size, max_samples=a.max_samples, size=a.size,
+        csv_log=a.csv_log, lpips_path=a.lpips, inception_path=a.inception, baselines=not a.no_baselines,
+        steps=a.steps, cfg_scale=a.cfg_scale), folder)
     print(f"{report['model']}: {report['images']} images at {report['image_size']} px, "
           f"{report['tokens_per_image']} tokens of {report['bits_per_token']} bits")
     print(format_table(report))
@@ -205,7 +286,8 @@ def _human(n: float) -> str:
 def _cmd_export(a: argparse.Namespace) -> int:
     from .export import EXPORT_FILES, export_checkpoint
 
-    cfg = export_checkpoint(a.ckpt, a.out, report=a.report, use_ema=not a.no_ema)
+    cfg = export_checkpoint(checkpoint_file(a.ckpt), a.out, report=a.report, use_ema=not a.no_ema,
+                            overwrite=a.overwrite)
     t = cfg["tokens"]
     print(f"exported {cfg['modality']} tokenizer {cfg['architecture']} ({cfg['training']['weights']} weights, "
           f"{cfg['weights']['parameters']:,} parameters) to {a.out}")
@@ -234,11 +316,33 @@ def _expand_inputs(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
     return files
 
 
+def _check_tokens_out(path: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` of ``encode`` that exists and is not a tokens.npz this command wrote (unless overwrite)."""
+    if not os.path.exists(path):
+        if not path.endswith(".npz"):
+            raise ValueError(f"--out {path!r} must name a .npz file (ids, keys and meta)")
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is a folder; encode writes one .npz file")
+    if overwrite:
+        return
+    from pipelines.files import TOKENS_FORMAT, load_tokens
+
+    try:
+        meta = load_tokens(path)[2]
+    except (OSError, ValueError):
+        meta = {}
+    if meta.get("format") != TOKENS_FORMAT:
+        raise ValueError(f"--out {path!r} exists and is not a tokens file written by `tokenizers-mm encode`; "
+                         "choose another --out, or pass --overwrite to replace it")
+
+
 def _cmd_encode(a: argparse.Namespace) -> int:
     import pipelines
     from pipelines.files import save_tokens, token_meta
 
     tok = pipelines.load(a.model, device=a.device, dtype="bf16" if a.bf16 else None)
+    _check_tokens_out(a.out, a.overwrite)
     if tok.modality == "image":
         from .data.image import IMAGE_EXTENSIONS
 
@@ -273,10 +377,12 @@ def _cmd_encode(a: argparse.Namespace) -> int:
 
 def _cmd_decode(a: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     import pipelines
+    from pipelines.base import file_stems
     from pipelines.files import check_meta, load_tokens
+
+    from .io import OutputFolder
 
     tok = pipelines.load(a.model, device=a.device, dtype="bf16" if a.bf16 else None)
     if len(a.inputs) == 1 and a.inputs[0].endswith(".npz"):
@@ -288,13 +394,42 @@ def _cmd_decode(a: argparse.Namespace) -> int:
 
         from .data.urls import expand_urls
 
-        pairs = list(read_token_ids(expand_urls(a.inputs)))
+        try:
+            urls = expand_urls(a.inputs)
+        except (FileNotFoundError, ValueError) as exc:
+            raise type(exc)(f"decode inputs: {exc}") from exc
+        pairs = list(read_token_ids(urls))
         if not pairs:
             raise ValueError(f"no token samples in {a.inputs}")
+        meta = {}
         keys = [k for k, _ in pairs]
         ids = np.stack([v for _, v in pairs])
+    if a.limit is not None and a.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {a.limit}")
     if a.limit:
         ids, keys = ids[: a.limit], keys[: a.limit]
+    try:
+        file_stems(keys, "sample")
+    except ValueError as exc:
+        raise ValueError(f"{a.inputs[0]}: {exc}") from exc
+    folder = OutputFolder(a.out, {"command": "decode", "modality": tok.modality,
+                                  "model": {"sha256": tok.model_id}, "inputs": {"tokens": a.inputs}},
+                          overwrite=a.overwrite, identity=("command", "modality"),
+                          inputs=[p for p in a.inputs if os.path.exists(p)]).check()
+    try:
+        text = _decode_into(a, tok, ids, keys, meta, folder.path)
+        folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
+    print(text)
+    return 0
+
+
+def _decode_into(a: argparse.Namespace, tok: Any, ids: Any, keys: list[str], meta: dict[str, Any], out: str) -> str:
+    """Decode ``ids`` into files in ``out`` (the staging folder); returns the line to print."""
+    import torch
+
     if tok.modality == "audio":
         if not isinstance(ids, list):
             raise ValueError("audio decodes from a tokens.npz written by `tokenizers-mm encode`")
@@ -303,28 +438,26 @@ def _cmd_decode(a: argparse.Namespace) -> int:
         lengths = (meta.get("num_samples") or [None] * len(ids))[: len(ids)]
         waves = tok.decode(ids, batch_size=a.batch_size)
         waves = [w[..., :n] if n else w for w, n in zip(waves, lengths)]
-        paths = tok.save(waves, a.out, keys)
+        paths = tok.save(waves, out, keys)
         n_q = ids[0].shape[0]
-        print(f"decoded {len(paths)} clip(s) with {n_q} codebooks ({tok.bitrate_kbps(n_q):.3f} kbps) into {a.out}/ (WAV)")
-        return 0
+        return f"decoded {len(paths)} clip(s) with {n_q} codebooks ({tok.bitrate_kbps(n_q):.3f} kbps) into {a.out}/ (WAV)"
     options = {name: getattr(a, name) for name in ("steps", "cfg_scale", "seed", "resolution")
                if getattr(a, name) is not None}
-    out = tok.decode(ids, batch_size=a.batch_size, **options)
+    samples = tok.decode(ids, batch_size=a.batch_size, **options)
     if tok.modality == "image":
         from .visual import image_grid, save_png
 
-        paths = tok.save(out, a.out, keys)
-        n = min(len(out), 64)
+        paths = tok.save(samples, out, keys)
+        n = min(len(samples), 64)
         cols = 8
-        rows = [out[i:i + cols] for i in range(0, n, cols)]
+        rows = [samples[i:i + cols] for i in range(0, n, cols)]
         if len(rows) > 1 and rows[-1].shape[0] < cols:  # pad the last row with white
             rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
-        grid = save_png(image_grid(rows), os.path.join(a.out, "_grid.png"))
-        print(f"decoded {len(paths)} image(s) from {ids.shape[1]} tokens each into {a.out}/ (overview: {grid})")
-    elif tok.modality == "mesh":
-        paths = tok.save(out, a.out, keys, fmt=a.mesh_format)
-        print(f"decoded {len(paths)} mesh(es) from {ids.shape[1]} tokens each into {a.out}/ ({a.mesh_format})")
-    return 0
+        save_png(image_grid(rows), os.path.join(out, "_grid.png"))
+        grid = os.path.join(a.out, "_grid.png")
+        return f"decoded {len(paths)} image(s) from {ids.shape[1]} tokens each into {a.out}/ (overview: {grid})"
+    paths = tok.save(samples, out, keys, fmt=a.mesh_format)
+    return f"decoded {len(paths)} mesh(es) from {ids.shape[1]} tokens each into {a.out}/ ({a.mesh_format})"
 
 
 def _cmd_tokenize(a: argparse.Namespace) -> int:
@@ -332,7 +465,7 @@ def _cmd_tokenize(a: argparse.Namespace) -> int:
 
     m = tokenize_shards(a.model, a.data, a.out, num_tokens=a.num_tokens, batch_size=a.batch_size,
                         num_workers=a.workers, split=a.split, rank=a.rank, world_size=a.world_size,
-                        device=a.device, dtype="bf16" if a.bf16 else None)
+                        device=a.device, dtype="bf16" if a.bf16 else None, overwrite=a.overwrite)
     state = "complete" if m["complete"] else f"partial ({sum(map(len, m['shards'].values()))} of {m['input_shards']} shards)"
     print(f"token shards in {a.out}: {m['counts']} samples, {m['skipped_samples']} skipped, {state}; "
           f"{m['tokens']['num_tokens']} tokens per sample (dataset.json)")
@@ -358,6 +491,8 @@ def _project_parser() -> argparse.ArgumentParser:
     b.add_argument("--mesh-surface-points", type=int, default=16384)
     b.add_argument("--mesh-volume-points", type=int, default=16384)
     b.add_argument("--mesh-near-points", type=int, default=16384)
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that holds anything but an earlier build with the same settings")
     b.set_defaults(func=_cmd_data_build)
 
     emb = dsub.add_parser("embedded", help="build the embedded default shards (real photos, speech, meshes)")
@@ -402,6 +537,8 @@ def _project_parser() -> argparse.ArgumentParser:
     e.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
     e.add_argument("--resolution", type=int, default=64, help="shapes: marching-cubes grid resolution")
     e.add_argument("--chamfer-points", type=int, default=100_000, help="shapes: surface samples per mesh")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that holds anything but an earlier evaluate report")
     e.set_defaults(func=_cmd_evaluate)
 
     x = sub.add_parser("export", help="write a self-describing export folder (config.json, model.safetensors, card)")
@@ -409,6 +546,8 @@ def _project_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="export folder (an earlier export there is replaced atomically)")
     x.add_argument("--report", default=None, help="report.json of `tokenizers-mm evaluate`, for the model card")
     x.add_argument("--no-ema", action="store_true", help="export the raw weights even when the run kept an EMA")
+    x.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that holds anything but an earlier export (whole, atomically)")
     x.set_defaults(func=_cmd_export)
 
     def inference_flags(q: argparse.ArgumentParser) -> None:
@@ -424,6 +563,7 @@ def _project_parser() -> argparse.ArgumentParser:
     en.add_argument("--out", required=True, help="output .npz (ids [N, k], keys, meta)")
     en.add_argument("--num-tokens", type=int, default=None,
                     help="keep the first k tokens (1D tokenizers) or the first k codebooks (audio)")
+    en.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a tokens file")
     en.add_argument("--chunk-seconds", type=float, default=30.0,
                     help="audio: encode long files in chunks of this length (causal models: same tokens as one pass)")
     en.set_defaults(func=_cmd_encode)
@@ -440,6 +580,8 @@ def _project_parser() -> argparse.ArgumentParser:
     de.add_argument("--seed", type=int, default=None, help="rectified-flow decoders: sample i uses seed + i")
     de.add_argument("--resolution", type=int, default=None, help="shapes: marching-cubes grid resolution (64)")
     de.add_argument("--mesh-format", choices=["ply", "obj", "glb"], default="ply", help="shapes: output mesh format")
+    de.add_argument("--overwrite", action="store_true",
+                    help="replace an --out that holds anything but an earlier decode of this modality")
     de.set_defaults(func=_cmd_decode)
 
     tz = sub.add_parser("tokenize", help="stream shards through an export into token shards (resumable)")
@@ -451,28 +593,74 @@ def _project_parser() -> argparse.ArgumentParser:
     tz.add_argument("--workers", type=int, default=2, help="decoding workers per rank")
     tz.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
     tz.add_argument("--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)")
+    tz.add_argument("--overwrite", action="store_true",
+                    help="replace an --out (or an interrupted run's staging folder) made with other settings")
     tz.set_defaults(func=_cmd_tokenize)
     return p
 
 
+# errors that come from what a user gave (files, folders, URLs, settings): one line and exit code 2
+INPUT_ERRORS = (OSError, ValueError, TypeError, KeyError, LookupError)
+
+
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    extra: list[type[BaseException]] = []
+    try:
+        import yaml
+
+        extra.append(yaml.YAMLError)
+    except ImportError:  # pragma: no cover - yaml comes with the stack
+        pass
+    try:
+        from safetensors import SafetensorError
+
+        extra.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    import tarfile
+
+    return (*INPUT_ERRORS, tarfile.TarError, *extra)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if not isinstance(exc, KeyError) else f"missing entry {exc.args[0]!r}" if exc.args else "KeyError"
+    text = " ".join(text.split())
+    if isinstance(exc, OSError) and getattr(exc, "filename", None) and exc.filename not in text:
+        text = f"{exc.filename}: {text}"
+    return text or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Input problems print ``tokenizers-mm: error: <one line naming the file / key>`` and
+    return 2; ``--debug`` (anywhere in the arguments) or ``TOKENIZERS_MM_DEBUG=1`` shows the traceback too."""
     from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("TOKENIZERS_MM_DEBUG", "") not in ("", "0")
+    if "--debug" in argv:
+        argv = [x for x in argv if x != "--debug"]
+        debug = True
     logging.basicConfig(level=os.environ.get("TOKENIZERS_MM_LOG", "INFO"),
                         format="%(levelname)s %(name)s: %(message)s")
-    if argv and argv[0] in PROJECT_COMMANDS:
-        a = _project_parser().parse_args(argv)
-        try:
+    try:
+        if argv and argv[0] in PROJECT_COMMANDS:
+            a = _project_parser().parse_args(argv)
             return int(a.func(a) or 0)
-        except (FileNotFoundError, ValueError, TypeError) as exc:
-            print(f"tokenizers-mm: error: {exc}", file=sys.stderr)
-            return 2
-    if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
-        _project_parser().print_help()
-        print("\nLightningCLI subcommands: fit, validate, test, predict (see `tokenizers-mm fit --help`).")
+        if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
+            _project_parser().print_help()
+            print("\nLightningCLI subcommands: fit, validate, test, predict (see `tokenizers-mm fit --help`).")
+            return 0
+        _lightning_cli(None if from_sys and argv == sys.argv[1:] else argv)
         return 0
-    _lightning_cli(None if from_sys else argv)
-    return 0
+    except _input_error_types() as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"tokenizers-mm: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tokenizers-mm: interrupted; nothing half-written was left under a final name", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

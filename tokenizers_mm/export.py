@@ -1,6 +1,6 @@
 """Exported tokenizers: a self-describing folder that loads without Lightning or the training code.
 
-An export folder holds exactly three files:
+An export folder holds four files:
 
 - ``config.json``: format name and version, modality, architecture name and its constructor arguments
   (quantizer spec included), the token layout (tokens per sample, codebook sizes, bits and bytes), the
@@ -8,14 +8,17 @@ An export folder holds exactly three files:
   sha256 of the weights;
 - ``model.safetensors``: the codec's ``state_dict`` (EMA weights when the run kept an EMA): encoder,
   quantizer and decoder only; no optimizer, discriminator or loss network;
-- ``README.md``: a model card (what it is, how to use it, how it was trained, its evaluation numbers).
+- ``README.md``: a model card (what it is, how to use it, how it was trained, its evaluation numbers);
+- ``made_by.json``: what wrote the folder (:mod:`tokenizers_mm.io`), so a later export replaces it only when it
+  holds nothing else.
 
 Nothing in an export is pickled. :func:`export_checkpoint` reads a Lightning checkpoint with
-``weights_only=True``; :func:`load_codec` rebuilds the codec from JSON and safetensors.
+``weights_only=True``; :func:`load_codec` rebuilds the codec from JSON and safetensors and always verifies the
+weights against the config.
 
 A folder is written next to its final name and renamed into place, so an interrupted export never
 leaves a half-written folder under the final name; an earlier export there stays intact until the
-new one is complete.
+new one is complete, and a folder holding anything else is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ import importlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -72,13 +73,6 @@ def decode_options(codec: nn.Module) -> set[str]:
 
 
 # ---- writing --------------------------------------------------------------------------------------
-def _fsync_write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def is_export_dir(path: str) -> bool:
     """True when ``path`` holds a ``config.json`` of this export format."""
     try:
@@ -88,36 +82,35 @@ def is_export_dir(path: str) -> bool:
         return False
 
 
-def write_dir_atomic(out: str, files: dict[str, bytes]) -> str:
-    """Write ``files`` (name -> bytes) as folder ``out``: temp folder beside it, fsync, rename.
+def _legacy_export(path: str) -> bool:
+    """An export written before ``made_by.json`` existed, holding nothing but its own files."""
+    from .io import list_files
 
-    An existing ``out`` is replaced only when it is an earlier export (or empty); any other folder or
-    file there raises ``ExportError`` and is left untouched.
+    return is_export_dir(path) and set(list_files(path)) <= set(EXPORT_FILES)
+
+
+def write_dir_atomic(out: str, files: dict[str, bytes], made_by: dict[str, Any] | None = None,
+                     overwrite: bool = False) -> str:
+    """Write ``files`` (name -> bytes) as export folder ``out``: staging folder beside it, fsync, swap.
+
+    An existing ``out`` is replaced only when it holds an earlier export and nothing else (or is empty), or when
+    ``overwrite`` is set; anything else raises ``ExportError`` and is left untouched.
     """
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise ExportError(f"export destination {out!r} exists and is not a folder")
-        if os.listdir(out) and not is_export_dir(out):
-            raise ExportError(f"export destination {out!r} is a non-empty folder that is not a tokenizers-mm "
-                              "export; choose another --out (nothing was overwritten)")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp", dir=parent)
+    from .io import OutputError, OutputFolder, write_bytes_atomic
+
+    try:
+        folder = OutputFolder(out, {"command": "export", **(made_by or {})}, overwrite=overwrite,
+                              legacy=_legacy_export, identity=("command",)).check()
+    except OutputError as exc:
+        raise ExportError(str(exc)) from exc
     try:
         for name, data in files.items():
-            _fsync_write(os.path.join(tmp, name), data)
-        old = None
-        if os.path.exists(out):
-            old = f"{out}.old{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+            write_bytes_atomic(os.path.join(folder.path, name), data)
+        folder.commit()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        folder.discard()
         raise
-    return out
+    return folder.out
 
 
 def _bits(codebook_sizes: list[int]) -> float:
@@ -152,8 +145,11 @@ def build_config(codec: nn.Module, inputs: dict[str, Any], training: dict[str, A
 
 
 def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: dict[str, Any] | None = None,
-                 evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``codec`` (an ``nn.Module`` registered in :data:`CODECS`) as an export folder; returns its config."""
+                 evaluation: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write ``codec`` (an ``nn.Module`` registered in :data:`CODECS`) as an export folder; returns its config.
+
+    ``overwrite`` replaces an ``out`` that holds anything but an earlier export (see :func:`write_dir_atomic`).
+    """
     from safetensors.torch import save
 
     if getattr(codec, "architecture", None) not in CODECS:
@@ -164,8 +160,10 @@ def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: d
     sha = hashlib.sha256(blob).hexdigest()
     cfg = build_config(codec, inputs, training or {}, sha, evaluation)
     card = model_card(cfg)
+    made_by = {"modality": codec.modality, "model": {"sha256": sha, "architecture": codec.architecture},
+               "inputs": {"checkpoint": (training or {}).get("checkpoint")}}
     write_dir_atomic(out, {WEIGHTS_FILE: blob, CONFIG_FILE: (json.dumps(cfg, indent=2) + "\n").encode(),
-                           CARD_FILE: card.encode()})
+                           CARD_FILE: card.encode()}, made_by, overwrite=overwrite)
     return cfg
 
 
@@ -212,11 +210,13 @@ def _evaluation_from_report(path: str) -> dict[str, Any]:
     return ev
 
 
-def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: bool = True) -> dict[str, Any]:
+def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: bool = True,
+                      overwrite: bool = False) -> dict[str, Any]:
     """Export the tokenizer of Lightning checkpoint ``ckpt`` into folder ``out``; returns its config.
 
     ``report``: a ``report.json`` of ``tokenizers-mm evaluate`` to record in the config and model card.
     ``use_ema``: export the EMA weights when the run kept them (the default), else the raw weights.
+    ``overwrite``: replace an ``out`` that holds anything but an earlier export.
     """
     from .checkpointing import CLASS_KEY, build_tokenizer, read_checkpoint
 
@@ -239,7 +239,8 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
                  if k in data_hp and (k not in ("image", "mesh", "audio") or data_hp.get("modality") == k)},
     }
     evaluation = _evaluation_from_report(report) if report else None
-    return export_codec(codec, out, INPUT_SPECS[codec.modality](codec, data_hp), training, evaluation)
+    return export_codec(codec, out, INPUT_SPECS[codec.modality](codec, data_hp), training, evaluation,
+                        overwrite=overwrite)
 
 
 # ---- reading --------------------------------------------------------------------------------------
@@ -280,11 +281,13 @@ def read_export_config(path: str, modality: str | None = None) -> dict[str, Any]
     return cfg
 
 
-def load_codec(path: str, modality: str | None = None, device: str | torch.device = "cpu",
-               verify: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+def load_codec(path: str, modality: str | None = None, device: str | torch.device = "cpu"
+               ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the codec of export folder ``path`` in eval mode on ``device``; returns ``(codec, config)``.
 
-    ``verify`` checks the weights' sha256 against the config (a damaged or swapped file is an error).
+    Always verified: the weights' sha256 must equal the config's (a damaged or swapped file is an error), the
+    config's ``arch`` must build its architecture, and every tensor must match the built codec in name and shape.
+    Every failure is an ``ExportError`` naming the file and the entry.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -295,18 +298,37 @@ def load_codec(path: str, modality: str | None = None, device: str | torch.devic
         raise ExportError(f"{path!r} has no {WEIGHTS_FILE}")
     with open(weights, "rb") as f:
         blob = f.read()
-    want = (cfg.get("weights") or {}).get("sha256")
-    if verify and want and hashlib.sha256(blob).hexdigest() != want:
+    want = (cfg.get("weights") or {}).get("sha256") if isinstance(cfg.get("weights"), dict) else None
+    if not isinstance(want, str) or len(want) != 64:
+        raise ExportError(f"{os.path.join(path, CONFIG_FILE)} records no sha256 of its weights (weights.sha256); "
+                          "an export cannot be verified without it")
+    if hashlib.sha256(blob).hexdigest() != want:
         raise ExportError(f"{weights} does not match the sha256 recorded in {CONFIG_FILE} (damaged or replaced)")
     try:
         state = load(blob)
     except SafetensorError as exc:
         raise ExportError(f"{weights} is not a readable safetensors file: {exc}") from exc
-    codec = codec_class(cfg["architecture"])(**cfg["arch"])
-    missing, unexpected = codec.load_state_dict(state, strict=False)
+    if not isinstance(cfg["arch"], dict):
+        raise ExportError(f"{os.path.join(path, CONFIG_FILE)}: 'arch' must be an object of constructor arguments, "
+                          f"got {type(cfg['arch']).__name__}")
+    try:
+        codec = codec_class(cfg["architecture"])(**cfg["arch"])
+    except ExportError:
+        raise
+    except Exception as exc:  # any constructor failure means the config does not describe a codec
+        raise ExportError(f"{os.path.join(path, CONFIG_FILE)}: 'arch' does not build {cfg['architecture']} "
+                          f"({type(exc).__name__}: {exc})") from exc
+    own = codec.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ExportError(f"{weights} does not fit architecture {cfg['architecture']}: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}")
+        raise ExportError(f"{weights} does not fit architecture {cfg['architecture']} of {CONFIG_FILE}: missing "
+                          f"{missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise ExportError(f"{weights} does not fit the 'arch' of {CONFIG_FILE}: {name} is "
+                              f"{list(tensor.shape)} in the weights, {list(own[name].shape)} in the configured model")
+    codec.load_state_dict(state, strict=True)
     return codec.to(device).eval(), cfg
 
 

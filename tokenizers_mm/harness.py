@@ -254,3 +254,33 @@ class TokenizerModule(pl.LightningModule):
         self.log("val/codebook_usage", stats["usage"])
         self.log("val/codebook_perplexity", stats["perplexity"])
         self._val_counts = None
+
+
+def check_resume(ckpt_path: str, module: pl.LightningModule) -> None:
+    """Refuse, before anything is written, a checkpoint that ``module`` cannot resume from.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the checkpoint and the first difference: another module
+    class, a tensor missing on either side, or a tensor of another shape (a changed architecture).
+    """
+    from .checkpointing import read_checkpoint
+
+    raw = read_checkpoint(ckpt_path)
+    if not isinstance(raw.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {ckpt_path!r} holds no 'state_dict'; expected a Lightning checkpoint of a "
+                         "tokenizers-mm run")
+    want = f"{type(module).__module__}.{type(module).__qualname__}"
+    have = raw.get(CLASS_KEY)
+    if have and have != want:
+        raise ValueError(f"checkpoint {ckpt_path!r} holds a {have}; the config builds a {want}")
+    state, own = raw["state_dict"], module.state_dict()
+    for name in sorted(set(own) | set(state)):
+        if name not in state:
+            raise ValueError(f"checkpoint {ckpt_path!r} has no tensor {name!r} that the configured model has "
+                             "(a changed architecture cannot resume: use a new trainer.default_root_dir)")
+        if name not in own:
+            raise ValueError(f"checkpoint {ckpt_path!r} has a tensor {name!r} that the configured model lacks "
+                             "(a changed architecture cannot resume: use a new trainer.default_root_dir)")
+        if tuple(state[name].shape) != tuple(own[name].shape):
+            raise ValueError(f"checkpoint {ckpt_path!r}: {name} is {list(state[name].shape)} there, "
+                             f"{list(own[name].shape)} in the configured model (a changed architecture cannot "
+                             "resume: use a new trainer.default_root_dir)")

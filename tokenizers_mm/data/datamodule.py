@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..config import as_config, plain
 from .samples import MODALITIES, AudioOptions, ImageOptions, MeshOptions, TokenOptions, make_decoder
-from .stream import EvalStream, TrainStream, dist_info
+from .stream import EvalStream, TrainStream, check_shard_modality, dist_info
 from .urls import expand_urls
 
 log = logging.getLogger("tokenizers_mm.data")
@@ -100,16 +100,31 @@ class ShardDataModule(pl.LightningDataModule):
             warnings.warn(msg, stacklevel=2)
             log.warning(msg)
 
+    def shard_urls(self, key: str, split: str) -> list[str]:
+        """The expanded URLs of ``data.<key>``, checked: one-line errors name the key, the URL and what was expected."""
+        spec = getattr(self, key)
+        if spec is None or (isinstance(spec, (str, list, tuple)) and not [s for s in
+                                                                          ([spec] if isinstance(spec, str) else spec)
+                                                                          if str(s).strip()]):
+            raise ValueError(f"data.{key} is empty; expected shards of {self.modality} samples (a folder of "
+                             f"{split}-*.tar, a brace pattern, @list.txt or a URL)")
+        try:
+            urls = expand_urls(spec, split=split)
+        except (FileNotFoundError, ValueError) as exc:
+            raise type(exc)(f"data.{key}: {exc}") from exc
+        check_shard_modality(urls, self.modality, f"data.{key}")
+        return urls
+
     def setup(self, stage: str | None = None) -> None:
         _, world = dist_info()
         if stage in (None, "fit") and self.train_stream is None:
-            urls = expand_urls(self.train_urls, split="train")
+            urls = self.shard_urls("train_urls", "train")
             self.check_shard_count(len(urls), world, self.num_workers)
             self.train_stream = TrainStream(urls, self._decoder(train=True), self.batch_size,
                                             self.batches_per_epoch, seed=self.seed,
                                             shuffle_buffer=self.shuffle_buffer)
         if stage in (None, "fit", "validate", "test", "predict") and self.val_urls and self.val_stream is None:
-            urls = expand_urls(self.val_urls, split="val")
+            urls = self.shard_urls("val_urls", "val")
             self.val_stream = EvalStream(urls, self._decoder(train=False), self.val_batch_size,
                                          num_samples=self.val_samples, max_samples=self.max_val_samples,
                                          num_workers=self.val_num_workers)

@@ -2,8 +2,10 @@
 
 ``build_shards`` packs a folder of files into ``train-000000.tar ...`` and ``val-000000.tar ...``
 keyed by relative path, with a deterministic split, and writes ``dataset.json`` beside them.
-Every shard is written under a temporary name and renamed when complete, so a crash never leaves a
-half-written shard under its final name.
+A build writes into a staging folder beside ``--out`` (:class:`tokenizers_mm.io.OutputFolder`) and swaps it in
+whole when complete, with ``made_by.json``: an interrupted build leaves ``--out`` as it was, a build that decodes
+no file is an error, and an ``--out`` holding anything but an earlier build with the same settings is refused
+unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import webdataset as wds
 from tqdm.auto import tqdm
 
+from ..io import (
+    AtomicTarFile,
+    EmptyOutputError,
+    OutputFolder,
+    empty_output_message,
+    file_fingerprint,
+    list_files,
+    write_json_atomic,
+)
 from .audio import AUDIO_EXTENSIONS, decode_audio
 from .image import IMAGE_EXTENSIONS
 from .mesh import (
@@ -116,8 +126,13 @@ def _make_sample(src: str, relpath: str, modality: str, mesh_opts: MeshBuildOpti
     path = os.path.join(src, relpath)
     ext = os.path.splitext(relpath)[1].lower().lstrip(".")
     ext = "jpg" if ext == "jpeg" else ext
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        report.skipped.append({"file": relpath, "reason": f"cannot read: {exc.strerror or exc}"})
+        log.warning("data build: skipped %s: %s", relpath, exc)
+        return None
     meta: dict[str, Any] = {"source": relpath.replace(os.sep, "/"), "bytes": len(data)}
     sample: dict[str, Any] = {"__key__": sample_key(relpath), ext: data}
     try:
@@ -140,50 +155,13 @@ def _make_sample(src: str, relpath: str, modality: str, mesh_opts: MeshBuildOpti
             sample["npz"] = encode_npz(arrays)
             meta.update(repaired=repaired, center=[float(c) for c in center], scale=float(scale),
                         faces=int(len(mesh.faces)), inside_fraction=float(arrays["volume_labels"].mean()))
-    except (ValueError, MeshError) as exc:
-        report.skipped.append({"file": relpath, "reason": str(exc)})
+    except Exception as exc:  # any file that does not decode is skipped with its reason, never fatal
+        reason = str(exc) if isinstance(exc, (ValueError, MeshError)) else f"{type(exc).__name__}: {exc}"
+        report.skipped.append({"file": relpath, "reason": reason})
         log.warning("data build: skipped %s: %s", relpath, exc)
         return None
     sample["json"] = json.dumps(meta).encode()
     return sample
-
-
-class AtomicTarFile:
-    """One webdataset tar written to ``path.tmp<pid>``, fsynced and renamed to ``path`` by :meth:`commit`.
-
-    Until ``commit`` the final name does not exist (or keeps its previous content), so a crash never
-    leaves a truncated shard under a final name; :meth:`abort` removes the temporary file.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.tmp = f"{path}.tmp{os.getpid()}"
-        self.count = 0
-        self._stream = open(self.tmp, "wb")
-        # fixed mtime: identical inputs give byte-identical shards
-        self._writer = wds.TarWriter(self._stream, mtime=0.0)
-
-    def write(self, sample: dict[str, Any]) -> None:
-        self._writer.write(sample)
-        self.count += 1
-
-    def commit(self) -> str:
-        self._writer.close()
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-        except Exception:  # the tar may be half-written; the temporary file is removed anyway
-            pass
-        finally:
-            self._stream.close()
-            if os.path.exists(self.tmp):
-                os.remove(self.tmp)
 
 
 class AtomicShardWriter:
@@ -220,77 +198,95 @@ class AtomicShardWriter:
             self._tar = None
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _legacy_build(modality: str, settings: dict[str, Any]):
+    """Recognise a build of this modality and settings written before ``made_by.json`` existed."""
+    def check(folder: str) -> bool:
+        try:
+            with open(os.path.join(folder, "dataset.json")) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(old, dict) or old.get("modality") != modality or old.get("settings") != settings:
+            return False
+        listed = {"dataset.json", *(n for names in (old.get("shards") or {}).values() for n in names)}
+        return set(list_files(folder)) <= listed
+    return check
 
 
 def build_shards(modality: str, src: str, out: str, shard_size: int = 64, val_fraction: float = 0.1,
                  seed: int = 0, split_by: str = "file", mesh: MeshBuildOptions | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Pack the ``modality`` files under ``src`` into train / val shards in ``out``.
 
     Files that cannot be decoded (and meshes that stay open after repair) are skipped and listed in
-    ``dataset.json`` with their reason. Shards of an earlier build in ``out`` that this build does not
-    overwrite are removed, after the new ones are complete. Returns the ``dataset.json`` content.
+    ``dataset.json`` with their reason; a build where every file is skipped raises ``EmptyOutputError``.
+    The shards are written into a staging folder beside ``out`` and swapped in whole when complete
+    (:class:`~tokenizers_mm.io.OutputFolder`): an existing ``out`` is replaced only when it holds an earlier
+    build with the same modality and settings and nothing else, or when ``overwrite`` is set; otherwise
+    ``OutputError`` names what is there. Returns the ``dataset.json`` content.
     """
     if modality not in SOURCE_MODALITIES:
-        raise ValueError(f"modality must be one of {SOURCE_MODALITIES}, got {modality!r}")
+        raise ValueError(f"--modality must be one of {SOURCE_MODALITIES}, got {modality!r}")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     mesh_opts = mesh or MeshBuildOptions()
     files = list_source_files(src, modality)
     keys = Counter(sample_key(p) for p in files)
     clashes = [k for k, n in keys.items() if n > 1]
     if clashes:
-        raise ValueError(f"files map to the same sample key (same path, different extension): {clashes[:5]}")
+        names = [p for p in files if sample_key(p) in clashes[:1]]
+        raise ValueError(f"files under {src!r} map to the same sample key {clashes[0]!r} (same path, different "
+                         f"extension): {names}")
     train, val = split_files(files, val_fraction, seed, split_by)
+    settings = {"src": os.path.abspath(src), "shard_size": shard_size, "val_fraction": val_fraction,
+                "seed": seed, "split_by": split_by, **({"mesh": vars(mesh_opts)} if modality == "mesh" else {})}
+    folder = OutputFolder(out, {"command": "data build", "modality": modality, "settings": settings,
+                                "inputs": {"files": len(files),
+                                           "fingerprint": file_fingerprint([os.path.join(src, p) for p in files], src)}},
+                          overwrite=overwrite, legacy=_legacy_build(modality, settings), inputs=[src],
+                          identity=("command", "modality", "settings")).check()
+    stage = folder.path
     rng = random.Random(seed)
     rng.shuffle(train)  # mix sources inside training shards; val keeps path order
-    os.makedirs(out, exist_ok=True)
-    for name in os.listdir(out):
-        if ".tar.tmp" in name:
-            os.remove(os.path.join(out, name))  # leftovers of a crashed build
     report = BuildReport()
     t0 = time.time()
-    for split, names in (("train", train), ("val", val)):
-        writer = AtomicShardWriter(out, split, shard_size)
-        nbytes = 0
-        try:
-            for rel in tqdm(names, desc=f"{modality} {split}", unit="file", disable=not progress):
-                sample = _make_sample(src, rel, modality, mesh_opts, seed, report)
-                if sample is None:
-                    continue
-                nbytes += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
-                writer.write(sample)
-                report.counts[split] = report.counts.get(split, 0) + 1
-        except BaseException:
-            writer.abort()
-            raise
-        report.shards[split] = writer.close()
-        report.counts.setdefault(split, 0)
-        report.bytes[split] = nbytes
-    for name in os.listdir(out):  # stale shards of an earlier, larger build
-        m = re.fullmatch(r"(train|val)-(\d{6})\.tar", name)
-        if m and name not in report.shards[m.group(1)]:
-            os.remove(os.path.join(out, name))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "modality": modality,
-        "counts": report.counts,
-        "bytes": report.bytes,
-        "shards": report.shards,
-        "skipped": report.skipped,
-        "repaired": report.repaired,
-        "settings": {"src": os.path.abspath(src), "shard_size": shard_size, "val_fraction": val_fraction,
-                     "seed": seed, "split_by": split_by,
-                     **({"mesh": vars(mesh_opts)} if modality == "mesh" else {})},
-        "build_seconds": round(time.time() - t0, 2),
-    }
-    write_json_atomic(os.path.join(out, "dataset.json"), manifest)
+    try:
+        for split, names in (("train", train), ("val", val)):
+            writer = AtomicShardWriter(stage, split, shard_size)
+            nbytes = 0
+            try:
+                for rel in tqdm(names, desc=f"{modality} {split}", unit="file", disable=not progress):
+                    sample = _make_sample(src, rel, modality, mesh_opts, seed, report)
+                    if sample is None:
+                        continue
+                    nbytes += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+                    writer.write(sample)
+                    report.counts[split] = report.counts.get(split, 0) + 1
+            except BaseException:
+                writer.abort()
+                raise
+            report.shards[split] = writer.close()
+            report.counts.setdefault(split, 0)
+            report.bytes[split] = nbytes
+        if not sum(report.counts.values()):
+            raise EmptyOutputError(empty_output_message(
+                f"data build of {src!r}", len(files), [(s["file"], s["reason"]) for s in report.skipped]))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "modality": modality,
+            "counts": report.counts,
+            "bytes": report.bytes,
+            "shards": report.shards,
+            "skipped": report.skipped,
+            "repaired": report.repaired,
+            "settings": settings,
+            "build_seconds": round(time.time() - t0, 2),
+        }
+        write_json_atomic(os.path.join(stage, "dataset.json"), manifest)
+        folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
     return manifest
 
 

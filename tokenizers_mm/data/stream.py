@@ -59,10 +59,13 @@ class SkipCounter:
     def __init__(self) -> None:
         self.pending = 0
         self.total = 0
+        self.reasons: list[tuple[str, str]] = []  # the first three ("key in shard", error)
 
     def skip(self, what: str, key: str | None, url: str | None, exc: BaseException) -> None:
         self.pending += 1
         self.total += 1
+        if len(self.reasons) < 3:
+            self.reasons.append((f"{key or what} in {url}", f"{type(exc).__name__}: {exc}"))
         log.warning("skipped corrupt %s key=%s shard=%s: %s", what, key, url, exc)
 
     def tar_handler(self, exc: BaseException) -> bool:
@@ -175,6 +178,54 @@ class TrainStream(IterableDataset):
                     return
 
 
+SAMPLE_EXTENSIONS = {"image": ("jpg", "jpeg", "png", "webp"), "audio": ("flac", "wav", "ogg", "mp3"),
+                     "mesh": ("npz",), "tokens": ("ids.npy",)}
+
+
+def first_sample_extensions(url: str) -> list[str] | None:
+    """The member extensions of the first sample of a local tar shard (``None`` for remote or unreadable ones)."""
+    if is_remote(url) or not os.path.isfile(url):
+        return None
+    try:
+        with tarfile.open(url, mode="r") as tf:
+            key, exts = None, []
+            for member in tf:
+                if not member.isreg():
+                    continue
+                base = os.path.basename(member.name)
+                k, _, ext = base.partition(".")
+                if key is None:
+                    key = os.path.join(os.path.dirname(member.name), k)
+                elif os.path.join(os.path.dirname(member.name), k) != key:
+                    break
+                exts.append(ext)
+            return exts if key is not None else []
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+
+
+def check_shard_modality(urls: list[str], modality: str, what: str) -> None:
+    """Refuse local shards whose first sample is not of ``modality``, naming ``what`` (the config key or flag).
+
+    Reads one tar header block per check (the first local shard), so a folder of audio shards given to an image
+    model is one clear ``ValueError`` instead of a thousand skipped samples.
+    """
+    wanted = SAMPLE_EXTENSIONS.get(modality)
+    url = next((u for u in urls if not is_remote(u)), None)
+    if wanted is None or url is None:
+        return
+    exts = first_sample_extensions(url)
+    if exts is None:
+        return  # unreadable shards are reported, with their key, by the loader
+    if not exts:
+        raise ValueError(f"{what}: shard {url!r} holds no sample (an empty tar)")
+    if any(e in wanted for e in exts):
+        return
+    held = next((m for m, e in SAMPLE_EXTENSIONS.items() if any(x in e for x in exts)), None)
+    raise ValueError(f"{what}: shard {url!r} holds {held + ' ' if held else ''}samples ({', '.join(exts)}); "
+                     f"a {modality} model reads samples with {' / '.join(wanted)}")
+
+
 def count_samples(url: str) -> int:
     """Count the samples (distinct keys) of a local tar shard, reading headers only.
 
@@ -276,8 +327,9 @@ class EvalStream(IterableDataset):
                 buf = []
         n_pad = wanted - seen + missing
         if n_pad and first_good is None:
-            raise RuntimeError(f"rank {rank} worker {worker} found no decodable evaluation sample in "
-                               f"{self.urls[:4]}; cannot pad to the {wanted} samples other ranks expect")
+            from ..io import EmptyOutputError, empty_output_message
+
+            raise EmptyOutputError(empty_output_message(f"evaluation of {self.urls[:2]}", seen, counter.reasons))
         for _ in range(n_pad):
             pad = dict(first_good)
             pad["pad"] = torch.tensor(True)
