@@ -52,6 +52,16 @@ def _lightning_cli(args: list[str] | None) -> None:
                 kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
             return super().instantiate_trainer(**kwargs)
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI reads the hyperparameters of an explicit checkpoint file here: refuse foreign files first
+            sub = self.config.get("subcommand")
+            ckpt = self.config[sub].get("ckpt_path") if sub else None
+            if ckpt and os.path.isfile(ckpt):
+                from .checkpointing import read_checkpoint
+
+                read_checkpoint(ckpt)
+            super()._parse_ckpt_path()
+
         def before_fit(self) -> None:
             dm = self.datamodule
             if isinstance(dm, ShardDataModule):
@@ -115,6 +125,10 @@ def _cmd_data_inspect(a: argparse.Namespace) -> int:
             if problem:
                 raise ValueError(problem)
     urls = expand_urls(a.urls, split=a.split)
+    if a.modality:
+        from .data.stream import check_shard_modality
+
+        check_shard_modality(urls, a.modality, "--modality")
     report = inspect_shards(urls, modality=a.modality, limit=a.limit)
     if a.json:
         print(json.dumps(report, indent=2))
@@ -358,6 +372,14 @@ def _cmd_encode(a: argparse.Namespace) -> int:
     else:  # pragma: no cover - other modalities register their readers here
         raise ValueError(f"encode does not read {tok.modality} files yet")
     keys = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    from pipelines.base import file_stems
+
+    try:
+        file_stems(keys, "sample")
+    except ValueError as exc:
+        clash = [f for f in files if os.path.splitext(os.path.basename(f))[0] in str(exc)][:2]
+        raise ValueError(f"inputs {clash} share the key of their file name; decode would write them to one file: "
+                         "encode them in separate runs or rename one") from exc
     if tok.modality == "audio":
         waves = [tok.read(f) for f in files]
         ids = [tok.encode(w, num_tokens=a.num_tokens, chunk_seconds=a.chunk_seconds)[0] for w in waves]
@@ -417,7 +439,10 @@ def _cmd_decode(a: argparse.Namespace) -> int:
                           overwrite=a.overwrite, identity=("command", "modality"),
                           inputs=[p for p in a.inputs if os.path.exists(p)]).check()
     try:
-        text = _decode_into(a, tok, ids, keys, meta, folder.path)
+        try:
+            text = _decode_into(a, tok, ids, keys, meta, folder.path)
+        except ValueError as exc:  # ids that this model cannot decode: name the file they came from
+            raise ValueError(f"{' '.join(a.inputs)}: {exc}") from exc
         folder.commit()
     except BaseException:
         folder.discard()

@@ -195,8 +195,17 @@ INPUT_SPECS = {"image": _image_inputs, "mesh": _mesh_inputs, "audio": _audio_inp
 
 
 def _evaluation_from_report(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        report = json.load(f)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--report {path!r} does not exist; expected the report.json of `tokenizers-mm evaluate`")
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except ValueError as exc:
+        raise ValueError(f"--report {path!r} is not valid JSON ({exc}); expected the report.json of "
+                         "`tokenizers-mm evaluate`") from exc
+    if not isinstance(report, dict) or not isinstance(report.get("baselines") or {}, dict):
+        raise ValueError(f"--report {path!r} is not a report.json of `tokenizers-mm evaluate` (expected an object "
+                         "with per_k / per_scale / per_quantizers rows)")
     keep = ("images", "image_size", "tokens_per_image", "codebook_size", "bits_per_token", "per_k",
             "shapes", "per_scale", "conventions", "seconds_per_shape", "clips", "seconds", "sample_rate",
             "per_quantizers", "real_time_factor")

@@ -322,7 +322,7 @@ class OutputFolder:
                     f"({_show(foreign)}); they would be lost")
         diff = self._diff(rec)
         if diff:
-            return f"{what} {folder!r} was made with other settings ({diff})"
+            return f"{what} {folder!r} was made by `tokenizers-mm {self.command}` with other settings ({diff})"
         return None
 
     def existing(self) -> bool:

@@ -35,15 +35,8 @@ from ..io import (
 )
 from .audio import AUDIO_EXTENSIONS, decode_audio
 from .image import IMAGE_EXTENSIONS
-from .mesh import (
-    MESH_EXTENSIONS,
-    MeshError,
-    encode_npz,
-    load_mesh,
-    make_watertight,
-    normalize_mesh,
-    precompute_mesh_sample,
-)
+from .mesh import MESH_EXTENSIONS, MeshError, encode_npz
+from .mesh_prep import MeshBuildOptions, build_mesh_sample
 from .samples import SOURCE_MODALITIES
 
 log = logging.getLogger("tokenizers_mm.data")
@@ -60,8 +53,10 @@ def sample_key(relpath: str) -> str:
 
 def list_source_files(src: str, modality: str) -> list[str]:
     """Relative paths of the files of ``modality`` under ``src``, sorted."""
-    if not os.path.isdir(src):
+    if not os.path.exists(src):
         raise FileNotFoundError(f"source folder {src!r} does not exist")
+    if not os.path.isdir(src):
+        raise NotADirectoryError(f"--src {src!r} is a file; expected a folder of {modality} files")
     exts = {"." + e for e in EXTENSIONS[modality]} | ({".jpeg"} if modality == "image" else set())
     out = []
     for root, _dirs, files in os.walk(src):
@@ -102,23 +97,13 @@ def split_files(relpaths: list[str], val_fraction: float, seed: int, split_by: s
 
 
 @dataclass
-class MeshBuildOptions:
-    """Precomputation settings of mesh shards (points per sample stored in the ``npz``)."""
-
-    num_surface: int = 16384
-    num_volume: int = 16384
-    num_near: int = 16384
-    near_sigma: float = 0.02
-    padding: float = 0.05
-
-
-@dataclass
 class BuildReport:
     counts: dict[str, int] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
     shards: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    meshes: list[dict[str, str]] = field(default_factory=list)  # per mesh: file, status, how (mesh_prep)
 
 
 def _make_sample(src: str, relpath: str, modality: str, mesh_opts: MeshBuildOptions, seed: int,
@@ -144,17 +129,13 @@ def _make_sample(src: str, relpath: str, modality: str, mesh_opts: MeshBuildOpti
             wave, sr = decode_audio(data)
             meta.update(sample_rate=sr, channels=int(wave.shape[0]), seconds=wave.shape[1] / sr)
         else:
-            mesh = load_mesh(data, ext)
-            mesh, repaired = make_watertight(mesh)
-            if repaired:
-                report.repaired.append(relpath)
-            mesh, center, scale = normalize_mesh(mesh, mesh_opts.padding)
             key_seed = int(hashlib.sha1(f"{seed}:{relpath}".encode()).hexdigest()[:8], 16)
-            arrays = precompute_mesh_sample(mesh, mesh_opts.num_surface, mesh_opts.num_volume,
-                                            mesh_opts.num_near, mesh_opts.near_sigma, seed=key_seed)
+            arrays, record = build_mesh_sample(data, ext, mesh_opts, key_seed)
+            if record["status"] == "repaired":
+                report.repaired.append(relpath)
+            report.meshes.append({"file": relpath, "status": record["status"], "how": record["how"]})
             sample["npz"] = encode_npz(arrays)
-            meta.update(repaired=repaired, center=[float(c) for c in center], scale=float(scale),
-                        faces=int(len(mesh.faces)), inside_fraction=float(arrays["volume_labels"].mean()))
+            meta.update(repaired=record["status"] == "repaired", **record)
     except Exception as exc:  # any file that does not decode is skipped with its reason, never fatal
         reason = str(exc) if isinstance(exc, (ValueError, MeshError)) else f"{type(exc).__name__}: {exc}"
         report.skipped.append({"file": relpath, "reason": reason})
@@ -279,6 +260,7 @@ def build_shards(modality: str, src: str, out: str, shard_size: int = 64, val_fr
             "shards": report.shards,
             "skipped": report.skipped,
             "repaired": report.repaired,
+            **({"meshes": report.meshes} if modality == "mesh" else {}),
             "settings": settings,
             "build_seconds": round(time.time() - t0, 2),
         }

@@ -223,7 +223,7 @@ def check_shard_modality(urls: list[str], modality: str, what: str) -> None:
         return
     held = next((m for m, e in SAMPLE_EXTENSIONS.items() if any(x in e for x in exts)), None)
     raise ValueError(f"{what}: shard {url!r} holds {held + ' ' if held else ''}samples ({', '.join(exts)}); "
-                     f"a {modality} model reads samples with {' / '.join(wanted)}")
+                     f"{'an' if modality[0] in 'aeiou' else 'a'} {modality} model reads samples with {' / '.join(wanted)}")
 
 
 def count_samples(url: str) -> int:
