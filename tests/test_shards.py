@@ -93,15 +93,16 @@ def test_audio_round_trip(speech_dir, tmp_path):
         assert json.loads(s["json"])["sample_rate"] == 8000
 
 
-def test_mesh_round_trip_skips_open_mesh(mesh_dir, tmp_path):
+def test_mesh_round_trip_records_open_mesh(mesh_dir, tmp_path):
     out = str(tmp_path / "shards")
     m = build_shards("mesh", mesh_dir, out, shard_size=1, val_fraction=0.34, seed=0, mesh=SMALL_MESH,
                      progress=False)
-    assert m["counts"]["train"] + m["counts"]["val"] == 3
-    assert [s["file"] for s in m["skipped"]] == ["airplane.ply"]
-    assert "not watertight" in m["skipped"][0]["reason"]
+    assert m["counts"]["train"] + m["counts"]["val"] == 4 and m["skipped"] == []
+    status = {r["file"]: r["status"] for r in m["meshes"]}
+    assert status == {"airplane.ply": "winding_number", "ant.ply": "watertight", "nut.ply": "watertight",
+                      "sphere.ply": "watertight"}  # the open airplane is labeled by its winding number
     samples = _raw(out, "train") + _raw(out, "val")
-    assert sorted(s["__key__"] for s in samples) == ["ant", "nut", "sphere"]
+    assert sorted(s["__key__"] for s in samples) == ["airplane", "ant", "nut", "sphere"]
     dec = make_decoder("mesh", False, mesh={"num_surface": 256, "num_volume": 128, "num_near": 64})
     for s in samples:
         assert "ply" in s and "npz" in s

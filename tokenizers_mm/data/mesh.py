@@ -80,29 +80,22 @@ def make_watertight(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, bool]:
 
 
 def precompute_mesh_sample(mesh: trimesh.Trimesh, num_surface: int = 16384, num_volume: int = 16384,
-                           num_near: int = 16384, near_sigma: float = 0.02, seed: int = 0) -> dict[str, np.ndarray]:
-    """Sample surface points with normals and labeled occupancy queries of a watertight normalized mesh.
+                           num_near: int = 16384, near_sigma: float = 0.02, seed: int = 0, num_sharp: int = 0,
+                           sharp_angle: float = 30.0) -> dict[str, np.ndarray]:
+    """Sample surface points with normals and labeled occupancy queries of a normalized mesh.
 
-    Returns arrays:
+    Labels come from the generalized winding number (:mod:`.mesh_occupancy`), so the mesh need not be
+    watertight. Returns arrays:
         ``surface``: float32 ``[num_surface, 6]``, xyz then unit normal;
         ``volume_points``: float32 ``[num_volume, 3]`` uniform in ``[-1, 1]^3``;
         ``volume_labels``: bool ``[num_volume]``, True inside;
-        ``near_points`` / ``near_labels``: surface points plus Gaussian noise of std ``near_sigma``.
+        ``near_points`` / ``near_labels``: surface points plus Gaussian noise of std ``near_sigma``;
+        ``sharp`` (only when ``num_sharp > 0``): float32 ``[num_sharp, 6]`` points on sharp edges.
     """
-    rng = np.random.default_rng(seed)
-    points, face_idx = trimesh.sample.sample_surface(mesh, num_surface, seed=int(rng.integers(2**31)))
-    normals = mesh.face_normals[face_idx]
-    volume = rng.uniform(-1.0, 1.0, size=(num_volume, 3))
-    near_src, _ = trimesh.sample.sample_surface(mesh, num_near, seed=int(rng.integers(2**31)))
-    near = near_src + rng.normal(scale=near_sigma, size=near_src.shape)
-    labels = mesh.contains(np.concatenate([volume, near], axis=0))
-    return {
-        "surface": np.concatenate([points, normals], axis=1).astype(np.float32),
-        "volume_points": volume.astype(np.float32),
-        "volume_labels": labels[:num_volume].astype(bool),
-        "near_points": near.astype(np.float32),
-        "near_labels": labels[num_volume:].astype(bool),
-    }
+    from .mesh_sampling import sample_occupancy
+
+    arrays, _ = sample_occupancy(mesh, num_surface, num_volume, num_near, near_sigma, seed, num_sharp, sharp_angle)
+    return arrays
 
 
 def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
@@ -142,12 +135,15 @@ class MeshTransform:
         num_volume: uniform occupancy queries.
         num_near: near-surface occupancy queries.
         random_subset: draw random subsets (training) or take the first points (evaluation).
+        num_sharp: how many of the ``num_surface`` encoder points come from the sharp-edge samples (``sharp``
+            array of shards built with ``--mesh-sharp-points``); 0 uses uniform samples only.
     """
 
     num_surface: int = 2048
     num_volume: int = 1024
     num_near: int = 1024
     random_subset: bool = True
+    num_sharp: int = 0
 
     def _idx(self, n_total: int, n: int, rng: random.Random) -> np.ndarray:
         if not self.random_subset:
@@ -157,11 +153,18 @@ class MeshTransform:
         return _take(n_total, n, rng)
 
     def __call__(self, arrays: dict[str, np.ndarray], rng: random.Random) -> dict[str, torch.Tensor]:
-        s = self._idx(len(arrays["surface"]), self.num_surface, rng)
+        if not 0 <= self.num_sharp <= self.num_surface:
+            raise ValueError(f"num_sharp must be in [0, num_surface={self.num_surface}], got {self.num_sharp}")
+        if self.num_sharp and "sharp" not in arrays:
+            raise ValueError("num_sharp > 0 needs shards built with sharp-edge samples (data build --mesh-sharp-points)")
+        s = self._idx(len(arrays["surface"]), self.num_surface - self.num_sharp, rng)
+        surface = arrays["surface"][s]
+        if self.num_sharp:
+            surface = np.concatenate([surface, arrays["sharp"][self._idx(len(arrays["sharp"]), self.num_sharp, rng)]])
         v = self._idx(len(arrays["volume_points"]), self.num_volume, rng)
         n = self._idx(len(arrays["near_points"]), self.num_near, rng)
         return {
-            "surface": torch.from_numpy(arrays["surface"][s]).float(),
+            "surface": torch.from_numpy(surface).float(),
             "volume_points": torch.from_numpy(arrays["volume_points"][v]).float(),
             "volume_labels": torch.from_numpy(arrays["volume_labels"][v].astype(np.float32)),
             "near_points": torch.from_numpy(arrays["near_points"][n]).float(),

@@ -70,6 +70,7 @@ class MeshOptions:
     num_surface: int = 2048
     num_volume: int = 1024
     num_near: int = 1024
+    num_sharp: int = 0  # of the num_surface points, drawn on sharp edges (shards built with --mesh-sharp-points)
 
 
 @dataclass
@@ -240,7 +241,8 @@ def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None =
                                                  o.loudness_lufs), teacher=o.teacher)
     if modality == "mesh":
         o = as_config(MeshOptions, mesh)
-        return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train))
+        return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train,
+                                               num_sharp=o.num_sharp))
     if modality == "tokens":
         return TokenSampleDecoder(as_config(TokenOptions, tokens).num_tokens)
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
