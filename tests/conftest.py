@@ -52,9 +52,9 @@ def speech_dir(tmp_path) -> str:
 
 @pytest.fixture()
 def mesh_dir(tmp_path) -> str:
-    """The vendored meshes: three watertight (ant, nut, sphere) and one open (airplane)."""
+    """The vendored pyvista meshes: three watertight (ant, nut, sphere) and one open (airplane)."""
     from tokenizers_mm.data.embedded import embedded_dir
 
     src = tmp_path / "meshes"
-    shutil.copytree(embedded_dir("meshes"), src)
+    shutil.copytree(embedded_dir("meshes"), src, ignore=shutil.ignore_patterns("pymeshlab"))
     return str(src)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import yaml
 
@@ -23,11 +24,14 @@ def test_data_build_and_inspect(photo_dir, tmp_path, capsys):
 
 
 def test_data_build_mesh_reports_skipped(mesh_dir, tmp_path, capsys):
+    from tokenizers_mm.data.embedded import embedded_dir
+
+    shutil.copy(os.path.join(embedded_dir("meshes"), "pymeshlab", "face000.ply"), mesh_dir)  # an open range scan
     out = str(tmp_path / "m")
     assert main(["data", "build", "--modality", "mesh", "--src", mesh_dir, "--out", out, "--val-fraction", "0.3",
                  "--mesh-surface-points", "300", "--mesh-volume-points", "300", "--mesh-near-points", "300"]) == 0
     text = capsys.readouterr().out
-    assert "skipped 1 file(s)" in text and "airplane.ply: not watertight" in text
+    assert "skipped 1 file(s)" in text and "face000.ply: no meaningful inside" in text
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):

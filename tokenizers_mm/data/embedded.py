@@ -3,9 +3,11 @@
 - image: the photographs inside the scikit-image wheel, cut into tiles (one folder per photo, so the
   train / val split holds out whole photos);
 - audio: the vendored speech clips of ``tokenizers_mm/embedded/speech`` (see ATTRIBUTION.md);
-- mesh: the vendored meshes of ``tokenizers_mm/embedded/meshes`` plus procedural primitives (boxes, cylinders,
+- mesh: the vendored real meshes of ``tokenizers_mm/embedded/meshes`` (pyvista's examples at its top level,
+  pymeshlab's sample meshes in ``pymeshlab/``; see ATTRIBUTION.md) plus procedural primitives (boxes, cylinders,
   cones, capsules, ellipsoids, tori with random proportions and orientations, from ``trimesh.creation``), so a
-  shape tokenizer has more than three shapes to learn from.
+  shape tokenizer has more than a handful of shapes to learn from. One open pyvista mesh is labeled by its
+  winding number and one open range scan is skipped with its reason: they exercise those paths of ``data build``.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] 
 
         src = os.path.join(out_root, "_src", "mesh")
         shutil.rmtree(src, ignore_errors=True)
-        shutil.copytree(embedded_dir("meshes"), os.path.join(src, "pyvista"))
+        shutil.copytree(embedded_dir("meshes"), os.path.join(src, "pyvista"), ignore=shutil.ignore_patterns("pymeshlab"))
+        shutil.copytree(os.path.join(embedded_dir("meshes"), "pymeshlab"), os.path.join(src, "pymeshlab"))
         write_primitives(os.path.join(src, "primitives"))
         manifests["mesh"] = build_shards("mesh", src, os.path.join(out_root, "mesh"), shard_size=8,
                                          val_fraction=0.15, seed=0,
