@@ -1,7 +1,8 @@
 """The embedded default data: small real datasets of every modality, built into shards by ``make data``.
 
-- image: the photographs inside the scikit-image wheel, cut into tiles (one folder per photo, so the
-  train / val split holds out whole photos);
+- image: the photographs inside the scikit-image wheel and the vendored photographs and drawn wallpapers of
+  ``tokenizers_mm/embedded/photos`` (sky, water, foliage: colours the scikit-image set lacks), cut into tiles
+  (one folder per photo, so the train / val split holds out whole photos);
 - audio: the vendored speech clips of ``tokenizers_mm/embedded/speech`` (see ATTRIBUTION.md);
 - mesh: the vendored real meshes of ``tokenizers_mm/embedded/meshes`` (pyvista's examples at its top level,
   pymeshlab's sample meshes in ``pymeshlab/``; see ATTRIBUTION.md) plus procedural primitives (boxes, cylinders,
@@ -33,19 +34,27 @@ def embedded_dir(name: str) -> str:
     return str(resources.files("tokenizers_mm") / "embedded" / name)
 
 
-def write_photo_tiles(out: str, tile: int = 128, max_tiles: int = 24) -> int:
-    """Cut each scikit-image photo into non-overlapping ``tile`` px tiles, at most ``max_tiles`` per photo.
-
-    Tiles are PNG files in ``out/<photo>/tile_XX.png``. Returns the number written.
-    """
+def photo_paths() -> list[str]:
+    """The embedded photographs: scikit-image's, then the vendored ones (``embedded/photos/*.jpg``)."""
     import skimage.data
 
     root = os.path.dirname(skimage.data.__file__)
-    n = 0
-    for name in SKIMAGE_PHOTOS:
-        path = os.path.join(root, name)
+    paths = [os.path.join(root, name) for name in SKIMAGE_PHOTOS]
+    for path in paths:
         if not os.path.exists(path):
             raise FileNotFoundError(f"scikit-image photo {path} is missing; reinstall scikit-image>=0.22")
+    vendored = embedded_dir("photos")
+    return paths + sorted(os.path.join(vendored, f) for f in os.listdir(vendored) if f.endswith(".jpg"))
+
+
+def write_photo_tiles(out: str, tile: int = 128, max_tiles: int = 24) -> int:
+    """Cut each embedded photo into non-overlapping ``tile`` px tiles, at most ``max_tiles`` per photo.
+
+    Tiles are PNG files in ``out/<photo>/tile_XX.png``. Returns the number written.
+    """
+    n = 0
+    for path in photo_paths():
+        name = os.path.basename(path)
         img = Image.open(path).convert("RGB")
         w, h = img.size
         boxes = [(x, y) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
