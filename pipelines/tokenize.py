@@ -136,7 +136,11 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
         if device is None and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         tok = pipelines.load(model, device=device, dtype=dtype)
-    k = num_tokens or tok.num_tokens
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {num_workers}")
+    k = tok.num_tokens if num_tokens is None else num_tokens
     if not 1 <= k <= tok.num_tokens or (not tok.prefix_decodable and k != tok.num_tokens):
         raise ValueError(f"--num-tokens must be in 1..{tok.num_tokens} for this tokenizer"
                          + ("" if tok.prefix_decodable else f" (exactly {tok.num_tokens}: it is not prefix-decodable)")

@@ -212,6 +212,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .io import OutputFolder
 
     ckpt = checkpoint_file(a.ckpt)
+    for flag, path in (("--csv-log", a.csv_log), ("--lpips", a.lpips), ("--inception", a.inception)):
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {path!r} does not exist")
     raw = read_checkpoint(ckpt)
     modality = (raw.get("datamodule_hyper_parameters") or {}).get("modality", "image")
     try:
@@ -428,6 +431,8 @@ def _cmd_decode(a: argparse.Namespace) -> int:
         ids = np.stack([v for _, v in pairs])
     if a.limit is not None and a.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {a.limit}")
+    if a.num_tokens is not None and a.num_tokens < 1:
+        raise ValueError(f"--num-tokens must be >= 1, got {a.num_tokens}")
     if a.limit:
         ids, keys = ids[: a.limit], keys[: a.limit]
     try:
@@ -459,6 +464,8 @@ def _decode_into(a: argparse.Namespace, tok: Any, ids: Any, keys: list[str], met
         if not isinstance(ids, list):
             raise ValueError("audio decodes from a tokens.npz written by `tokenizers-mm encode`")
         if a.num_tokens:
+            if a.num_tokens > ids[0].shape[0]:
+                raise ValueError(f"--num-tokens {a.num_tokens}: the file holds {ids[0].shape[0]} codebooks")
             ids = [i[: a.num_tokens] for i in ids]
         lengths = (meta.get("num_samples") or [None] * len(ids))[: len(ids)]
         waves = tok.decode(ids, batch_size=a.batch_size)
@@ -468,6 +475,10 @@ def _decode_into(a: argparse.Namespace, tok: Any, ids: Any, keys: list[str], met
         return f"decoded {len(paths)} clip(s) with {n_q} codebooks ({tok.bitrate_kbps(n_q):.3f} kbps) into {a.out}/ (WAV)"
     options = {name: getattr(a, name) for name in ("steps", "cfg_scale", "seed", "resolution")
                if getattr(a, name) is not None}
+    if a.num_tokens:  # a prefix of each sample's tokens (check_ids refuses what the model cannot decode)
+        if a.num_tokens > ids.shape[1]:
+            raise ValueError(f"--num-tokens {a.num_tokens}: the samples hold {ids.shape[1]} tokens")
+        ids = ids[:, : a.num_tokens]
     samples = tok.decode(ids, batch_size=a.batch_size, **options)
     if tok.modality == "image":
         from .visual import image_grid, save_png
@@ -495,6 +506,17 @@ def _cmd_tokenize(a: argparse.Namespace) -> int:
     print(f"token shards in {a.out}: {m['counts']} samples, {m['skipped_samples']} skipped, {state}; "
           f"{m['tokens']['num_tokens']} tokens per sample (dataset.json)")
     return 0
+
+
+def at_least(low: int | float, kind: type = int):
+    """An argparse ``type`` that refuses values below ``low`` (exit 2 naming the flag, before anything runs)."""
+    def parse(text: str):
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
 
 
 def _project_parser() -> argparse.ArgumentParser:
@@ -534,34 +556,34 @@ def _project_parser() -> argparse.ArgumentParser:
     i.add_argument("urls", nargs="+", help="shards: pattern, directory, @list.txt, pipe: or http(s) URL")
     i.add_argument("--split", choices=["train", "val"], default=None, help="for directories: one split")
     i.add_argument("--modality", choices=["image", "audio", "mesh"], default=None)
-    i.add_argument("--limit", type=int, default=None, help="stop after this many samples")
+    i.add_argument("--limit", type=at_least(1), default=None, help="stop after this many samples")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=_cmd_data_inspect)
 
     bench = dsub.add_parser("bench", help="samples/s of the training loader of a config's data section")
     bench.add_argument("--config", required=True)
-    bench.add_argument("--batches", type=int, default=50)
-    bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--num-workers", type=int, default=None)
+    bench.add_argument("--batches", type=at_least(1), default=50)
+    bench.add_argument("--warmup", type=at_least(0), default=5)
+    bench.add_argument("--num-workers", type=at_least(0), default=None)
     bench.set_defaults(func=_cmd_data_bench)
 
     e = sub.add_parser("evaluate", help="reconstruction metrics, codebook statistics and samples of a checkpoint")
     e.add_argument("--ckpt", required=True)
     e.add_argument("--data", required=True, help="evaluation shards (a directory gives its val-*.tar)")
     e.add_argument("--out", required=True, help="report folder")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--max-samples", type=int, default=None)
-    e.add_argument("--size", type=int, default=None, help="image side (default: the training config's)")
+    e.add_argument("--batch-size", type=at_least(1), default=16)
+    e.add_argument("--max-samples", type=at_least(1), default=None)
+    e.add_argument("--size", type=at_least(8), default=None, help="image side (default: the training config's)")
     e.add_argument("--csv-log", default=None, help="metrics.csv of the training run, for loss curves")
     e.add_argument("--lpips", default=None, help="local LPIPS-style weights file (enables the LPIPS column)")
     e.add_argument("--inception", default=None, help="local InceptionV3 weights file (enables rFID)")
     e.add_argument("--no-baselines", action="store_true", help="skip the JPEG / WebP (images) or Opus / MP3 (audio) baselines")
     e.add_argument("--no-pesq", action="store_true", help="audio: skip PESQ (the slowest metric)")
-    e.add_argument("--steps", type=int, nargs="+", default=None,
+    e.add_argument("--steps", type=at_least(1), nargs="+", default=None,
                    help="rectified-flow decoders: Euler steps to evaluate (e.g. 1 2 4 8 25; default: the model's)")
     e.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
-    e.add_argument("--resolution", type=int, default=64, help="shapes: marching-cubes grid resolution")
-    e.add_argument("--chamfer-points", type=int, default=100_000, help="shapes: surface samples per mesh")
+    e.add_argument("--resolution", type=at_least(8), default=64, help="shapes: marching-cubes grid resolution")
+    e.add_argument("--chamfer-points", type=at_least(1), default=100_000, help="shapes: surface samples per mesh")
     e.add_argument("--overwrite", action="store_true",
                    help="replace an --out that holds anything but an earlier evaluate report")
     e.set_defaults(func=_cmd_evaluate)
@@ -579,17 +601,17 @@ def _project_parser() -> argparse.ArgumentParser:
         q.add_argument("--model", required=True, help="export folder (tokenizers-mm export)")
         q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         q.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
-        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--batch-size", type=at_least(1), default=64)
 
     en = sub.add_parser("encode", help="encode files (images: png / jpg / webp; meshes: obj / ply / stl / glb / off; "
                                        "audio: wav / flac / ogg / mp3) into tokens.npz")
     inference_flags(en)
     en.add_argument("inputs", nargs="+", help="files or folders of files")
     en.add_argument("--out", required=True, help="output .npz (ids [N, k], keys, meta)")
-    en.add_argument("--num-tokens", type=int, default=None,
+    en.add_argument("--num-tokens", type=at_least(1), default=None,
                     help="keep the first k tokens (1D tokenizers) or the first k codebooks (audio)")
     en.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a tokens file")
-    en.add_argument("--chunk-seconds", type=float, default=30.0,
+    en.add_argument("--chunk-seconds", type=at_least(0.1, float), default=30.0,
                     help="audio: encode long files in chunks of this length (causal models: same tokens as one pass)")
     en.set_defaults(func=_cmd_encode)
 
@@ -598,12 +620,13 @@ def _project_parser() -> argparse.ArgumentParser:
     inference_flags(de)
     de.add_argument("inputs", nargs="+", help="a tokens.npz, or token shards (pattern, folder, @list.txt)")
     de.add_argument("--out", required=True, help="output folder")
-    de.add_argument("--limit", type=int, default=None, help="decode at most this many samples")
-    de.add_argument("--num-tokens", type=int, default=None, help="audio: decode from the first k codebooks only")
-    de.add_argument("--steps", type=int, default=None, help="rectified-flow decoders: Euler steps")
+    de.add_argument("--limit", type=at_least(1), default=None, help="decode at most this many samples")
+    de.add_argument("--num-tokens", type=at_least(1), default=None,
+                    help="decode from the first k tokens (1D tokenizers) or the first k codebooks (audio) only")
+    de.add_argument("--steps", type=at_least(1), default=None, help="rectified-flow decoders: Euler steps")
     de.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
     de.add_argument("--seed", type=int, default=None, help="rectified-flow decoders: sample i uses seed + i")
-    de.add_argument("--resolution", type=int, default=None, help="shapes: marching-cubes grid resolution (64)")
+    de.add_argument("--resolution", type=at_least(8), default=None, help="shapes: marching-cubes grid resolution (64)")
     de.add_argument("--mesh-format", choices=["ply", "obj", "glb"], default="ply", help="shapes: output mesh format")
     de.add_argument("--overwrite", action="store_true",
                     help="replace an --out that holds anything but an earlier decode of this modality")
@@ -614,10 +637,11 @@ def _project_parser() -> argparse.ArgumentParser:
     tz.add_argument("--data", required=True, nargs="+", help="input shards: pattern, folder, @list.txt, URL")
     tz.add_argument("--out", required=True, help="output folder of token shards + dataset.json")
     tz.add_argument("--split", choices=["train", "val"], default=None, help="for folders: only this split")
-    tz.add_argument("--num-tokens", type=int, default=None, help="keep the first k tokens (1D tokenizers)")
-    tz.add_argument("--workers", type=int, default=2, help="decoding workers per rank")
-    tz.add_argument("--rank", type=int, default=None, help="this process's rank (default: $RANK or 0)")
-    tz.add_argument("--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)")
+    tz.add_argument("--num-tokens", type=at_least(1), default=None, help="keep the first k tokens (1D tokenizers)")
+    tz.add_argument("--workers", type=at_least(0), default=2, help="decoding workers per rank")
+    tz.add_argument("--rank", type=at_least(0), default=None, help="this process's rank (default: $RANK or 0)")
+    tz.add_argument("--world-size", type=at_least(1), default=None,
+                    help="number of processes (default: $WORLD_SIZE or 1)")
     tz.add_argument("--overwrite", action="store_true",
                     help="replace an --out (or an interrupted run's staging folder) made with other settings")
     tz.set_defaults(func=_cmd_tokenize)
