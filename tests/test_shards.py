@@ -132,10 +132,15 @@ def test_failed_build_leaves_no_partial_shard(photo_dir, tmp_path, monkeypatch):
         build_shards("image", photo_dir, out, shard_size=4, val_fraction=0.34, seed=0, progress=False,
                      overwrite=True)
     names = sorted(os.listdir(out))
-    assert names == sorted(before) and not [n for n in os.listdir(tmp_path) if ".partial" in n]
+    # the staging folder stays for a resume (complete shards only); no other leftovers beside --out
+    assert names == sorted(before) and [n for n in os.listdir(tmp_path) if ".partial" in n] == [".shards.partial"]
+    assert not [n for n in os.listdir(tmp_path / ".shards.partial") if ".tmp" in n]
     # the earlier complete build is untouched: nothing half-written sits under a final name
     for n in names:
         assert open(os.path.join(out, n), "rb").read() == before[n]
+    monkeypatch.setattr(shards, "_make_sample", real)
+    m = build_shards("image", photo_dir, out, shard_size=4, val_fraction=0.34, seed=0, progress=False, overwrite=True)
+    assert m["counts"] == {"train": 4, "val": 2} and not [n for n in os.listdir(tmp_path) if ".partial" in n]
 
 
 def test_rebuild_removes_stale_shards(photo_dir, tmp_path):

@@ -92,15 +92,33 @@ def _cmd_data_build(a: argparse.Namespace) -> int:
     from .data.shards import MeshBuildOptions, build_shards
 
     mesh = MeshBuildOptions(num_surface=a.mesh_surface_points, num_volume=a.mesh_volume_points,
-                            num_near=a.mesh_near_points)
+                            num_near=a.mesh_near_points, num_sharp=a.mesh_sharp_points, sharp_angle=a.mesh_sharp_angle,
+                            max_faces=a.mesh_max_faces, max_file_mb=a.mesh_max_file_mb)
+    if a.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {a.workers}")
     manifest = build_shards(a.modality, a.src, a.out, shard_size=a.shard_size, val_fraction=a.val_fraction,
-                            seed=a.seed, split_by=a.split_by, mesh=mesh, overwrite=a.overwrite)
+                            seed=a.seed, split_by=a.split_by, mesh=mesh, overwrite=a.overwrite, workers=a.workers,
+                            rank=a.rank, world_size=a.world_size)
+    if "partial" in manifest:
+        p = manifest["partial"]
+        print(f"rank {p['rank']} of {p['world_size']}: combine the ranks' folders with `tokenizers-mm data merge`")
+    if "mesh_summary" in manifest:
+        print("meshes: " + ", ".join(f"{n} {k}" for k, n in manifest["mesh_summary"].items()))
     print(f"wrote {manifest['counts']} samples of {a.modality} into {a.out} "
           f"({len(manifest['shards']['train'])} train + {len(manifest['shards']['val'])} val shards)")
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])} file(s):")
         for s in manifest["skipped"]:
             print(f"  {s['file']}: {s['reason']}")
+    return 0
+
+
+def _cmd_data_merge(a: argparse.Namespace) -> int:
+    from .data.build_jobs import merge_builds
+
+    manifest = merge_builds(a.parts, a.out, overwrite=a.overwrite)
+    print(f"merged {len(a.parts)} ranks into {a.out}: {manifest['counts']} samples "
+          f"({len(manifest['shards']['train'])} train + {len(manifest['shards']['val'])} val shards)")
     return 0
 
 
@@ -538,9 +556,24 @@ def _project_parser() -> argparse.ArgumentParser:
     b.add_argument("--mesh-surface-points", type=int, default=16384)
     b.add_argument("--mesh-volume-points", type=int, default=16384)
     b.add_argument("--mesh-near-points", type=int, default=16384)
+    b.add_argument("--mesh-sharp-points", type=int, default=0, help="points on sharp edges (Dora), 0: none")
+    b.add_argument("--mesh-sharp-angle", type=float, default=30.0, help="dihedral angle (degrees) of a sharp edge")
+    b.add_argument("--mesh-max-faces", type=int, default=1_000_000, help="decimate larger meshes to this many faces")
+    b.add_argument("--mesh-max-file-mb", type=float, default=512.0,
+                   help="skip larger mesh files (loading them would exceed the memory bound)")
+    b.add_argument("--workers", type=int, default=1, help="processes building shards in parallel")
+    b.add_argument("--rank", type=int, default=None,
+                   help="build every world-size-th shard (default: RANK or SLURM_PROCID); combine with `data merge`")
+    b.add_argument("--world-size", type=int, default=None, help="number of ranks (default: WORLD_SIZE or SLURM_NTASKS)")
     b.add_argument("--overwrite", action="store_true",
                    help="replace an --out that holds anything but an earlier build with the same settings")
     b.set_defaults(func=_cmd_data_build)
+
+    mg = dsub.add_parser("merge", help="combine the --out folders of the ranks of one `data build` into one folder")
+    mg.add_argument("parts", nargs="+", help="the ranks' --out folders")
+    mg.add_argument("--out", required=True, help="output folder")
+    mg.add_argument("--overwrite", action="store_true", help="replace an --out that holds anything else")
+    mg.set_defaults(func=_cmd_data_merge)
 
     emb = dsub.add_parser("embedded", help="build the embedded default shards (real photos, speech, meshes)")
     emb.add_argument("--out", default="data/embedded")

@@ -10,12 +10,14 @@ unless ``overwrite``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import random
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +36,16 @@ from ..io import (
     write_json_atomic,
 )
 from .audio import AUDIO_EXTENSIONS, decode_audio
+from .build_jobs import (
+    PARTS_DIR,
+    ShardJob,
+    for_rank,
+    plan_shards,
+    rank_from_env,
+    run_jobs,
+    summarize,
+    write_record,
+)
 from .image import IMAGE_EXTENSIONS
 from .mesh import MESH_EXTENSIONS, MeshError, encode_npz
 from .mesh_prep import MeshBuildOptions, build_mesh_sample
@@ -194,10 +206,45 @@ def _legacy_build(modality: str, settings: dict[str, Any]):
     return check
 
 
+def build_one_shard(job: ShardJob, stage: str, src: str, modality: str, mesh_opts: MeshBuildOptions,
+                    seed: int) -> dict[str, Any]:
+    """Write the planned shard ``job`` into ``stage`` (atomically; no tar when every file is skipped), then its
+    record (:mod:`.build_jobs`); returns the record. Module-level so that worker processes can run it."""
+    report = BuildReport()
+    tar, count, nbytes = None, 0, 0
+    try:
+        for rel in job.files:
+            sample = _make_sample(src, rel, modality, mesh_opts, seed, report)
+            if sample is None:
+                continue
+            if tar is None:
+                tar = AtomicTarFile(os.path.join(stage, job.name))
+            tar.write(sample)
+            count += 1
+            nbytes += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+    except BaseException:
+        if tar is not None:
+            tar.abort()
+        raise
+    if tar is not None:
+        tar.commit()
+    record = {"split": job.split, "index": job.index, "shard": job.name if count else None, "count": count,
+              "bytes": nbytes, "skipped": report.skipped, "repaired": report.repaired, "meshes": report.meshes}
+    write_record(stage, job, record)
+    return {**record, "files": list(job.files)}
+
+
 def build_shards(modality: str, src: str, out: str, shard_size: int = 64, val_fraction: float = 0.1,
                  seed: int = 0, split_by: str = "file", mesh: MeshBuildOptions | None = None,
-                 progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+                 progress: bool = True, overwrite: bool = False, workers: int = 1, rank: int | None = None,
+                 world_size: int | None = None) -> dict[str, Any]:
     """Pack the ``modality`` files under ``src`` into train / val shards in ``out``.
+
+    Shards are planned before anything is decoded and built independently (:mod:`.build_jobs`): ``workers``
+    processes build them in parallel; ``rank`` of ``world_size`` (default: torchrun's or SLURM's environment)
+    builds every ``world_size``-th shard into its own ``out``, and :func:`~.build_jobs.merge_builds` combines the
+    ranks' folders; an interrupted build resumes from its complete shards when rerun with the same settings.
+    The shards do not depend on ``workers`` or ``world_size``.
 
     Files that cannot be decoded (and meshes that stay open after repair) are skipped and listed in
     ``dataset.json`` with their reason; a build where every file is skipped raises ``EmptyOutputError``.
@@ -221,53 +268,48 @@ def build_shards(modality: str, src: str, out: str, shard_size: int = 64, val_fr
     train, val = split_files(files, val_fraction, seed, split_by)
     settings = {"src": os.path.abspath(src), "shard_size": shard_size, "val_fraction": val_fraction,
                 "seed": seed, "split_by": split_by, **({"mesh": vars(mesh_opts)} if modality == "mesh" else {})}
+    rank, world_size = rank_from_env(rank, world_size)
+    if world_size > 1:
+        settings.update(rank=rank, world_size=world_size)
     folder = OutputFolder(out, {"command": "data build", "modality": modality, "settings": settings,
                                 "inputs": {"files": len(files),
                                            "fingerprint": file_fingerprint([os.path.join(src, p) for p in files], src)}},
                           overwrite=overwrite, legacy=_legacy_build(modality, settings), inputs=[src],
-                          identity=("command", "modality", "settings")).check()
+                          identity=("command", "modality", "settings"), resumable=True).check()
     stage = folder.path
     rng = random.Random(seed)
     rng.shuffle(train)  # mix sources inside training shards; val keeps path order
-    report = BuildReport()
+    jobs = plan_shards(train, val, shard_size)
+    mine = for_rank(jobs, rank, world_size)
     t0 = time.time()
     try:
-        for split, names in (("train", train), ("val", val)):
-            writer = AtomicShardWriter(stage, split, shard_size)
-            nbytes = 0
-            try:
-                for rel in tqdm(names, desc=f"{modality} {split}", unit="file", disable=not progress):
-                    sample = _make_sample(src, rel, modality, mesh_opts, seed, report)
-                    if sample is None:
-                        continue
-                    nbytes += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
-                    writer.write(sample)
-                    report.counts[split] = report.counts.get(split, 0) + 1
-            except BaseException:
-                writer.abort()
-                raise
-            report.shards[split] = writer.close()
-            report.counts.setdefault(split, 0)
-            report.bytes[split] = nbytes
-        if not sum(report.counts.values()):
+        bar = tqdm(total=sum(len(j.files) for j in mine), desc=f"{modality} build", unit="file", disable=not progress)
+        build_one = functools.partial(build_one_shard, stage=stage, src=src, modality=modality, mesh_opts=mesh_opts,
+                                      seed=seed)
+        records, resumed = run_jobs(mine, stage, build_one, workers, on_done=lambda j: bar.update(len(j.files)))
+        bar.close()
+        summary = summarize(records, modality)
+        if not sum(summary["counts"].values()) and world_size == 1:
             raise EmptyOutputError(empty_output_message(
-                f"data build of {src!r}", len(files), [(s["file"], s["reason"]) for s in report.skipped]))
+                f"data build of {src!r}", len(files), [(s["file"], s["reason"]) for s in summary["skipped"]]))
         manifest = {
             "format_version": FORMAT_VERSION,
             "modality": modality,
-            "counts": report.counts,
-            "bytes": report.bytes,
-            "shards": report.shards,
-            "skipped": report.skipped,
-            "repaired": report.repaired,
-            **({"meshes": report.meshes} if modality == "mesh" else {}),
+            **summary,
             "settings": settings,
             "build_seconds": round(time.time() - t0, 2),
+            **({"partial": {"rank": rank, "world_size": world_size, "shards_planned": len(jobs)}}
+               if world_size > 1 else {}),
         }
         write_json_atomic(os.path.join(stage, "dataset.json"), manifest)
+        if world_size == 1:  # the shard records serve resume (and a rank's merge) only
+            shutil.rmtree(os.path.join(stage, PARTS_DIR))
         folder.commit()
+    except EmptyOutputError:
+        shutil.rmtree(stage, ignore_errors=True)  # nothing to resume
+        raise
     except BaseException:
-        folder.discard()
+        folder.discard()  # the staging folder stays: a rerun with the same settings resumes from its shards
         raise
     return manifest
 
