@@ -9,10 +9,15 @@ Most cases call the CLI in-process; only the signal tests start a subprocess.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -589,3 +594,117 @@ def test_debug_shows_the_traceback(R, tmp_path, capsys, monkeypatch):
     assert main(argv) == 2 and "Traceback" in capsys.readouterr().err
     monkeypatch.delenv("TOKENIZERS_MM_DEBUG")
     assert main(argv) == 2 and "Traceback" not in capsys.readouterr().err
+
+
+# ---- what the same rules let through ----------------------------------------------------------------------
+def test_overwrite_replaces_a_foreign_out_whole_and_a_rerun_replaces_its_own(R, tmp_path):
+    mine = _user_folder(str(tmp_path))
+    assert main(_build("image", R.photos, mine, "--overwrite")) == 0
+    assert "notes.txt" not in os.listdir(mine) and json.load(open(f"{mine}/made_by.json"))["command"] == "data build"
+    first = _checksums([mine])
+    assert main(_build("image", R.photos, mine)) == 0  # same settings: its own earlier output is rebuilt
+    again = _checksums([mine])
+    assert {k for k in first if k.endswith(".tar")} == {k for k in again if k.endswith(".tar")}
+    assert all(first[k] == again[k] for k in first if k.endswith(".tar"))
+    assert not [n for n in os.listdir(tmp_path) if ".partial" in n or ".old-" in n]
+
+
+def test_tokenize_rerun_of_a_complete_output_changes_nothing(R, tmp_path, capsys):
+    out = _copy(R.tokens, str(tmp_path / "tk"))
+    before = _checksums([out])
+    assert main(_tok(R, R.shards, out)) == 0
+    assert "complete" in capsys.readouterr().out and _checksums([out]) == before
+
+
+def test_resume_keeps_metrics_history_and_every_attempts_config(run, tmp_path):
+    R = run
+    root = _copy(R.run, str(tmp_path / "run"))
+    rows = list(csv.DictReader(open(f"{root}/metrics.csv")))
+    config = open(f"{root}/config.yaml").read()
+    assert rows and max(int(r["step"]) for r in rows) >= 1
+    assert main(_fit(R, "--trainer.default_root_dir", root, "--trainer.max_steps", "4", "--ckpt_path", "last")) == 0
+    after = list(csv.DictReader(open(f"{root}/metrics.csv")))
+    assert len(after) > len(rows)
+    for old, new in zip(rows, after):  # the earlier attempt's rows stay, in order, with their values
+        assert all(new[k] == v for k, v in old.items() if v != "")
+    assert max(int(r["step"]) for r in after) >= 3
+    assert open(f"{root}/config-1.yaml").read() == config
+    assert "max_steps: 4" in open(f"{root}/config.yaml").read() and os.path.isfile(f"{root}/hparams-1.yaml")
+
+
+# ---- interrupted mid-way: Ctrl-C and SIGKILL --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory) -> str:
+    """150 image files (6 photos at 384 px under 25 names each): enough work to stop a build in the middle."""
+    src = _photos(str(tmp_path_factory.mktemp("many") / "src"), n=6, size=384)
+    for name in sorted(os.listdir(src)):
+        for i in range(1, 25):
+            shutil.copy(os.path.join(src, name), os.path.join(src, f"{name[:-4]}_{i:02d}.png"))
+    return src
+
+
+def _same_output(a: str, b: str) -> None:
+    """Folders ``a`` and ``b`` hold the same files with the same bytes (run records and timings aside)."""
+    names = sorted(os.path.relpath(os.path.join(r, n), a) for r, _, ns in os.walk(a) for n in ns)
+    assert names == sorted(os.path.relpath(os.path.join(r, n), b) for r, _, ns in os.walk(b) for n in ns)
+    for n in names:
+        if n == "made_by.json":
+            continue
+        x, y = open(os.path.join(a, n), "rb").read(), open(os.path.join(b, n), "rb").read()
+        if n == "dataset.json":
+            x, y = ({k: v for k, v in json.loads(z).items() if k != "build_seconds"} for z in (x, y))
+        assert x == y, n
+
+
+def _interrupt(argv: list[str], parent: str, sig: int) -> int:
+    """Run the CLI in a subprocess, send ``sig`` once a first shard is complete in a staging folder under
+    ``parent``, and return its exit code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_MM_LOG": "ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "tokenizers_mm.cli", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def staged_shard() -> bool:
+        for d in os.listdir(parent):
+            if ".partial" in d and os.path.isdir(os.path.join(parent, d)):
+                if any(n.endswith(".tar") for n in os.listdir(os.path.join(parent, d))):
+                    return True
+        return False
+
+    deadline = time.time() + 120
+    while not staged_shard():
+        assert proc.poll() is None, f"finished before it could be interrupted: {proc.stderr.read().decode()[-2000:]}"
+        assert time.time() < deadline, "no shard was staged within 120 s"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_data_build_interrupted_then_rerun_equals_an_uninterrupted_build(sig, many_photos, tmp_path):
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
+    argv = ["data", "build", "--modality", "image", "--src", many_photos, "--shard-size", "4", "--val-fraction", "0.1"]
+    assert main(argv + ["--out", ref]) == 0
+    code = _interrupt(argv + ["--out", out], str(tmp_path), sig)
+    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    assert not os.path.exists(out)  # nothing under the final name until the build is complete
+    assert main(argv + ["--out", out]) == 0
+    _same_output(ref, out)
+    assert not [n for n in os.listdir(tmp_path) if ".partial" in n or ".old-" in n]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_tokenize_interrupted_then_rerun_equals_an_uninterrupted_run(sig, R, many_photos, tmp_path_factory, tmp_path):
+    shards = str(tmp_path_factory.getbasetemp() / "many_shards")
+    if not os.path.isdir(shards):
+        assert main(["data", "build", "--modality", "image", "--src", many_photos, "--out", shards,
+                     "--shard-size", "3", "--val-fraction", "0"]) == 0
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
+    argv = ["tokenize", "--model", R.export, "--data", shards, "--workers", "0", "--batch-size", "3"]
+    assert main(argv + ["--out", ref]) == 0
+    code = _interrupt(argv + ["--out", out], str(tmp_path), sig)
+    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    assert not os.path.exists(out)
+    assert main(argv + ["--out", out]) == 0
+    _same_output(ref, out)
+    assert not [n for n in os.listdir(tmp_path) if ".partial" in n]
