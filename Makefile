@@ -99,8 +99,9 @@ test-slow: $(DATA)/.built ## run the slow tests too
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check tokenizers_mm pipelines tests scripts
 
-bench: $(DATA)/.built ## benchmarks: data loader, image, shape and speech tokenizers (speed, memory, latency), export load/latency (reports/bench/)
+bench: $(DATA)/.built ## benchmarks: data loader, mesh preprocessing, image, shape and speech tokenizers (speed, memory, latency), export load/latency (reports/bench/)
 	$(BIN)/python scripts/bench_data.py --out reports/bench/data.json
+	$(BIN)/python scripts/bench_mesh_data.py --out reports/bench/mesh_data.json
 	$(BIN)/python scripts/bench_image.py --out reports/bench/image.json
 	$(BIN)/python scripts/bench_shape.py --out reports/bench/shape.json
 	$(BIN)/python scripts/bench_speech.py --out reports/bench/speech.json
