@@ -52,14 +52,9 @@ def save_tokens(path: str, ids: torch.Tensor | list[torch.Tensor], keys: list[st
         arrays["ids"] = ids.cpu().numpy().astype(dtype)
     buf = io.BytesIO()
     np.savez(buf, keys=np.array(keys, dtype=np.str_), meta=np.array(json.dumps(meta)), **arrays)
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    from tokenizers_mm.io import write_bytes_atomic
+
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def load_tokens(path: str) -> tuple[np.ndarray | list[np.ndarray], list[str], dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import warnings
 from typing import Any
@@ -52,13 +51,13 @@ class DataTrace(pl.Callback):
             self.val_batches += 1
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        os.makedirs(self.out_dir, exist_ok=True)
+        from .io import write_json_atomic
+
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
                   "train_shards": self.shards, "train_batches": self.train_batches,
                   "val_batches": self.val_batches, "start_step": self.start_step,
                   "end_step": trainer.global_step, "optimizer_step_state": self.optimizer_step_state}
-        with open(os.path.join(self.out_dir, f"data_trace_rank{trainer.global_rank}.json"), "w") as f:
-            json.dump(record, f, indent=2)
+        write_json_atomic(os.path.join(self.out_dir, f"data_trace_rank{trainer.global_rank}.json"), record)
 
 
 # Lightning 2.6 warns (with a 10-line example) that under manual optimization a step checkpoint holds the weights
