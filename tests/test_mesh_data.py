@@ -96,6 +96,15 @@ def test_surface_without_inside_and_oversized_file_are_skipped_with_reasons():
         build_mesh_sample(_ply(sheet), "ply", SMALL, seed=0)
     with pytest.raises(MeshError, match="exceeds max_file_mb"):
         build_mesh_sample(b"x" * 3000, "ply", MeshBuildOptions(max_file_mb=0.001), seed=0)
+    sphere = trimesh.creation.icosphere(subdivisions=4)  # 5120 faces
+    for ext in ("ply", "obj", "stl", "off"):
+        data = sphere.export(file_type=ext)
+        with pytest.raises(MeshError, match="declares 5120 faces"):
+            build_mesh_sample(data.encode() if isinstance(data, str) else data, ext,
+                              MeshBuildOptions(max_faces=1000, max_load_faces=4000), seed=0)
+    huge = b"ply\nformat binary_little_endian 1.0\nelement vertex 3\nelement face 90000000\nend_header\n"
+    with pytest.raises(MeshError, match="declares 90000000 faces"):  # refused before parsing
+        build_mesh_sample(huge, "ply", MeshBuildOptions(), seed=0)
 
 
 def test_sharp_samples_lie_on_box_edges_and_fall_back_on_smooth_shapes():

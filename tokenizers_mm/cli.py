@@ -93,7 +93,8 @@ def _cmd_data_build(a: argparse.Namespace) -> int:
 
     mesh = MeshBuildOptions(num_surface=a.mesh_surface_points, num_volume=a.mesh_volume_points,
                             num_near=a.mesh_near_points, num_sharp=a.mesh_sharp_points, sharp_angle=a.mesh_sharp_angle,
-                            max_faces=a.mesh_max_faces, max_file_mb=a.mesh_max_file_mb)
+                            max_faces=a.mesh_max_faces, max_load_faces=a.mesh_max_load_faces,
+                            max_file_mb=a.mesh_max_file_mb)
     if a.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {a.workers}")
     manifest = build_shards(a.modality, a.src, a.out, shard_size=a.shard_size, val_fraction=a.val_fraction,
@@ -559,6 +560,8 @@ def _project_parser() -> argparse.ArgumentParser:
     b.add_argument("--mesh-sharp-points", type=int, default=0, help="points on sharp edges (Dora), 0: none")
     b.add_argument("--mesh-sharp-angle", type=float, default=30.0, help="dihedral angle (degrees) of a sharp edge")
     b.add_argument("--mesh-max-faces", type=int, default=1_000_000, help="decimate larger meshes to this many faces")
+    b.add_argument("--mesh-max-load-faces", type=int, default=2_000_000,
+                   help="skip meshes whose file declares more faces, before parsing (memory bound)")
     b.add_argument("--mesh-max-file-mb", type=float, default=512.0,
                    help="skip larger mesh files (loading them would exceed the memory bound)")
     b.add_argument("--workers", type=int, default=1, help="processes building shards in parallel")

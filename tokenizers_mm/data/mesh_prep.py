@@ -1,6 +1,7 @@
 """One mesh file -> the arrays ``data build`` stores, with a record of what was done to the mesh.
 
-Steps: refuse a file too large to load within the memory bound; load; decimate a mesh above ``max_faces``
+Steps: refuse a file too large to load within the memory bound (by size, and by the face count its header
+declares); load; decimate a mesh above ``max_faces``
 (quadric, fast-simplification); use a watertight mesh as is, else repair it with trimesh (merge vertices, drop
 degenerate and duplicate faces, fill holes, fix winding); normalize into ``[-1, 1]^3``; sample and label by the
 generalized winding number (:mod:`.mesh_occupancy`), which stays correct away from the defects of a mesh that
@@ -16,6 +17,7 @@ number in ``[0.2, 0.8]``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,9 @@ class MeshBuildOptions:
         num_sharp: points on sharp edges (0: none stored).
         sharp_angle: dihedral angle in degrees above which an edge is sharp.
         max_faces: meshes with more faces are decimated to this many before labeling.
-        max_file_mb: larger files are skipped before they are read (loading them would exceed the memory bound).
+        max_load_faces: meshes whose file declares more faces are skipped before parsing (loading and decimating
+            them would exceed the memory bound).
+        max_file_mb: larger files are skipped before parsing (for formats whose face count is not read ahead).
         max_ambiguous: a mesh with a larger share of volume points whose winding number lies in ``[0.2, 0.8]``
             has no meaningful inside and is skipped.
         chunk: query points per winding-number call.
@@ -51,16 +55,50 @@ class MeshBuildOptions:
     num_sharp: int = 0
     sharp_angle: float = 30.0
     max_faces: int = 1_000_000
+    max_load_faces: int = 2_000_000
     max_file_mb: float = 512.0
     max_ambiguous: float = 0.02
     chunk: int = 65536
 
 
-def check_file_size(nbytes: int, opts: MeshBuildOptions) -> None:
+def declared_faces(data: bytes, ext: str) -> int | None:
+    """The number of faces a mesh file declares, read without parsing it (None when the format does not say).
+
+    PLY and OFF headers state it; binary STL stores the triangle count at byte 80; OBJ and ASCII STL count their
+    face / facet lines (polygons count once).
+    """
+    ext = ext.lower()
+    try:
+        if ext == "ply":
+            header = data[: data.find(b"end_header")].decode("ascii", "replace")
+            m = re.search(r"element\s+face\s+(\d+)", header)
+            return int(m.group(1)) if m else None
+        if ext == "off":
+            lines = [ln for ln in data[:4096].decode("ascii", "replace").splitlines()
+                     if ln.strip() and not ln.startswith("#")]
+            counts = lines[0][3:].split() or lines[1].split()
+            return int(counts[1])
+        if ext == "stl":
+            if len(data) >= 84 and len(data) == 84 + 50 * int.from_bytes(data[80:84], "little"):
+                return int.from_bytes(data[80:84], "little")
+            return data.count(b"facet normal")
+        if ext == "obj":
+            return data.count(b"\nf ") + int(data.startswith(b"f "))
+    except (ValueError, IndexError):
+        return None
+    return None
+
+
+def check_file_size(data: bytes, ext: str, opts: MeshBuildOptions) -> None:
     """Raise :class:`MeshError` when a mesh file is too large to load within the memory bound."""
+    nbytes = len(data)
     if nbytes > opts.max_file_mb * 2**20:
         raise MeshError(f"file of {nbytes / 2**20:.0f} MB exceeds max_file_mb={opts.max_file_mb:g}: loading it "
                         "would exceed the memory bound (decimate it first, or raise --mesh-max-file-mb)")
+    faces = declared_faces(data, ext)
+    if faces is not None and faces > opts.max_load_faces:
+        raise MeshError(f"the file declares {faces} faces, above max_load_faces={opts.max_load_faces}: loading it "
+                        "would exceed the memory bound (decimate it first)")
 
 
 def edge_use(faces: np.ndarray) -> tuple[int, int]:
@@ -131,7 +169,7 @@ def build_mesh_sample(data: bytes, ext: str, opts: MeshBuildOptions, seed: int
     The record also holds ``center`` / ``scale`` of the normalization and ``inside_fraction`` of the volume
     points. Raises :class:`MeshError` with the reason when the mesh is skipped.
     """
-    check_file_size(len(data), opts)
+    check_file_size(data, ext, opts)
     mesh = load_mesh(data, ext)
     mesh, record = prepare_mesh(mesh, opts)
     mesh, center, scale = normalize_mesh(mesh, opts.padding)
