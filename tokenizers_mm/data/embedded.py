@@ -90,6 +90,21 @@ def write_primitives(out: str, count: int = 60, seed: int = 0) -> int:
     return count
 
 
+def earlier_build(folder: str, modality: str) -> bool:
+    """True when ``folder`` holds only an earlier ``data build`` of ``modality`` (its ``dataset.json`` and the
+    shards it lists): the embedded builder then replaces it even when the build settings have changed."""
+    import json
+
+    try:
+        with open(os.path.join(folder, "dataset.json")) as f:
+            old = json.load(f)
+        listed = {n for names in old["shards"].values() for n in names}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return False
+    present = {n for n in os.listdir(folder)}
+    return old.get("modality") == modality and present <= listed | {"dataset.json", "made_by.json"}
+
+
 def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] = ("image", "audio", "mesh"),
                    progress: bool = True) -> dict[str, dict]:
     """Build the default shards under ``out_root/{image,audio,mesh}``; returns each ``dataset.json``."""
@@ -110,8 +125,8 @@ def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] 
         shutil.copytree(embedded_dir("meshes"), os.path.join(src, "pyvista"), ignore=shutil.ignore_patterns("pymeshlab"))
         shutil.copytree(os.path.join(embedded_dir("meshes"), "pymeshlab"), os.path.join(src, "pymeshlab"))
         write_primitives(os.path.join(src, "primitives"))
-        manifests["mesh"] = build_shards("mesh", src, os.path.join(out_root, "mesh"), shard_size=8,
-                                         val_fraction=0.15, seed=0,
+        out = os.path.join(out_root, "mesh")
+        manifests["mesh"] = build_shards("mesh", src, out, shard_size=8, val_fraction=0.15, seed=0,
                                          mesh=MeshBuildOptions(num_surface=2048, num_volume=2048, num_near=2048),
-                                         progress=progress)
+                                         progress=progress, overwrite=earlier_build(out, "mesh"))
     return manifests
