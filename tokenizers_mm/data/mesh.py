@@ -57,21 +57,28 @@ def normalize_mesh(mesh: trimesh.Trimesh, padding: float = 0.05) -> tuple[trimes
     return out, center, scale
 
 
-def make_watertight(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, bool]:
-    """Return ``(mesh, repaired)``; repairs with trimesh (merge vertices, fill holes, fix winding).
-
-    Raises :class:`MeshError` with the reason when the mesh stays open, because inside / outside
-    labels of an open surface are meaningless.
-    """
-    if mesh.is_watertight:
-        return mesh, False
+def repair_mesh(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A copy of ``mesh`` repaired with trimesh: vertices merged (also across texture and normal seams),
+    degenerate and duplicate faces dropped, holes filled, winding made consistent. It may still be open."""
     fixed = mesh.copy()
-    fixed.merge_vertices()
+    fixed.merge_vertices(merge_tex=True, merge_norm=True)
     fixed.update_faces(fixed.nondegenerate_faces())
     fixed.update_faces(fixed.unique_faces())
     fixed.remove_unreferenced_vertices()
     trimesh.repair.fill_holes(fixed)
     trimesh.repair.fix_winding(fixed)
+    return fixed
+
+
+def make_watertight(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, bool]:
+    """Return ``(mesh, repaired)``; repairs with :func:`repair_mesh` and orients the faces outwards.
+
+    Raises :class:`MeshError` with the reason when the mesh stays open (``data build`` labels such meshes by
+    their winding number instead: :mod:`.mesh_prep`).
+    """
+    if mesh.is_watertight:
+        return mesh, False
+    fixed = repair_mesh(mesh)
     trimesh.repair.fix_normals(fixed)
     if not fixed.is_watertight:
         open_edges = len(trimesh.grouping.group_rows(fixed.edges_sorted, require_count=1))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import trimesh
 
-from .mesh import MeshError, load_mesh, normalize_mesh
+from .mesh import MeshError, load_mesh, normalize_mesh, repair_mesh
 from .mesh_sampling import sample_occupancy
 
 
@@ -118,17 +118,6 @@ def _open_edges(mesh: trimesh.Trimesh) -> int:
     return edge_use(mesh.faces)[0]
 
 
-def _repair(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    fixed = mesh.copy()
-    fixed.merge_vertices(merge_tex=True, merge_norm=True)
-    fixed.update_faces(fixed.nondegenerate_faces())
-    fixed.update_faces(fixed.unique_faces())
-    fixed.remove_unreferenced_vertices()
-    trimesh.repair.fill_holes(fixed)
-    trimesh.repair.fix_winding(fixed)
-    return fixed
-
-
 def prepare_mesh(mesh: trimesh.Trimesh, opts: MeshBuildOptions) -> tuple[trimesh.Trimesh, dict[str, Any]]:
     """Decimate if too large and repair if open; returns ``(mesh, record)`` (see the module docstring)."""
     record: dict[str, Any] = {"faces_source": int(len(mesh.faces))}
@@ -148,7 +137,7 @@ def prepare_mesh(mesh: trimesh.Trimesh, opts: MeshBuildOptions) -> tuple[trimesh
         steps.append("watertight as is")
     else:
         before = _open_edges(mesh)
-        mesh = _repair(mesh)
+        mesh = repair_mesh(mesh)
         if edge_use(mesh.faces) == (0, 0):
             status = "repaired"
             steps.append(f"repaired by trimesh (merge vertices, drop degenerate faces, fill holes, fix winding): "
