@@ -42,7 +42,9 @@ def test_workers_and_ranks_give_the_samples_of_one_process(mesh_src, tmp_path):
         assert m["partial"] == {"rank": r, "world_size": 3, "shards_planned": 7}
     with pytest.raises(ValueError, match="ranks 0..2 once each"):
         merge_builds(parts[:2], str(tmp_path / "bad"))
-    merge_builds(list(reversed(parts)), str(tmp_path / "merged"))
+    from tokenizers_mm.cli import main
+
+    assert main(["data", "merge", *reversed(parts), "--out", str(tmp_path / "merged")]) == 0
     ref_files, ref_manifest = _contents(tmp_path / "one")
     assert len(ref_files) == 7 and ref_manifest["counts"] == {"train": 9, "val": 3}
     for other in ("two", "merged"):
