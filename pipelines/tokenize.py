@@ -261,7 +261,12 @@ def read_token_ids(urls: list[str]) -> Iterator[tuple[str, np.ndarray]]:
 
     from tokenizers_mm.data.samples import decode_ids_npy
 
-    for raw in tarfile_samples([{"url": u} for u in urls]):
+    def refuse(exc: BaseException) -> bool:
+        from tokenizers_mm.data.stream import shard_of
+
+        raise ValueError(f"{shard_of(exc) or urls[0]}: not a readable tar shard ({exc.args[0] if exc.args else exc})")
+
+    for raw in tarfile_samples([{"url": u} for u in urls], handler=refuse):
         if "ids.npy" not in raw:
             raise ValueError(f"sample {raw.get('__key__')} of {raw.get('__url__')} has no ids.npy: not a token shard "
                              "(write token shards with `tokenizers-mm tokenize`)")

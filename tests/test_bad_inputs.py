@@ -325,6 +325,18 @@ def _(R, t):
     return Case(["data", "inspect", out], ["train-000001.tar", "missing"], [out])
 
 
+case("inspect/not-a-tar")(lambda R, t: Case(["data", "inspect", _copy(f"{R.photos}/p000.png", f"{t}/x.png")],
+                                            ["x.png", "corrupt"], [f"{t}/x.png"]))
+
+
+@case("inspect/empty-tar")
+def _(R, t):
+    import tarfile
+
+    tarfile.open(f"{t}/e.tar", "w").close()
+    return Case(["data", "inspect", f"{t}/e.tar"], ["no sample"], [f"{t}/e.tar"])
+
+
 case("inspect/wrong-modality")(lambda R, t: Case(["data", "inspect", R.audio, "--modality", "image"],
                                                  ["--modality", "audio", "train-000000.tar"], [R.audio]))
 
@@ -364,6 +376,12 @@ case("evaluate/data-missing")(lambda R, t: Case(["evaluate", "--ckpt", R.ckpt, "
 case("evaluate/data-other-modality")(lambda R, t: Case(["evaluate", "--ckpt", R.ckpt, "--data", R.audio, "--out",
                                                         f"{t}/o"], ["--data", "val-000000.tar", "audio"],
                                                        [R.audio, f"{t}/o"]))
+case("evaluate/csv-log-missing")(lambda R, t: Case(["evaluate", "--ckpt", R.ckpt, "--data", R.shards, "--out",
+                                                    f"{t}/o", "--csv-log", f"{t}/metrics.csv"],
+                                                   ["--csv-log", f"{t}/metrics.csv"], [f"{t}/o"]))
+case("evaluate/batch-size-zero")(lambda R, t: Case(["evaluate", "--ckpt", R.ckpt, "--data", R.shards, "--out",
+                                                    f"{t}/o", "--batch-size", "0"], ["--batch-size", ">= 1"],
+                                                   [f"{t}/o"]))
 case("evaluate/out-holds-user-files")(lambda R, t: Case(["evaluate", "--ckpt", R.ckpt, "--data", R.shards, "--out",
                                                          _user_folder(t), *_ev], ["notes.txt"], [f"{t}/mine"]))
 case("evaluate/out-is-data")(lambda R, t: Case(["evaluate", "--ckpt", R.ckpt, "--data", _copy(R.shards, f"{t}/s"),
@@ -493,6 +511,8 @@ case("decode/out-is-the-npz")(lambda R, t: Case(_dec(R, _copy(R.npz, f"{t}/t.npz
                                                 [f"{t}/t.npz"]))
 case("decode/image-shards-not-tokens")(lambda R, t: Case(_dec(R, R.shards, f"{t}/o"), ["ids.npy", "train-000000.tar"],
                                                          [R.shards, f"{t}/o"]))
+case("decode/not-a-tar-shard")(lambda R, t: Case(_dec(R, _write(f"{t}/x.tar", "hello"), f"{t}/o"),
+                                                  ["x.tar", "not a readable tar"], [f"{t}/x.tar", f"{t}/o"]))
 case("decode/limit-zero")(lambda R, t: Case(_dec(R, R.npz, f"{t}/o", "--limit", "0"), ["--limit"], [f"{t}/o"]))
 case("decode/out-is-token-folder")(lambda R, t: Case(_dec(R, _copy(R.tokens, f"{t}/tk"), f"{t}/tk", "--overwrite"),
                                                      ["input"], [f"{t}/tk"]))
@@ -521,6 +541,8 @@ case("tokenize/data-other-modality")(lambda R, t: Case(_tok(R, R.audio, f"{t}/o"
 case("tokenize/data-missing")(lambda R, t: Case(_tok(R, f"{t}/none", f"{t}/o"), ["--data", f"{t}/none"], [f"{t}/o"]))
 case("tokenize/num-tokens-too-many")(lambda R, t: Case(_tok(R, R.shards, f"{t}/o", "--num-tokens", "99"),
                                                    ["--num-tokens", "99"], [f"{t}/o"]))
+case("tokenize/num-tokens-zero")(lambda R, t: Case(_tok(R, R.shards, f"{t}/o", "--num-tokens", "0"),
+                                                   ["--num-tokens", ">= 1"], [f"{t}/o"]))
 case("tokenize/rank-out-of-range")(lambda R, t: Case(_tok(R, R.shards, f"{t}/o", "--rank", "3", "--world-size", "2"),
                                                      ["--rank", "3"], [f"{t}/o"]))
 case("tokenize/all-samples-corrupt")(lambda R, t: Case(_tok(R, _corrupt_image_shard(t), f"{t}/o"),
@@ -708,3 +730,13 @@ def test_tokenize_interrupted_then_rerun_equals_an_uninterrupted_run(sig, R, man
     assert main(argv + ["--out", out]) == 0
     _same_output(ref, out)
     assert not [n for n in os.listdir(tmp_path) if ".partial" in n]
+
+
+def test_data_settings_that_fit_no_sample_fail_before_training(R):
+    from tokenizers_mm.data import ShardDataModule
+
+    dm = ShardDataModule(modality="tokens", train_urls=R.tokens, val_urls=None, num_workers=0,
+                         tokens={"num_tokens": 99})
+    with pytest.raises(ValueError, match=r"data.train_urls: none of the first \d samples of .*train-000000.tar "
+                                         r"decodes.*fewer than data.tokens.num_tokens=99"):
+        dm.setup("fit")

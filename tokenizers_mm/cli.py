@@ -151,7 +151,7 @@ def _cmd_data_inspect(a: argparse.Namespace) -> int:
     report = inspect_shards(urls, modality=a.modality, limit=a.limit)
     if a.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return _inspect_verdict(report)
     print(f"shards: {report['shards']}  samples: {report['samples']}  modality: {report['modality']}")
     print("extensions: " + ", ".join(f"{k} x{v}" for k, v in sorted(report["extensions"].items())))
     if report["example"]:
@@ -163,6 +163,21 @@ def _cmd_data_inspect(a: argparse.Namespace) -> int:
     print(f"corrupt: {len(report['corrupt'])}")
     for c in report["corrupt"]:
         print(f"  key={c['key']} shard={c['shard']}: {c['error']}")
+    return _inspect_verdict(report)
+
+
+def _inspect_verdict(report: dict[str, Any]) -> int:
+    """0 when every sample decodes; else the first problem as one error line and exit code 2."""
+    bad = report["corrupt"]
+    if report["samples"] == 0 and not bad:
+        print(f"tokenizers-mm: error: {report['shards']} shard(s) hold no sample", file=sys.stderr)
+        return 2
+    if bad:
+        first = bad[0]
+        where = f"sample {first['key']!r} of {first['shard']}" if first["key"] else f"shard {first['shard']}"
+        print(f"tokenizers-mm: error: {len(bad)} corrupt sample(s) or shard(s); the first: {where}: "
+              f"{' '.join(str(first['error']).split())}", file=sys.stderr)
+        return 2
     return 0
 
 

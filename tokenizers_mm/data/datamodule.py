@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..config import as_config, plain
 from .samples import MODALITIES, AudioOptions, ImageOptions, MeshOptions, TokenOptions, make_decoder
-from .stream import EvalStream, TrainStream, check_shard_modality, dist_info
+from .stream import EvalStream, TrainStream, check_first_sample, check_shard_modality, dist_info
 from .urls import expand_urls
 
 log = logging.getLogger("tokenizers_mm.data")
@@ -113,6 +113,7 @@ class ShardDataModule(pl.LightningDataModule):
         except (FileNotFoundError, ValueError) as exc:
             raise type(exc)(f"data.{key}: {exc}") from exc
         check_shard_modality(urls, self.modality, f"data.{key}")
+        check_first_sample(urls, self._decoder(train=split == "train"), f"data.{key}")
         return urls
 
     def setup(self, stage: str | None = None) -> None:

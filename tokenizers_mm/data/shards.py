@@ -329,6 +329,8 @@ def iter_raw_samples(urls: list[str], errors: list[dict[str, str]]) -> Iterator[
 
 def guess_modality(sample: dict[str, Any]) -> str:
     exts = set(sample)
+    if "ids.npy" in exts:
+        return "tokens"
     for modality in ("mesh", "audio", "image"):
         if exts & set(EXTENSIONS[modality]) or (modality == "mesh" and "npz" in exts):
             return modality

@@ -165,8 +165,9 @@ class TrainStream(IterableDataset):
             if dec is None:
                 consecutive_failures += 1
                 if consecutive_failures >= 1000:
-                    raise RuntimeError(f"1000 consecutive corrupt samples in shards {shards[:4]}...: "
-                                       "the data is unusable (see the warnings above)")
+                    reasons = "; ".join(f"{w}: {r}" for w, r in counter.reasons)
+                    raise ValueError(f"1000 consecutive corrupt samples in shards {shards[:4]}: the data is unusable "
+                                     f"(first reasons: {reasons})")
                 continue
             consecutive_failures = 0
             buf.append(dec)
@@ -202,6 +203,40 @@ def first_sample_extensions(url: str) -> list[str] | None:
             return exts if key is not None else []
     except (tarfile.TarError, OSError, EOFError):
         return None
+
+
+def first_samples(url: str, n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` raw samples from the start of a local shard (none for remote or unreadable shards)."""
+    out: list[dict[str, Any]] = []
+    if is_remote(url) or not os.path.isfile(url):
+        return out
+    try:
+        for sample in tarfile_samples([{"url": url}]):
+            out.append(sample)
+            if len(out) == n:
+                break
+    except Exception:  # unreadable shards are reported, with their key, by the loader
+        pass
+    return out
+
+
+def check_first_sample(urls: list[str], decoder: SampleDecoder, what: str, n: int = 8) -> None:
+    """Decode the first ``n`` samples of the first local shard with ``decoder``; when none of them decodes, a
+    ``ValueError`` names ``what`` (the config key), the shard, the first key and its error. Settings that fit no
+    sample (a crop larger than the images, more tokens than the shards hold) then fail before training instead of
+    after 1,000 skipped samples; a single corrupt sample is still skipped by the stream."""
+    url = next((u for u in urls if not is_remote(u)), None)
+    samples = first_samples(url, n) if url else []
+    first: tuple[Any, Exception] | None = None
+    for sample in samples:
+        try:
+            decoder(sample, random.Random(0))
+            return
+        except Exception as exc:
+            first = first or (sample.get("__key__"), exc)
+    if first is not None:
+        raise ValueError(f"{what}: none of the first {len(samples)} samples of {url} decodes with these data "
+                         f"settings (the first, {first[0]!r}: {first[1]})") from first[1]
 
 
 def check_shard_modality(urls: list[str], modality: str, what: str) -> None:
