@@ -161,7 +161,7 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
     if not 0 <= r < w:
         raise ValueError(f"--rank must be in 0..{w - 1}, got {r}")
     folder = OutputFolder(out, _made_by(tok, k, urls, split), overwrite=overwrite, resumable=True,
-                          inputs=[u for u in urls if not is_remote(u)])
+                          inputs=[*([model] if isinstance(model, str) else []), *(u for u in urls if not is_remote(u))])
     if not overwrite and folder.existing():
         log.warning("%s already holds these token shards (same model, inputs and settings): nothing to do", out)
         with open(os.path.join(out, "dataset.json")) as f:

@@ -411,6 +411,9 @@ def _(R, t):  # issue 22, case 4
     return Case(["export", "--ckpt", R.ckpt, "--out", out], ["notes.txt", "did not write"], [out])
 
 
+case("export/out-holds-the-checkpoint-even-with-overwrite")(lambda R, t: Case(
+    ["export", "--ckpt", _copy(R.ckpt, _user_folder(t) + "/oned.ckpt"), "--out", f"{t}/mine", "--overwrite"],
+    ["input", "oned.ckpt"], [f"{t}/mine"]))
 case("export/out-holds-user-files")(lambda R, t: Case(["export", "--ckpt", R.ckpt, "--out", _user_folder(t)],
                                                       ["notes.txt"], [f"{t}/mine"]))
 case("export/out-is-a-file")(lambda R, t: Case(["export", "--ckpt", R.ckpt, "--out", _write(f"{t}/e.json", "{}")],
@@ -476,6 +479,9 @@ case("encode/folder-without-images")(lambda R, t: Case(_enc(R.export, R.audio, o
 case("encode/out-is-users-file")(lambda R, t: Case(_enc(R.export, f"{R.photos}/p000.png",
                                                         out=_copy(f"{R.photos}/p001.png", f"{t}/keep.npz")),
                                                    ["keep.npz", "--overwrite"], [f"{t}/keep.npz"]))
+case("encode/out-is-an-input-even-with-overwrite")(lambda R, t: Case(
+    _enc(R.export, _copy(f"{R.photos}/p000.png", f"{t}/p.png"), out=f"{t}/p.png") + ["--overwrite"],
+    ["p.png", "input"], [f"{t}/p.png"]))
 case("encode/out-is-a-folder")(lambda R, t: Case(_enc(R.export, f"{R.photos}/p000.png", out=_user_folder(t)),
                                                  [f"{t}/mine", "folder"], [f"{t}/mine"]))
 case("encode/num-tokens-too-many")(lambda R, t: Case(_enc(R.export, f"{R.photos}/p000.png", out=f"{t}/t.npz")
@@ -507,6 +513,9 @@ case("decode/keys-collide")(lambda R, t: Case(_dec(R, _npz(t, [[1, 2], [3, 4]], 
                                               ["t.npz", "'a/b'", "'a_b'"], [f"{t}/o", f"{t}/t.npz"]))
 case("decode/out-holds-user-files")(lambda R, t: Case(_dec(R, R.npz, _user_folder(t)), ["notes.txt"],
                                                       [f"{t}/mine", R.npz]))
+case("decode/out-holds-the-model-even-with-overwrite")(lambda R, t: Case(
+    ["decode", "--model", _copy(R.export, f"{t}/m/export"), R.npz, "--out", f"{t}/m", "--overwrite"],
+    ["input", f"{t}/m/export"], [f"{t}/m"]))
 case("decode/out-is-the-npz")(lambda R, t: Case(_dec(R, _copy(R.npz, f"{t}/t.npz"), f"{t}/t.npz"), ["t.npz"],
                                                 [f"{t}/t.npz"]))
 case("decode/image-shards-not-tokens")(lambda R, t: Case(_dec(R, R.shards, f"{t}/o"), ["ids.npy", "train-000000.tar"],
@@ -532,6 +541,9 @@ case("tokenize/out-from-another-model")(lambda R, t: Case(  # issue 22, case 2
 case("tokenize/out-with-other-num-tokens")(lambda R, t: Case(_tok(R, R.shards, _copy(R.tokens, f"{t}/tk"),
                                                                   "--num-tokens", "4"),
                                                              ["settings.num_tokens was 8, now 4"], [f"{t}/tk"]))
+case("tokenize/out-holds-the-model-even-with-overwrite")(lambda R, t: Case(
+    _tok(R, R.shards, f"{t}/m", "--overwrite", model=_copy(R.export, f"{t}/m/export")), ["input", f"{t}/m/export"],
+    [f"{t}/m"]))
 case("tokenize/out-holds-user-files")(lambda R, t: Case(_tok(R, R.shards, _user_folder(t)), ["notes.txt"],
                                                         [f"{t}/mine"]))
 case("tokenize/out-holds-image-build")(lambda R, t: Case(_tok(R, R.shards, _copy(R.shards, f"{t}/s2")),

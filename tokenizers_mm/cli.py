@@ -260,7 +260,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
                                   "model": {"checkpoint": os.path.abspath(ckpt), "global_step": raw.get("global_step")},
                                   "inputs": {"data": a.data}},
                           overwrite=a.overwrite, identity=("command", "modality"),
-                          inputs=[ckpt, *(u for u in urls if not is_remote(u))]).check()
+                          inputs=[ckpt, *(p for p in (a.csv_log, a.lpips, a.inception) if p),
+                                  *(u for u in urls if not is_remote(u))]).check()
     try:
         code = _evaluate_into(a, ckpt, modality, folder)
     except BaseException:
@@ -367,8 +368,13 @@ def _expand_inputs(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
     return files
 
 
-def _check_tokens_out(path: str, overwrite: bool) -> None:
-    """Refuse an ``--out`` of ``encode`` that exists and is not a tokens.npz this command wrote (unless overwrite)."""
+def _check_tokens_out(path: str, overwrite: bool, inputs: list[str]) -> None:
+    """Refuse an ``--out`` of ``encode`` that is one of its inputs (or inside one), or that exists and is not a
+    tokens.npz this command wrote (unless overwrite)."""
+    out = os.path.abspath(path)
+    for p in map(os.path.abspath, inputs):
+        if out == p or out.startswith(p + os.sep):
+            raise ValueError(f"--out {path!r} is or lies inside an input of this command ({p!r}): choose another --out")
     if not os.path.exists(path):
         if not path.endswith(".npz"):
             raise ValueError(f"--out {path!r} must name a .npz file (ids, keys and meta)")
@@ -393,7 +399,7 @@ def _cmd_encode(a: argparse.Namespace) -> int:
     from pipelines.files import save_tokens, token_meta
 
     tok = pipelines.load(a.model, device=a.device, dtype="bf16" if a.bf16 else None)
-    _check_tokens_out(a.out, a.overwrite)
+    _check_tokens_out(a.out, a.overwrite, [a.model, *a.inputs])
     if tok.modality == "image":
         from .data.image import IMAGE_EXTENSIONS
 
@@ -476,7 +482,7 @@ def _cmd_decode(a: argparse.Namespace) -> int:
     folder = OutputFolder(a.out, {"command": "decode", "modality": tok.modality,
                                   "model": {"sha256": tok.model_id}, "inputs": {"tokens": a.inputs}},
                           overwrite=a.overwrite, identity=("command", "modality"),
-                          inputs=[p for p in a.inputs if os.path.exists(p)]).check()
+                          inputs=[a.model, *(p for p in a.inputs if os.path.exists(p))]).check()
     try:
         try:
             text = _decode_into(a, tok, ids, keys, meta, folder.path)

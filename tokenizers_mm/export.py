@@ -90,17 +90,18 @@ def _legacy_export(path: str) -> bool:
 
 
 def write_dir_atomic(out: str, files: dict[str, bytes], made_by: dict[str, Any] | None = None,
-                     overwrite: bool = False) -> str:
+                     overwrite: bool = False, sources: list[str] | tuple[str, ...] = ()) -> str:
     """Write ``files`` (name -> bytes) as export folder ``out``: staging folder beside it, fsync, swap.
 
     An existing ``out`` is replaced only when it holds an earlier export and nothing else (or is empty), or when
-    ``overwrite`` is set; anything else raises ``ExportError`` and is left untouched.
+    ``overwrite`` is set; anything else raises ``ExportError`` and is left untouched. An ``out`` that is or holds one
+    of ``sources`` (the checkpoint, the report) is refused even with ``overwrite``.
     """
     from .io import OutputError, OutputFolder, write_bytes_atomic
 
     try:
         folder = OutputFolder(out, {"command": "export", **(made_by or {})}, overwrite=overwrite,
-                              legacy=_legacy_export, identity=("command",)).check()
+                              legacy=_legacy_export, identity=("command",), inputs=sources).check()
     except OutputError as exc:
         raise ExportError(str(exc)) from exc
     try:
@@ -145,10 +146,12 @@ def build_config(codec: nn.Module, inputs: dict[str, Any], training: dict[str, A
 
 
 def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: dict[str, Any] | None = None,
-                 evaluation: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                 evaluation: dict[str, Any] | None = None, overwrite: bool = False,
+                 sources: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Write ``codec`` (an ``nn.Module`` registered in :data:`CODECS`) as an export folder; returns its config.
 
-    ``overwrite`` replaces an ``out`` that holds anything but an earlier export (see :func:`write_dir_atomic`).
+    ``overwrite`` replaces an ``out`` that holds anything but an earlier export (see :func:`write_dir_atomic`);
+    ``sources``: the files it was made from, which ``out`` may not replace.
     """
     from safetensors.torch import save
 
@@ -163,7 +166,7 @@ def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: d
     made_by = {"modality": codec.modality, "model": {"sha256": sha, "architecture": codec.architecture},
                "inputs": {"checkpoint": (training or {}).get("checkpoint")}}
     write_dir_atomic(out, {WEIGHTS_FILE: blob, CONFIG_FILE: (json.dumps(cfg, indent=2) + "\n").encode(),
-                           CARD_FILE: card.encode()}, made_by, overwrite=overwrite)
+                           CARD_FILE: card.encode()}, made_by, overwrite=overwrite, sources=sources)
     return cfg
 
 
@@ -249,7 +252,7 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
     }
     evaluation = _evaluation_from_report(report) if report else None
     return export_codec(codec, out, INPUT_SPECS[codec.modality](codec, data_hp), training, evaluation,
-                        overwrite=overwrite)
+                        overwrite=overwrite, sources=[ckpt, *([report] if report else [])])
 
 
 # ---- reading --------------------------------------------------------------------------------------
