@@ -182,3 +182,64 @@ def test_short_training_quality_rises_with_k(embedded, ordering, tmp_path):
     assert m["val/psnr_k8"] > untrained["val/psnr_k8"] + 3, (untrained, m)
     assert m["val/psnr_k8"] > m["val/psnr_k1"] + 0.4, m
     assert m["val/psnr_k8"] >= m["val/psnr_k2"] >= m["val/psnr_k1"] - 0.05, m
+
+
+LATENT = {**TINY, "patch_size": 1, "first_stage": {"base_channels": 8, "channel_mults": [1, 2], "latent_channels": 4,
+                                                   "train_steps": 3}}
+
+
+def test_first_stage_trains_alone_then_freezes_while_the_tokenizer_trains(tmp_path):
+    torch.manual_seed(0)
+    model = OneDTokenizer(**LATENT, optimizer={"lr": 1e-3, "warmup_steps": 1})
+    assert model.codec.encoder.embed.net.in_channels == 4  # the registers read the 8 x 8 x 4 latent grid
+    snaps = {}
+
+    def snapshot(m):
+        return ([p.detach().clone() for p in m.codec.first_stage.parameters()],
+                [p.detach().clone() for n, p in m.codec.named_parameters() if not n.startswith("first_stage.")])
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            snaps[trainer.global_step] = snapshot(pl_module)
+
+    snaps[0] = snapshot(model)
+    batches = [{"image": torch.rand(2, 3, 32, 32) * 2 - 1, "skipped": 0} for _ in range(6)]
+    trainer = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=0, callbacks=[Watch()])
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    # steps 1-3: only the first stage moves; steps 4-6: only the tokenizer moves
+    assert not same(snaps[0][0], snaps[3][0]) and same(snaps[0][1], snaps[3][1])
+    assert same(snaps[3][0], snaps[6][0]) and not same(snaps[3][1], snaps[6][1])
+    # the learning rate warms up again when the tokenizer starts
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert [sched.lr_lambdas[0](s) for s in (0, 3)] == [1.0, 1.0]
+    assert sched.lr_lambdas[0](2) < 1.0 and sched.lr_lambdas[0](5) < 1.0
+
+    # the codec alone (what an export holds) rebuilds from its arch and decodes any prefix the same way
+    from tokenizers_mm.image.codec1d import OneDImageCodec
+
+    codec = model.inference_codec().eval()
+    copy = OneDImageCodec(**codec.arch)
+    copy.load_state_dict(codec.state_dict())
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    ids = codec.encode(x)
+    assert ids.shape == (3, 8) and torch.equal(copy.encode(x), ids)
+    for k in (1, 3, 8):
+        out = copy.decode(ids[:, :k])
+        assert out.shape == (3, 3, 32, 32) and torch.equal(out, codec.decode(ids[:, :k]))
+
+    # init_from copies a checkpoint's first stage; a file without one is refused by name
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    warm = OneDTokenizer(**{**LATENT, "first_stage": {**LATENT["first_stage"], "train_steps": 0,
+                                                     "init_from": str(ckpt)}})
+    assert same(list(warm.codec.first_stage.parameters()), list(codec.first_stage.parameters()))
+    torch.save({"state_dict": {}}, tmp_path / "empty.ckpt")
+    with pytest.raises(ValueError, match="empty.ckpt holds no first stage"):
+        OneDTokenizer(**{**LATENT, "first_stage": {**LATENT["first_stage"], "init_from": str(tmp_path / "empty.ckpt")}})
+    with pytest.raises(ValueError, match="patch_embed and patch_head must be 'linear'"):
+        OneDTokenizer(**LATENT, patch_embed="conv")

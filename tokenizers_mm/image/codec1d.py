@@ -1,10 +1,12 @@
 """``OneDImageCodec``: the inference network of the 1D image tokenizers, without any training code.
 
     image [B, 3, S, S] in [-1, 1]
-      -> RegisterEncoder: ViT over patches + K registers (optionally causal among themselves)
+      -> optional first stage (FlexTok's design): conv encoder -> latent grid [B, C, S/f, S/f]
+      -> RegisterEncoder: ViT over patches (of pixels or latent cells) + K registers (optionally causal)
       -> the K registers -> Quantizer (FSQ or VQ) -> ids [B, K] (int64)
       -> keep a prefix of k tokens (ordering module; nested dropout / tail drop / fixed in training)
       -> ViTTokenDecoder (learned patch queries attend to the kept tokens) -> image [B, 3, S, S]
+         (with a first stage: -> latent grid -> its conv decoder -> image)
 
 The Lightning module :class:`~tokenizers_mm.image.tokenizer1d.OneDTokenizer` trains one of these; an export
 holds exactly its ``state_dict`` and the keyword arguments of its constructor, so ``pipelines`` rebuilds it
@@ -23,6 +25,7 @@ from torch import nn
 
 from ..config import as_config, plain
 from ..quantize import Quantizer, QuantizerConfig
+from .first_stage import LatentAutoencoder
 from .ordering import build_ordering
 from .vit import PatchEmbed, PatchUnembed, Transformer, ViTConfig, sincos_2d
 
@@ -59,7 +62,7 @@ class RegisterEncoder(nn.Module):
 
     def __init__(self, image_size: int, patch_size: int, num_tokens: int, cfg: ViTConfig,
                  patch_embed: str = "linear", stem_channels: int = 64, causal_registers: bool = False,
-                 register_init: str = "learned") -> None:
+                 register_init: str = "learned", channels: int = 3) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
@@ -70,7 +73,7 @@ class RegisterEncoder(nn.Module):
         self.num_tokens = num_tokens
         self.pyramid = nn.Linear(cfg.width, cfg.width) if register_init == "pyramid" else None
         self.num_patches = g * g
-        self.embed = PatchEmbed(patch_size, cfg.width, patch_embed, stem_channels)
+        self.embed = PatchEmbed(patch_size, cfg.width, patch_embed, stem_channels, channels)
         self.register_buffer("pos", sincos_2d(g, g, cfg.width), persistent=False)
         self.registers = nn.Parameter(torch.randn(num_tokens, cfg.width) * 0.02)
         self.transformer = Transformer(cfg)
@@ -82,7 +85,7 @@ class RegisterEncoder(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> registers ``[B, K, width]``."""
+        """``[B, C, H, W]`` (pixels or a latent grid) -> registers ``[B, K, width]``."""
         feats = self.embed(x)
         patches = feats + self.pos.to(x.dtype)
         regs = self.registers.to(patches.dtype).expand(x.shape[0], -1, -1)
@@ -109,7 +112,8 @@ class ViTTokenDecoder(nn.Module):
     """TiTok-style decoder: token prefix + learned image-patch queries -> transformer -> pixels."""
 
     def __init__(self, image_size: int, patch_size: int, num_tokens: int, code_dim: int, cfg: ViTConfig,
-                 patch_head: str = "linear", head_channels: int = 64, query_init: str = "learned") -> None:
+                 patch_head: str = "linear", head_channels: int = 64, query_init: str = "learned",
+                 channels: int = 3) -> None:
         super().__init__()
         if query_init not in ("learned", "token_mix", "pyramid"):
             raise ValueError(f"query_init must be 'learned', 'token_mix' or 'pyramid', got {query_init!r}")
@@ -120,7 +124,7 @@ class ViTTokenDecoder(nn.Module):
         self.queries = nn.Parameter(torch.randn(self.num_patches, cfg.width) * 0.02)
         self.register_buffer("pos", sincos_2d(g, g, cfg.width), persistent=False)
         self.transformer = Transformer(cfg)
-        self.head = PatchUnembed(patch_size, cfg.width, (g, g), patch_head, head_channels)
+        self.head = PatchUnembed(patch_size, cfg.width, (g, g), patch_head, head_channels, channels)
         # token_mix: every patch query starts as a learned linear mix of the (kept) tokens, initialized at
         # random, or ('pyramid') as the average of the tokens whose pyramid cell covers the patch: the
         # adjoint of the encoder's pyramid pooling, so training starts from a multi-scale autoencoder
@@ -194,6 +198,10 @@ class PrefixTokenizer(nn.Module):
                 "codebook_sizes": [self.codebook_size], "prefix_decodable": True,
                 "min_tokens": 1}
 
+    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> what ``encoder`` reads (the images themselves unless a subclass has a first stage)."""
+        return x
+
     def check_images(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is ``[B, 3, S, S]``."""
         s = self.image_size
@@ -210,7 +218,7 @@ class PrefixTokenizer(nn.Module):
     def encode(self, x: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
         """``[B, 3, S, S]`` in ``[-1, 1]`` -> ids int64 ``[B, num_tokens or K]`` (the first tokens)."""
         self.check_images(x)
-        ids = self.quantizer(self.encoder(x)).ids
+        ids = self.quantizer(self.encoder(self.to_latent(x))).ids
         if num_tokens is not None:
             if not 1 <= num_tokens <= self.num_tokens:
                 raise ValueError(f"num_tokens must be in 1..{self.num_tokens}, got {num_tokens}")
@@ -242,6 +250,10 @@ class OneDImageCodec(PrefixTokenizer):
         query_init: ``learned``, ``token_mix`` or ``pyramid`` (patch queries start from the tokens).
         quantizer: FSQ or VQ settings.
         ordering: which ordering regularizer.
+        first_stage: ``LatentAutoencoder`` arguments (``base_channels``, ``channel_mults``,
+            ``latent_channels``) or None. When set, the transformers read and write its latent grid of side
+            ``image_size / f``: ``patch_size`` then counts latent cells, and the patch embedding / head are
+            linear maps of the latent channels.
     """
 
     architecture = "image/onedim"
@@ -252,7 +264,7 @@ class OneDImageCodec(PrefixTokenizer):
                  patch_embed: str = "linear", patch_head: str = "linear", stem_channels: int = 64,
                  causal_registers: bool = False, register_init: str = "learned", query_init: str = "learned",
                  quantizer: QuantizerConfig | dict | None = None,
-                 ordering: OrderingConfig | dict | None = None) -> None:
+                 ordering: OrderingConfig | dict | None = None, first_stage: dict | None = None) -> None:
         super().__init__()
         enc = as_config(ViTConfig, encoder)
         dec = as_config(ViTConfig, decoder)
@@ -262,24 +274,48 @@ class OneDImageCodec(PrefixTokenizer):
             "image_size": image_size, "patch_size": patch_size, "num_tokens": num_tokens, "encoder": enc,
             "decoder": dec, "patch_embed": patch_embed, "patch_head": patch_head, "stem_channels": stem_channels,
             "causal_registers": causal_registers, "register_init": register_init, "query_init": query_init,
-            "quantizer": qcfg, "ordering": ocfg})
+            "quantizer": qcfg, "ordering": ocfg, "first_stage": first_stage})
         self.image_size, self.num_tokens = image_size, num_tokens
-        self.encoder = RegisterEncoder(image_size, patch_size, num_tokens, enc, patch_embed, stem_channels,
-                                       causal_registers, register_init)
+        side, channels = image_size, 3
+        self.first_stage = None
+        if first_stage is not None:
+            self.first_stage = LatentAutoencoder(**first_stage)
+            f = self.first_stage.downsample
+            if image_size % f:
+                raise ValueError(f"image_size {image_size} is not a multiple of the first stage's downsampling {f}")
+            side, channels = image_size // f, self.first_stage.latent_channels
+            if patch_embed != "linear" or patch_head != "linear":
+                raise ValueError("with a first stage the patch embedding and head map latent channels: "
+                                 "patch_embed and patch_head must be 'linear'")
+        self.encoder = RegisterEncoder(side, patch_size, num_tokens, enc, patch_embed, stem_channels,
+                                       causal_registers, register_init, channels)
         self.quantizer = Quantizer(enc.width, qcfg)
         self.ordering = build_ordering(ocfg.kind, enc.width, ocfg.nested_mode, ocfg.per_sample)
-        self.decoder = ViTTokenDecoder(image_size, patch_size, num_tokens, enc.width, dec, patch_head,
-                                       stem_channels, query_init)
+        self.decoder = ViTTokenDecoder(side, patch_size, num_tokens, enc.width, dec, patch_head,
+                                       stem_channels, query_init, channels)
+
+    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> what the register encoder reads (the first stage's latent, or the images themselves)."""
+        return x if self.first_stage is None else self.first_stage.encode(x)
+
+    def from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """What the token decoder writes -> images (unclipped)."""
+        return z if self.first_stage is None else self.first_stage.decode(z)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids ``[B, k]`` (any prefix, 1 <= k <= K) -> images ``[B, 3, S, S]`` clipped to ``[-1, 1]``."""
         codes, keep = self.prefix_codes(ids)
-        return self.decoder(codes, keep, self.ordering.hides_tail).clamp(-1, 1)
+        return self.from_latent(self.decoder(codes, keep, self.ordering.hides_tail)).clamp(-1, 1)
 
     def forward(self, x: torch.Tensor, k: int | torch.Tensor | None = None) -> dict[str, Any]:
-        """Training pass: reconstruction (unclipped), ids, keep mask and the quantizer's aux loss."""
+        """Training pass: reconstruction (unclipped), ids, keep mask and the quantizer's aux loss; with a
+        first stage also ``latent`` (its encoding of ``x``) and ``latent_recon`` (the token decoder's output)."""
         self.check_images(x)
-        q = self.quantizer(self.encoder(x))
+        z = self.to_latent(x)
+        q = self.quantizer(self.encoder(z))
         codes, keep = self.ordering(q.quantized, k)
-        recon = self.decoder(codes, keep, self.ordering.hides_tail)
-        return {"recon": recon, "ids": q.ids, "keep": keep, "aux_loss": q.aux_loss}
+        z_hat = self.decoder(codes, keep, self.ordering.hides_tail)
+        out = {"recon": self.from_latent(z_hat), "ids": q.ids, "keep": keep, "aux_loss": q.aux_loss}
+        if self.first_stage is not None:
+            out.update(latent=z, latent_recon=z_hat)
+        return out

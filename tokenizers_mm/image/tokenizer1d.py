@@ -8,6 +8,10 @@
 
 One model, three recipes: ``ordering: none`` is TiTok (fixed K), ``tail_drop`` One-D-Piece, and
 ``nested_dropout`` FlexTok (with causal registers). Encode once, decode from any prefix of 1..K tokens.
+
+``first_stage`` puts a conv autoencoder in front (FlexTok's design: the registers summarise a 2D latent grid,
+not pixels). Its first ``first_stage.train_steps`` steps train only that autoencoder; then it is frozen and
+the tokenizer learns to reproduce its latent (latent MSE + pixel loss through the frozen decoder).
 """
 
 
@@ -22,6 +26,7 @@ from torch import nn
 from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups, psnr_db
 from ..quantize import Quantizer, QuantizerConfig
+from .first_stage import FirstStageConfig, LatentAutoencoder
 from .codec1d import (
     OneDImageCodec,
     OrderingConfig,
@@ -86,6 +91,8 @@ class OneDTokenizer(TokenizerModule):
         loss: loss weights.
         optimizer: AdamW + schedule; ``grad_clip`` clips the generator's gradient norm.
         ema_decay: keep an EMA of encoder, quantizer and decoder (used for validation) when set.
+        first_stage: a 2D conv autoencoder in front of the tokenizer and its training (``FirstStageConfig``);
+            None: the tokenizer reads pixels.
     """
 
     def __init__(self, image_size: int = 64, patch_size: int = 8, num_tokens: int = 32,
@@ -94,13 +101,19 @@ class OneDTokenizer(TokenizerModule):
                  causal_registers: bool = False, register_init: str = "learned", query_init: str = "learned",
                  quantizer: QuantizerConfig | None = None,
                  ordering: OrderingConfig | None = None, loss: ImageLossConfig | None = None,
-                 optimizer: OptimizerConfig | None = None, ema_decay: float | None = None) -> None:
+                 optimizer: OptimizerConfig | None = None, ema_decay: float | None = None,
+                 first_stage: FirstStageConfig | None = None) -> None:
+        fs = as_config(FirstStageConfig, first_stage) if first_stage is not None else None
         codec = OneDImageCodec(image_size, patch_size, num_tokens, encoder, decoder, patch_embed, patch_head,
-                               stem_channels, causal_registers, register_init, query_init, quantizer, ordering)
+                               stem_channels, causal_registers, register_init, query_init, quantizer, ordering,
+                               fs.arch() if fs is not None else None)
         lcfg = as_config(ImageLossConfig, loss)
         super().__init__(optimizer=optimizer, input_key="image", codebook_size=codec.codebook_size)
-        self.save_hyperparameters(plain({**codec.arch, "loss": lcfg, "optimizer": self.optim_config,
-                                         "ema_decay": ema_decay}))
+        self.save_hyperparameters(plain({**codec.arch, "first_stage": fs, "loss": lcfg,
+                                         "optimizer": self.optim_config, "ema_decay": ema_decay}))
+        self.first_stage_cfg = fs
+        if fs is not None and fs.init_from:
+            load_first_stage(codec.first_stage, fs.init_from)
         self.automatic_optimization = False
         self.image_size, self.num_tokens, self.loss_cfg = image_size, num_tokens, lcfg
         if lcfg.pixel not in ("l1", "l2"):
@@ -157,10 +170,18 @@ class OneDTokenizer(TokenizerModule):
     def gan_active(self) -> bool:
         return self.discriminator is not None and self.global_step >= self.loss_cfg.gan_start_step
 
+    def training_first_stage(self) -> bool:
+        """True while the optimizer steps train the first stage alone (``first_stage.train_steps``)."""
+        fs = self.first_stage_cfg
+        return fs is not None and self.global_step < fs.train_steps
+
     def generator_losses(self, x: torch.Tensor, out: dict[str, Any], with_gan: bool) -> dict[str, torch.Tensor]:
         c = self.loss_cfg
         losses = {"pixel": self._pixel(out["recon"], x), "aux": out["aux_loss"]}
         rec = c.pixel_weight * losses["pixel"]
+        if "latent" in out:
+            losses["latent"] = (out["latent_recon"] - out["latent"]).pow(2).mean()
+            rec = rec + self.first_stage_cfg.latent_weight * losses["latent"]
         if self._perceptual:
             net = self._perceptual[0].to(x.device)
             losses["perceptual"] = net(out["recon"], x).mean()
@@ -183,8 +204,15 @@ class OneDTokenizer(TokenizerModule):
         c = self.optim_config
         opt_g = torch.optim.AdamW(param_groups(self.generator, c.weight_decay), lr=c.lr, betas=tuple(c.betas))
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt_g, lambda s: lr_factor(s, c.warmup_steps, total, c.schedule, c.min_lr_ratio))
+        first = self.first_stage_cfg.train_steps if self.first_stage_cfg is not None else 0
+
+        def factor(s: int) -> float:
+            # one warmup + decay for the first stage's steps, then a fresh one for the tokenizer's
+            if s < first:
+                return lr_factor(s, c.warmup_steps, first, c.schedule, c.min_lr_ratio)
+            return lr_factor(s - first, c.warmup_steps, max(0, total - first), c.schedule, c.min_lr_ratio)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
         optimizers, schedulers = [opt_g], [{"scheduler": sched, "interval": "step"}]
         if self.discriminator is not None:
             optimizers.append(torch.optim.AdamW(self.discriminator.parameters(), lr=self.loss_cfg.disc_lr,
@@ -196,9 +224,18 @@ class OneDTokenizer(TokenizerModule):
         opt_g = opts[0] if isinstance(opts, list) else opts
         sched = self.lr_schedulers()
         x = batch["image"]
-        out = self(x)
-        with_gan = self.gan_active()
-        losses = self.generator_losses(x, out, with_gan)
+        first_stage = self.codec.first_stage
+        if first_stage is not None:
+            first_stage.requires_grad_(self.training_first_stage())
+        if self.training_first_stage():
+            recon = first_stage(x, self.first_stage_cfg.noise)
+            out, with_gan = {}, False
+            losses = {"first_stage_pixel": self._pixel(recon, x)}
+            losses["loss"] = losses["first_stage_pixel"]
+        else:
+            out = self(x)
+            with_gan = self.gan_active()
+            losses = self.generator_losses(x, out, with_gan)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(losses["loss"])
         if self.optim_config.grad_clip:
@@ -230,6 +267,9 @@ class OneDTokenizer(TokenizerModule):
         use_ema = self.ema is not None
         out = self(x, k=self.num_tokens, use_ema=use_ema)
         losses = self.generator_losses(x, out, with_gan=False)
+        first_stage = self.inference_codec(use_ema).first_stage
+        if first_stage is not None:
+            losses["first_stage_psnr"] = psnr_db(first_stage(x).clamp(-1, 1)[keep_rows], x[keep_rows])
         recons = {}
         for k in self.val_ks:
             r = out["recon"] if k == self.num_tokens else self(x, k=k, use_ema=use_ema)["recon"]
@@ -240,3 +280,23 @@ class OneDTokenizer(TokenizerModule):
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         self.write_images_by_k(batch, outputs["recons"], "val/reconstructions_by_k")
+
+
+def load_first_stage(first_stage: LatentAutoencoder, path: str) -> None:
+    """Copy the first stage of a latent 1D tokenizer's checkpoint (``.ckpt``) into ``first_stage``.
+
+    Raises ``ValueError`` naming the file when it holds no first stage or one of another shape.
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise ValueError(f"first_stage.init_from: {path!r} is not a file (expected a .ckpt of a latent 1D tokenizer)")
+    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+    prefix = "codec.first_stage."
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise ValueError(f"first_stage.init_from: {path} holds no first stage (no '{prefix}*' weights)")
+    try:
+        first_stage.load_state_dict(sub)
+    except RuntimeError as exc:
+        raise ValueError(f"first_stage.init_from: {path} does not fit this first stage's settings: {exc}") from None

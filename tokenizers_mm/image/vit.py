@@ -80,23 +80,24 @@ def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """``[B, 3, H, W]`` -> ``[B, (H/p)(W/p), D]``.
+    """``[B, C, H, W]`` -> ``[B, (H/p)(W/p), D]`` (``C = channels``: 3 for pixels, more for a latent grid).
 
     ``kind='linear'``: one p x p stride-p convolution (plain ViT). ``kind='conv'``: a small convolutional
     stem (3x3 convs with stride-2 downsampling to the patch grid), which converges much faster on small
     data and CPUs; the token layout is identical.
     """
 
-    def __init__(self, patch_size: int, width: int, kind: str = "linear", stem_channels: int = 64) -> None:
+    def __init__(self, patch_size: int, width: int, kind: str = "linear", stem_channels: int = 64,
+                 channels: int = 3) -> None:
         super().__init__()
         self.patch_size = patch_size
         if kind == "linear":
-            self.net = nn.Conv2d(3, width, patch_size, stride=patch_size)
+            self.net = nn.Conv2d(channels, width, patch_size, stride=patch_size)
         elif kind == "conv":
             n_down = int(math.log2(patch_size))
             if 2 ** n_down != patch_size:
                 raise ValueError(f"conv patch embedding needs a power-of-two patch size, got {patch_size}")
-            layers: list[nn.Module] = [nn.Conv2d(3, stem_channels, 3, padding=1)]
+            layers: list[nn.Module] = [nn.Conv2d(channels, stem_channels, 3, padding=1)]
             ch = stem_channels
             for i in range(n_down):
                 out = min(stem_channels * 2 ** (i + 1), 4 * stem_channels)
@@ -112,18 +113,18 @@ class PatchEmbed(nn.Module):
 
 
 class PatchUnembed(nn.Module):
-    """``[B, (H/p)(W/p), D]`` -> ``[B, 3, H, W]`` (unbounded values; clip for display).
+    """``[B, (H/p)(W/p), D]`` -> ``[B, C, H, W]`` (unbounded values; ``C = channels``, 3 for pixels).
 
     ``kind='linear'``: a linear map to p*p*3 pixels per patch. ``kind='conv'``: nearest upsampling with
     3x3 convolutions, which removes patch seams early in training.
     """
 
     def __init__(self, patch_size: int, width: int, grid: tuple[int, int], kind: str = "linear",
-                 head_channels: int = 64) -> None:
+                 head_channels: int = 64, channels: int = 3) -> None:
         super().__init__()
-        self.p, self.grid, self.kind = patch_size, grid, kind
+        self.p, self.grid, self.kind, self.channels = patch_size, grid, kind, channels
         if kind == "linear":
-            self.net = nn.Linear(width, patch_size * patch_size * 3)
+            self.net = nn.Linear(width, patch_size * patch_size * channels)
         elif kind == "conv":
             n_up = int(math.log2(patch_size))
             if 2 ** n_up != patch_size:
@@ -135,7 +136,7 @@ class PatchUnembed(nn.Module):
                 layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"),
                            nn.Conv2d(ch, out, 3, padding=1)]
                 ch = out
-            layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
+            layers += [nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1)]
             self.net = nn.Sequential(*layers)
         else:
             raise ValueError(f"patch head kind must be 'linear' or 'conv', got {kind!r}")
@@ -150,6 +151,6 @@ class PatchUnembed(nn.Module):
         h, w = self.grid
         if self.kind == "linear":
             p = self.p
-            x = self.net(x).view(b, h, w, p, p, 3)
-            return x.permute(0, 5, 1, 3, 2, 4).reshape(b, 3, h * p, w * p)
+            x = self.net(x).view(b, h, w, p, p, self.channels)
+            return x.permute(0, 5, 1, 3, 2, 4).reshape(b, self.channels, h * p, w * p)
         return self.net(x.transpose(1, 2).reshape(b, d, h, w))
