@@ -22,17 +22,20 @@ class MeshError(ValueError):
     """A mesh that cannot be used: unreadable, empty, or not watertight after repair."""
 
 
-def load_mesh(data: bytes, ext: str) -> trimesh.Trimesh:
+def load_mesh(data: bytes, ext: str, process: bool = True) -> trimesh.Trimesh:
     """Read mesh bytes of type ``ext`` (obj / ply / stl / glb / off) into one triangle mesh.
 
-    Scenes (glb, multi-object obj) are merged into one mesh. Raises :class:`MeshError` when the file
-    cannot be read or holds no triangles.
+    Scenes (glb, multi-object obj) are merged into one mesh. ``process`` merges duplicate vertices (trimesh's
+    default); without it only non-finite vertices are dropped, which is much faster for large indexed meshes.
+    Raises :class:`MeshError` when the file cannot be read or holds no triangles.
     """
     ext = ext.lower().lstrip(".")
     if ext not in MESH_EXTENSIONS:
         raise MeshError(f"unsupported mesh extension {ext!r}; expected one of {MESH_EXTENSIONS}")
     try:
-        loaded = trimesh.load(io.BytesIO(data), file_type=ext, force="mesh", process=True)
+        loaded = trimesh.load(io.BytesIO(data), file_type=ext, force="mesh", process=process)
+        if isinstance(loaded, trimesh.Trimesh) and not process:
+            loaded.remove_infinite_values()
     except Exception as exc:  # trimesh raises many types for bad files
         raise MeshError(f"unreadable {ext} mesh ({len(data)} bytes): {exc}") from exc
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0 or len(loaded.vertices) < 4:
@@ -40,10 +43,12 @@ def load_mesh(data: bytes, ext: str) -> trimesh.Trimesh:
     return loaded
 
 
-def normalize_mesh(mesh: trimesh.Trimesh, padding: float = 0.05) -> tuple[trimesh.Trimesh, np.ndarray, float]:
+def normalize_mesh(mesh: trimesh.Trimesh, padding: float = 0.05, copy: bool = True
+                   ) -> tuple[trimesh.Trimesh, np.ndarray, float]:
     """Center the bounding box at the origin and scale its longest side to ``2 * (1 - padding)``.
 
-    Returns ``(mesh, center [3], scale)`` such that ``normalized = (original - center) * scale``.
+    Returns ``(mesh, center [3], scale)`` such that ``normalized = (original - center) * scale``; with
+    ``copy=False`` the vertices of ``mesh`` itself are replaced (no copy of a large mesh and its caches).
     """
     lo, hi = mesh.bounds
     center = (lo + hi) / 2.0
@@ -51,6 +56,9 @@ def normalize_mesh(mesh: trimesh.Trimesh, padding: float = 0.05) -> tuple[trimes
     if extent <= 0:
         raise MeshError("mesh has zero extent")
     scale = 2.0 * (1.0 - padding) / extent
+    if not copy:
+        mesh.vertices = (mesh.vertices - center) * scale
+        return mesh, center, scale
     out = mesh.copy()
     out.apply_translation(-center)
     out.apply_scale(scale)

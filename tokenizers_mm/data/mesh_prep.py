@@ -122,6 +122,10 @@ def prepare_mesh(mesh: trimesh.Trimesh, opts: MeshBuildOptions) -> tuple[trimesh
     """Decimate if too large and repair if open; returns ``(mesh, record)`` (see the module docstring)."""
     record: dict[str, Any] = {"faces_source": int(len(mesh.faces))}
     steps = []
+    closed = edge_use(mesh.faces) == (0, 0)
+    if not closed:  # a vertex per face corner (STL, unprocessed loads): merge as trimesh's loader does by default
+        mesh.merge_vertices()
+        closed = edge_use(mesh.faces) == (0, 0)
     if len(mesh.faces) > opts.max_faces:
         try:
             mesh = mesh.simplify_quadric_decimation(face_count=opts.max_faces)
@@ -132,7 +136,8 @@ def prepare_mesh(mesh: trimesh.Trimesh, opts: MeshBuildOptions) -> tuple[trimesh
             raise MeshError(f"{record['faces_source']} faces exceed max_faces={opts.max_faces}; decimation left "
                             f"{len(mesh.faces)}")
         steps.append(f"decimated from {record['faces_source']} to {len(mesh.faces)} faces (quadric)")
-    if edge_use(mesh.faces) == (0, 0):
+        closed = edge_use(mesh.faces) == (0, 0)
+    if closed:
         status = "watertight"
         steps.append("watertight as is")
     else:
@@ -159,9 +164,9 @@ def build_mesh_sample(data: bytes, ext: str, opts: MeshBuildOptions, seed: int
     points. Raises :class:`MeshError` with the reason when the mesh is skipped.
     """
     check_file_size(data, ext, opts)
-    mesh = load_mesh(data, ext)
+    mesh = load_mesh(data, ext, process=False)  # prepare_mesh merges vertices only where the mesh needs it
     mesh, record = prepare_mesh(mesh, opts)
-    mesh, center, scale = normalize_mesh(mesh, opts.padding)
+    mesh, center, scale = normalize_mesh(mesh, opts.padding, copy=False)
     arrays, stats = sample_occupancy(mesh, opts.num_surface, opts.num_volume, opts.num_near, opts.near_sigma,
                                      seed, opts.num_sharp, opts.sharp_angle, opts.chunk)
     inside = float(arrays["volume_labels"].mean()) if opts.num_volume else float(arrays["near_labels"].mean())
