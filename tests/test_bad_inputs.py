@@ -597,6 +597,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, R, request, tmp_
     shared = [R.photos, R.shards, R.audio, R.ckpt, R.export, R.npz, R.tokens] + ([R.run] if R.run else [])
     watch = sorted(set(c.watch) | set(shared))
     before = _checksums(watch)
+    present = set(os.listdir(t))
     capsys.readouterr()
     try:
         code = main(c.argv)
@@ -611,7 +612,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, R, request, tmp_
     for needle in c.names:
         assert needle in last, f"{name}: {needle!r} not in {last!r}"
     assert _checksums(watch) == before, f"{name} changed files it did not write"
-    leftovers = [n for n in os.listdir(t) if ".partial-" in n or ".old-" in n or ".tmp" in n]
+    leftovers = [n for n in set(os.listdir(t)) - present if ".partial" in n or ".old-" in n or ".tmp" in n]
     assert not leftovers, leftovers
 
 
