@@ -20,6 +20,7 @@ from tokenizers_mm.shape.codec import (
     MultiScaleResidualQuantizer,
     ShapeCodec,
     farthest_point_sample,
+    kd_order,
     resample_tokens,
 )
 from tokenizers_mm.shape.evaluate import decimation_baseline, mesh_bytes
@@ -78,6 +79,79 @@ def test_farthest_point_sample_matches_the_definition():
         assert idx[b].tolist() == chosen
 
 
+def test_kd_order_makes_every_block_a_cell_split_at_the_median():
+    torch.manual_seed(0)
+    pts = torch.rand(3, 32, 3) * torch.tensor([1.0, 3.0, 0.5])  # y is the longest side
+    perm = kd_order(pts)
+    assert all(sorted(p.tolist()) == list(range(32)) for p in perm)
+    ordered = torch.gather(pts, 1, perm[..., None].expand(-1, -1, 3))
+    for b in range(3):
+        lo, hi = ordered[b, :16], ordered[b, 16:]
+        assert lo[:, 1].max() <= hi[:, 1].min()  # the first split is along y, at the median
+        for size in (16, 8, 4, 2):  # every block of every level is split along its own longest side
+            for block in ordered[b].split(size):
+                axis = int((block.amax(0) - block.amin(0)).argmax())
+                assert block[: size // 2, axis].max() <= block[size // 2:, axis].min()
+    # not a power of two: splits stop where the group size turns odd, still a permutation
+    assert sorted(kd_order(torch.rand(1, 12, 3))[0].tolist()) == list(range(12))
+
+
+def test_anchored_probe_reads_the_latents_around_each_query():
+    torch.manual_seed(0)
+    codec = ShapeCodec(**{**TINY, "encoder": {**TINY["encoder"], "queries": "fps", "order": "kd"}},
+                       probe={"anchors": True, "sigma_min": 0.01, "sigma_max": 0.01}).eval()
+    assert torch.allclose(codec.anchor_log_inv_var, torch.full((2,), -2 * math.log(0.01)))
+    # anchors = tanh of the first three state channels: 16 points on a 0.4-spaced grid
+    with torch.no_grad():
+        codec.anchor.weight.zero_()
+        codec.anchor.weight[:, :3] = torch.eye(3)
+        codec.anchor.bias.zero_()
+    where = torch.stack(torch.meshgrid(*[torch.tensor([-0.6, -0.2, 0.2, 0.6])] * 2, indexing="ij"), -1).reshape(16, 2)
+    where = torch.cat([where, torch.zeros(16, 1)], -1)
+    states = torch.randn(1, 16, 64)
+    states[0, :, :3] = torch.atanh(where)
+    assert torch.allclose(codec.anchors(states)[0], where, atol=1e-5)
+    # with a 0.01 width, a query on anchor 3 reads latent 3 only: other latents' features do not move its logit
+    q = where[None, 3:4]
+    base = codec.occupancy(states, q)
+    others = states.clone()
+    others[:, [i for i in range(16) if i != 3], 3:] = torch.randn(1, 15, 61)
+    assert torch.allclose(codec.occupancy(others, q), base, atol=1e-5)
+    own = states.clone()
+    own[:, 3, 3:] = torch.randn(61)
+    assert not torch.allclose(codec.occupancy(own, q), base, atol=1e-3)
+    with pytest.raises(ValueError, match="sigma_min"):
+        ShapeCodec(**TINY, probe={"anchors": True, "sigma_min": 0.0})
+    with pytest.raises(ValueError, match="planes needs probe.anchors"):
+        ShapeCodec(**TINY, probe={"planes": True})
+    with pytest.raises(ValueError, match="encoder.order"):
+        ShapeCodec(**{**TINY, "encoder": {**TINY["encoder"], "order": "morton"}})
+    with pytest.raises(ValueError, match="anchor_weight needs probe.anchors"):
+        ShapeTokenizer(**TINY, loss={"anchor_weight": 1.0})
+
+
+def test_tangent_planes_give_the_signed_distance_to_the_nearest_anchor():
+    torch.manual_seed(0)
+    codec = ShapeCodec(**TINY, probe={"anchors": True, "planes": True, "plane_sigma": 0.02, "plane_gain": 5.0}).eval()
+    with torch.no_grad():  # anchors = tanh(state[:3]), normals = state[3:6]; the probe's own logit is 0
+        codec.anchor.weight.zero_()
+        codec.anchor.weight[:, :3] = torch.eye(3)
+        codec.anchor.bias.zero_()
+        codec.normal.weight.zero_()
+        codec.normal.weight[:, 3:6] = torch.eye(3)
+        codec.normal.bias.zero_()
+        codec.head[1].weight.zero_()
+        codec.head[1].bias.zero_()
+    # two oriented points: (0.5, 0, 0) facing +x and (-0.5, 0, 0) facing -x (the two sides of a slab)
+    states = torch.zeros(1, 16, 64)
+    where = torch.tensor([[0.5, 0, 0], [-0.5, 0, 0]]).repeat(8, 1)
+    states[0, :, :3] = torch.atanh(where)
+    states[0, :, 3:6] = torch.sign(where[:, :1]) * torch.tensor([1.0, 0, 0])
+    q = torch.tensor([[[0.45, 0.0, 0.01], [0.55, 0.01, 0.0], [-0.4, 0.0, 0.0], [-0.6, 0.0, 0.0]]])
+    expected = 5.0 * torch.tensor([[0.05, -0.05, 0.1, -0.1]])  # gain x (anchor - query) . normal
+    assert torch.allclose(codec.occupancy(states, q), expected, atol=1e-4)
+
+
 def test_probe_options_and_old_checkpoints_load():
     torch.manual_seed(0)
     surface = torch.cat([torch.rand(2, 128, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(2, 128, 3), dim=-1)],
@@ -125,6 +199,11 @@ def test_multiscale_quantizer_shapes_and_prefix_decoding():
         zq, ids, _ = msq(z, num_scales=s)
         assert zq.shape == (3, 16, 4) and ids.shape == (3, n) and ids.dtype == torch.int64
         assert torch.allclose(msq.ids_to_latents(ids, 16), zq, atol=1e-5)
+    # one count per sample: each sample's latent is what its own count gives, all ids come back
+    zq, ids, _ = msq(z, num_scales=torch.tensor([1, 3, 2]))
+    assert ids.shape == (3, 21)
+    for b, s in enumerate([1, 3, 2]):
+        assert torch.allclose(zq[b], msq(z[b:b + 1], num_scales=s)[0][0], atol=1e-6)
     # more scales leave a smaller residual
     errs = [float((msq(z, num_scales=s)[0] - z).pow(2).mean()) for s in (1, 2, 3)]
     assert errs[0] > errs[1] > errs[2]
@@ -148,6 +227,10 @@ def test_codec_decodes_from_every_number_of_scales_and_rvq_baseline():
             assert logits.shape == (2, 50) and torch.isfinite(logits).all()
         with pytest.raises(ValueError, match="whole scales"):
             codec.decode(ids[:, :2])
+        z = codec.encode_latents(surface)[0]
+        per_sample = codec.bottleneck(z, torch.tensor([1, 3]))[0]
+        assert torch.allclose(per_sample[0], codec.bottleneck(z, 1)[0][0], atol=1e-5)
+        assert torch.allclose(per_sample[1], codec.bottleneck(z)[0][1], atol=1e-5)
     assert codec.prefix_lengths == [16, 32, 48]  # rvq: M tokens per quantizer
     with pytest.raises(ValueError, match=r"surface points \[B, N, 6\]"):
         codec.encode(surface[..., :3])

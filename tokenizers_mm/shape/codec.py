@@ -66,12 +66,14 @@ class CrossAttentionBlock(nn.Module):
             self.norm2 = nn.LayerNorm(width)
             self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``[B, n, width]`` attends to ``context`` ``[B, m, width]``; ``bias`` ``[B, heads, n, m]`` is added
+        to the attention logits."""
         b, n, d = x.shape
         h = self.heads
         q = self.q(self.norm_q(x)).view(b, n, h, d // h).transpose(1, 2)
         k, v = self.kv(self.norm_kv(context)).view(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(b, n, d)
         x = x + self.proj(out)
         return x if self.mlp is None else x + self.mlp(self.norm2(x))
 
@@ -96,6 +98,25 @@ def farthest_point_sample(points: torch.Tensor, m: int) -> torch.Tensor:
             idx[:, i] = nxt
             last = flat[base + nxt]
     return idx
+
+
+def kd_order(points: torch.Tensor) -> torch.Tensor:
+    """Permutation ``[B, M]`` that puts points ``[B, M, 3]`` in k-d tree order: the set is split at the median of
+    its longest axis, each half again, while the group size is even, so every contiguous block of ``M / 2^k``
+    points is one spatially compact cell (what pooling tokens between scales averages)."""
+    b, m, _ = points.shape
+    perm = torch.arange(m, device=points.device).expand(b, m).clone()
+    groups = 1
+    with torch.no_grad():
+        while m % (2 * groups) == 0 and m // groups > 1:
+            g = m // groups
+            pts = torch.gather(points.detach(), 1, perm[..., None].expand(-1, -1, 3)).view(b, groups, g, 3)
+            axis = (pts.amax(2) - pts.amin(2)).argmax(-1)  # [B, groups]: longest side of each cell
+            key = torch.gather(pts, 3, axis[:, :, None, None].expand(-1, -1, g, 1)).squeeze(-1)
+            order = key.argsort(dim=-1, stable=True)  # [B, groups, g]: sorted along that side
+            perm = torch.gather(perm.view(b, groups, g), 2, order).view(b, m)
+            groups *= 2
+    return perm
 
 
 def resample_tokens(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -137,16 +158,22 @@ class MultiScaleResidualQuantizer(nn.Module):
         """Id counts that decode: the cumulative token counts (1, 5, 21, 85 for scales 1, 4, 16, 64)."""
         return [sum(self.scales[: i + 1]) for i in range(len(self.scales))]
 
-    def forward(self, z: torch.Tensor, num_scales: int | None = None
+    def forward(self, z: torch.Tensor, num_scales: int | torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``z`` ``[B, M, D]`` -> (quantized ``[B, M, D]`` of the first ``num_scales`` scales, ids, aux loss)."""
+        """``z`` ``[B, M, D]`` -> (quantized ``[B, M, D]`` of the first ``num_scales`` scales, ids, aux loss).
+
+        ``num_scales`` is one count for the batch, or one per sample (int tensor ``[B]``): then every scale is
+        quantized (all ids come back) and sample b's latent sums its first ``num_scales[b]`` scales.
+        """
         m = z.shape[1]
         residual, out = z, torch.zeros_like(z)
         ids, aux = [], z.new_zeros(())
-        for n, quant in zip(self.scales[: num_scales or len(self.scales)], self.quantizers):
+        per_sample = isinstance(num_scales, torch.Tensor)
+        count = len(self.scales) if per_sample else num_scales or len(self.scales)
+        for i, (n, quant) in enumerate(zip(self.scales[:count], self.quantizers)):
             q = quant(resample_tokens(residual, n))
             up = resample_tokens(q.quantized, m)
-            out = out + up
+            out = out + (up * (num_scales > i).to(up.dtype)[:, None, None] if per_sample else up)
             residual = residual - up
             ids.append(q.ids)
             aux = aux + q.aux_loss
@@ -190,9 +217,16 @@ class ResidualVQBottleneck(nn.Module):
         """Id counts that decode: M tokens per quantizer kept."""
         return [self.m * (i + 1) for i in range(self.nq)]
 
-    def forward(self, z: torch.Tensor, num_scales: int | None = None
+    def forward(self, z: torch.Tensor, num_scales: int | torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`MultiScaleResidualQuantizer.forward`, with quantizers for scales."""
         q, idx, losses = self.rvq(z)
+        if isinstance(num_scales, torch.Tensor):
+            for kept in num_scales.unique().tolist():
+                if kept < self.nq:
+                    rows = num_scales == kept
+                    q = torch.where(rows[:, None, None], self.rvq.get_output_from_indices(idx[..., :kept]), q)
+            return q, idx.transpose(1, 2).reshape(z.shape[0], -1), losses.sum()
         idx = idx[..., : num_scales or self.nq]
         if num_scales and num_scales < self.nq:
             q = self.rvq.get_output_from_indices(idx)
@@ -208,6 +242,10 @@ class ResidualVQBottleneck(nn.Module):
 class ShapeEncoderConfig:
     """Point encoder: ``queries`` = ``learned`` or ``fps`` (farthest-point-sampled surface points).
 
+    ``order`` (with ``fps``): ``fps`` keeps the sampling order; ``kd`` puts the sampled points in k-d tree order, so
+    the tokens that the coarse scales pool together are neighbours on the surface (a coarse scale then holds
+    the mean of one region, not of scattered points).
+
     ``zero_init`` starts every residual branch of the encoder (the gathering cross-attention and its MLP, the
     self-attention blocks) at zero, so that at the first step each latent is its own query: with ``fps`` the
     embedding of a surface point, which the decoder learns to read in a few hundred steps, where the randomly
@@ -221,6 +259,7 @@ class ShapeEncoderConfig:
     freq_scale: float = 1.0
     queries: str = "learned"
     zero_init: bool = False
+    order: str = "fps"
 
 
 @dataclass
@@ -233,6 +272,21 @@ class ShapeProbeConfig:
         heads: attention heads (``None``: the decoder's).
         depth: cross-attention blocks.
         mlp_ratio: width of the per-query MLP after each block (0: attention only, as in 3DShape2VecSet).
+        anchors: every decoder state also predicts a point (its anchor, ``tanh`` of a linear map, in
+            ``[-1, 1]^3``), and each probe head adds ``-|query - anchor|^2 / (2 sigma_h^2)`` to its attention
+            logits, with one learned ``sigma_h`` per head starting log-spaced between ``sigma_min`` and
+            ``sigma_max``: a query then reads the latents around it from the first step instead of learning
+            where they are through the dot products of Fourier features. With ``fps`` queries the training loss
+            can pull each anchor to its latent's surface point (``ShapeLossConfig.anchor_weight``).
+        sigma_min / sigma_max: range of the initial per-head widths of that distance bias.
+        planes: (with ``anchors``) every decoder state also predicts a unit normal, and the occupancy logit
+            adds ``plane_gain`` x the signed distance of the query to the anchors' tangent planes, averaged with
+            weights ``softmax(-|query - anchor|^2 / (2 plane_sigma^2))`` (positive on the inner side of the
+            planes): oriented surface points that the tokens describe give the inside / outside of the shape
+            directly, and the probe learns the correction. ``ShapeLossConfig.anchor_weight`` also pulls each
+            normal to its latent's surface normal.
+        plane_sigma / plane_gain: initial width of that weighting and gain of the plane distance (both learned,
+            as logarithms).
     """
 
     num_freqs: int | None = None
@@ -240,6 +294,12 @@ class ShapeProbeConfig:
     heads: int | None = None
     depth: int = 1
     mlp_ratio: float = 0.0
+    anchors: bool = False
+    sigma_min: float = 0.05
+    sigma_max: float = 0.5
+    planes: bool = False
+    plane_sigma: float = 0.1
+    plane_gain: float = 20.0
 
 
 class ShapeCodec(nn.Module):
@@ -275,6 +335,14 @@ class ShapeCodec(nn.Module):
             raise ValueError(f"the last scale must hold all {num_latents} latents, got scales {scales}")
         if enc.queries not in ("learned", "fps"):
             raise ValueError(f"encoder.queries must be 'learned' or 'fps', got {enc.queries!r}")
+        if enc.order not in ("fps", "kd"):
+            raise ValueError(f"encoder.order must be 'fps' or 'kd', got {enc.order!r}")
+        if pcfg.anchors and not 0 < pcfg.sigma_min <= pcfg.sigma_max:
+            raise ValueError(f"probe sigma_min / sigma_max must satisfy 0 < min <= max, got {pcfg.sigma_min}, "
+                             f"{pcfg.sigma_max}")
+        if pcfg.planes and not (pcfg.anchors and pcfg.plane_sigma > 0 and pcfg.plane_gain > 0):
+            raise ValueError(f"probe.planes needs probe.anchors: true and plane_sigma, plane_gain > 0, got anchors "
+                             f"{pcfg.anchors}, {pcfg.plane_sigma}, {pcfg.plane_gain}")
         self.arch = plain({"num_latents": num_latents, "latent_dim": latent_dim, "encoder": enc, "decoder": dec,
                            "bottleneck": bottleneck, "scales": scales, "num_quantizers": num_quantizers,
                            "quantizer": qcfg, "probe": pcfg})
@@ -309,6 +377,16 @@ class ShapeCodec(nn.Module):
         self.query_in = nn.Linear(self.query_fourier.out_dim, dec.width)
         heads = pcfg.heads or dec.heads
         self.probe = nn.ModuleList(CrossAttentionBlock(dec.width, heads, pcfg.mlp_ratio) for _ in range(pcfg.depth))
+        self.anchor = None
+        if pcfg.anchors:
+            self.anchor = nn.Linear(dec.width, 3)
+            sigmas = torch.logspace(math.log10(pcfg.sigma_min), math.log10(pcfg.sigma_max), heads)
+            self.anchor_log_inv_var = nn.Parameter(-2 * sigmas.log())  # log(1 / sigma^2) per head
+        self.normal = None
+        if pcfg.planes:
+            self.normal = nn.Linear(dec.width, 3)
+            self.plane_log_inv_var = nn.Parameter(torch.tensor(-2 * math.log(pcfg.plane_sigma)))
+            self.plane_log_gain = nn.Parameter(torch.tensor(math.log(pcfg.plane_gain)))
         self.head = nn.Sequential(nn.LayerNorm(dec.width), nn.Linear(dec.width, 1))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -349,16 +427,34 @@ class ShapeCodec(nn.Module):
                              f"first), got shape {tuple(ids.shape)}")
 
     # ---- encoder ------------------------------------------------------------------------------------
+    def latent_point_index(self, surface: torch.Tensor) -> torch.Tensor | None:
+        """With ``fps`` queries: indices ``[B, M]`` of the surface points the latents start from, in token order
+        (``None`` for learned queries)."""
+        if self.enc_cfg.queries != "fps":
+            return None
+        xyz = surface[..., :3]
+        idx = farthest_point_sample(xyz, self.num_latents)
+        if self.enc_cfg.order == "kd":
+            idx = torch.gather(idx, 1, kd_order(torch.gather(xyz, 1, idx[..., None].expand(-1, -1, 3))))
+        return idx
+
     def encode_latents(self, surface: torch.Tensor, sample: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Surface ``[B, N, 6]`` -> (latents ``[B, M, D]``, KL per sample ``[B]``); ``sample`` draws from the
         Gaussian (training), else its mean."""
+        z, kl, _ = self._encode(surface, sample)
+        return z, kl
+
+    def _encode(self, surface: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(latents, KL per sample, the latents' surface points with normals ``[B, M, 6]`` or ``None``)."""
         self.check_surface(surface)
         xyz, normals = surface[..., :3], surface[..., 3:]
         feats = self.point_in(self.fourier(xyz, normals))
-        if self.enc_cfg.queries == "fps":
-            idx = farthest_point_sample(xyz, self.num_latents)
+        idx = self.latent_point_index(surface)
+        latent_points = None
+        if idx is not None:
             q = torch.gather(feats, 1, idx[..., None].expand(-1, -1, feats.shape[-1])) + self.queries
+            latent_points = torch.gather(surface, 1, idx[..., None].expand(-1, -1, 6))
         else:
             q = self.queries.expand(surface.shape[0], -1, -1)
         h = self.encoder(self.gather(q, feats))
@@ -366,7 +462,7 @@ class ShapeCodec(nn.Module):
         logvar = logvar.clamp(-30, 20)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean(dim=(1, 2))
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean) if sample else mean
-        return z, kl
+        return z, kl, latent_points
 
     def encode(self, surface: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
         """Surface ``[B, N, 6]`` -> ids ``[B, num_tokens or all]`` (``num_tokens`` a whole number of scales)."""
@@ -383,12 +479,36 @@ class ShapeCodec(nn.Module):
         """Quantized latents ``[B, M, D]`` -> decoder states ``[B, M, width]`` (computed once per shape)."""
         return self.decoder(self.latent_in(zq) + self.latent_pos.to(zq.dtype))
 
+    def anchors(self, states: torch.Tensor) -> torch.Tensor | None:
+        """Decoder states ``[B, M, width]`` -> anchor points ``[B, M, 3]`` in ``[-1, 1]^3`` (``None`` without
+        ``probe.anchors``)."""
+        return None if self.anchor is None else torch.tanh(self.anchor(states))
+
+    def normals(self, states: torch.Tensor) -> torch.Tensor | None:
+        """Decoder states ``[B, M, width]`` -> unit normals ``[B, M, 3]`` of the anchors' tangent planes (``None``
+        without ``probe.planes``)."""
+        return None if self.normal is None else F.normalize(self.normal(states), dim=-1)
+
     def occupancy(self, states: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Decoder states + query points ``[B, Q, 3]`` -> occupancy logits ``[B, Q]`` (> 0: inside)."""
         q = self.query_in(self.query_fourier(points))
+        bias = plane = None
+        if self.anchor is not None:
+            anchors = self.anchors(states).to(points.dtype)
+            d2 = (points.square().sum(-1, keepdim=True) + anchors.square().sum(-1)[:, None]
+                  - 2 * points @ anchors.transpose(1, 2)).clamp_min(0)  # [B, Q, M] squared distances
+            bias = (-0.5 * self.anchor_log_inv_var.exp().to(points.dtype))[None, :, None, None] * d2[:, None]
+            bias = bias.to(q.dtype)
+            if self.normal is not None:
+                normals = self.normals(states).to(points.dtype)
+                w = torch.softmax(-0.5 * self.plane_log_inv_var.exp() * d2, dim=-1)  # [B, Q, M]
+                # sum_i w_i (a_i - x) . n_i = w @ (a . n) - x . (w @ n)
+                offset = (anchors * normals).sum(-1, keepdim=True)  # [B, M, 1]
+                plane = (w @ offset).squeeze(-1) - (points * (w @ normals)).sum(-1)
         for block in self.probe:
-            q = block(q, states)
-        return self.head(q).squeeze(-1)
+            q = block(q, states, bias)
+        logits = self.head(q).squeeze(-1)
+        return logits if plane is None else logits + self.plane_log_gain.exp() * plane.to(logits.dtype)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids of the first s scales -> decoder states ``[B, M, width]`` (query them with :meth:`occupancy`, or
@@ -396,10 +516,16 @@ class ShapeCodec(nn.Module):
         self.check_ids(ids)
         return self.decode_latents(self.bottleneck.ids_to_latents(ids, self.num_latents))
 
-    def forward(self, surface: torch.Tensor, points: torch.Tensor, num_scales: int | None = None,
+    def forward(self, surface: torch.Tensor, points: torch.Tensor, num_scales: int | torch.Tensor | None = None,
                 sample: bool = False) -> dict[str, Any]:
-        """Training pass: occupancy logits at ``points`` from the first ``num_scales`` scales, ids, KL, aux loss."""
-        z, kl = self.encode_latents(surface, sample)
+        """Training pass: occupancy logits at ``points`` from the first ``num_scales`` scales (one count, or one
+        per sample ``[B]``), ids, KL, aux loss;
+        with ``probe.anchors`` also the predicted anchors and the latents' surface points ``[B, M, 3]`` (``None``
+        for learned queries)."""
+        z, kl, points_of_latents = self._encode(surface, sample)
         zq, ids, aux = self.bottleneck(z, num_scales)
-        return {"logits": self.occupancy(self.decode_latents(zq), points), "ids": ids, "kl": kl.mean(),
-                "aux_loss": aux}
+        states = self.decode_latents(zq)
+        return {"logits": self.occupancy(states, points), "ids": ids, "kl": kl.mean(), "aux_loss": aux,
+                "anchors": self.anchors(states), "normals": self.normals(states),
+                "anchor_targets": None if points_of_latents is None else points_of_latents[..., :3],
+                "normal_targets": None if points_of_latents is None else points_of_latents[..., 3:]}

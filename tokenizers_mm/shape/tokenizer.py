@@ -2,14 +2,13 @@
 
 Loss: BCE on uniform volume points + ``near_weight`` x BCE on near-surface points (0.1 by default, the
 3DShape2VecSet convention), + ``kl_weight`` x KL of the Gaussian bottleneck + the quantizers' own losses. With
-probability ``scale_dropout`` a batch decodes from a random number of coarse scales only, so every prefix of
-scales gives a valid shape. Validation logs BCE and volume IoU at every number of scales, and writes rendered
+probability ``scale_dropout`` a sample decodes from a random number of coarse scales only, so every prefix of
+scales gives a valid shape while the rest of the batch trains the full code. Validation logs BCE and volume IoU at every number of scales, and writes rendered
 views of reconstructed meshes.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,10 @@ from .metrics import volume_iou
 class ShapeLossConfig:
     """Loss weights: near-surface BCE relative to volume BCE, KL, quantizer losses; scale dropout probability;
     ``volume_pos_weight`` weighs the inside volume points (most uniform points are outside); ``sample_posterior``
-    trains on samples of the Gaussian bottleneck (else on its mean)."""
+    trains on samples of the Gaussian bottleneck (else on its mean); ``anchor_weight`` weighs the mean squared
+    distance between each latent's predicted anchor and the surface point it was sampled at, plus (with
+    ``probe.planes``) between its predicted unit normal and that point's normal (``probe.anchors`` with ``fps``
+    queries only)."""
 
     near_weight: float = 0.1
     kl_weight: float = 1e-3
@@ -36,6 +38,7 @@ class ShapeLossConfig:
     scale_dropout: float = 0.5
     volume_pos_weight: float = 1.0
     sample_posterior: bool = True
+    anchor_weight: float = 0.0
 
 
 class ShapeTokenizer(TokenizerModule):
@@ -57,6 +60,9 @@ class ShapeTokenizer(TokenizerModule):
         codec = ShapeCodec(num_latents, latent_dim, encoder, decoder, bottleneck, scales, num_quantizers, quantizer,
                            probe)
         lcfg = as_config(ShapeLossConfig, loss)
+        if lcfg.anchor_weight and (codec.anchor is None or codec.enc_cfg.queries != "fps"):
+            raise ValueError("loss.anchor_weight needs probe.anchors: true and encoder.queries: fps (the anchors' "
+                             "targets are the latents' farthest-point-sampled surface points)")
         super().__init__(optimizer=optimizer, input_key="surface", codebook_size=codec.codebook_size)
         self.save_hyperparameters(plain({**codec.arch, "loss": lcfg, "val_mesh_resolution": val_mesh_resolution,
                                          "optimizer": self.optim_config, "ema_decay": ema_decay}))
@@ -75,8 +81,11 @@ class ShapeTokenizer(TokenizerModule):
         validating = not self.training
         codec = self.inference_codec(use_ema=validating)
         num_scales = None
-        if not validating and self.loss_cfg.scale_dropout > 0 and random.random() < self.loss_cfg.scale_dropout:
-            num_scales = random.randint(1, self.num_scales)
+        if not validating and self.loss_cfg.scale_dropout > 0:
+            b = surface.shape[0]
+            dropped = torch.rand(b, device=surface.device) < self.loss_cfg.scale_dropout
+            num_scales = torch.where(dropped, torch.randint(1, self.num_scales + 1, (b,), device=surface.device),
+                                     torch.full((b,), self.num_scales, device=surface.device))
         c = self.loss_cfg
         out = codec(surface, points, num_scales=num_scales, sample=c.sample_posterior and not validating)
         bce_vol = self._bce(out["logits"][:, :nv], batch["volume_labels"], c.volume_pos_weight)
@@ -84,6 +93,12 @@ class ShapeTokenizer(TokenizerModule):
         losses = {"bce_volume": bce_vol, "bce_near": bce_near, "kl": out["kl"], "aux": out["aux_loss"],
                   "iou": volume_iou(out["logits"][:, :nv], batch["volume_labels"]).mean()}
         losses["loss"] = bce_vol + c.near_weight * bce_near + c.kl_weight * out["kl"] + c.aux_weight * out["aux_loss"]
+        if out["anchors"] is not None and out["anchor_targets"] is not None:
+            losses["anchor"] = (out["anchors"] - out["anchor_targets"]).square().sum(-1).mean()
+            if out["normals"] is not None:
+                losses["normal"] = (out["normals"] - out["normal_targets"]).square().sum(-1).mean()
+                losses["anchor"] = losses["anchor"] + losses["normal"]
+            losses["loss"] = losses["loss"] + c.anchor_weight * losses["anchor"]
         if validating:
             with torch.no_grad():
                 states = {}
