@@ -71,12 +71,19 @@ def list_source_files(src: str, modality: str) -> list[str]:
         raise NotADirectoryError(f"--src {src!r} is a file; expected a folder of {modality} files")
     exts = {"." + e for e in EXTENSIONS[modality]} | ({".jpeg"} if modality == "image" else set())
     out = []
+    ignored: Counter[str] = Counter()
     for root, _dirs, files in os.walk(src):
         for name in files:
-            if os.path.splitext(name)[1].lower() in exts:
+            ext = os.path.splitext(name)[1].lower()
+            if ext in exts:
                 out.append(os.path.relpath(os.path.join(root, name), src))
+            elif not name.startswith("."):
+                ignored[ext or "(no extension)"] += 1
     if not out:
         raise FileNotFoundError(f"no {modality} files ({', '.join(sorted(exts))}) under {src!r}")
+    if ignored:  # said, not silently dropped
+        log.warning("data build: ignoring %d file(s) under %s that are not %s files: %s", sum(ignored.values()), src,
+                    modality, ", ".join(f"{e} x{n}" for e, n in ignored.most_common(5)))
     return sorted(out)
 
 
@@ -110,9 +117,8 @@ def split_files(relpaths: list[str], val_fraction: float, seed: int, split_by: s
 
 @dataclass
 class BuildReport:
-    counts: dict[str, int] = field(default_factory=dict)
-    bytes: dict[str, int] = field(default_factory=dict)
-    shards: dict[str, list[str]] = field(default_factory=dict)
+    """What happened to the files of one shard: skipped ones with reasons, repaired meshes, per-mesh records."""
+
     skipped: list[dict[str, str]] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     meshes: list[dict[str, str]] = field(default_factory=list)  # per mesh: file, status, how (mesh_prep)
@@ -155,40 +161,6 @@ def _make_sample(src: str, relpath: str, modality: str, mesh_opts: MeshBuildOpti
         return None
     sample["json"] = json.dumps(meta).encode()
     return sample
-
-
-class AtomicShardWriter:
-    """Write numbered shards ``{prefix}-{i:06d}.tar`` of at most ``shard_size`` samples, atomically."""
-
-    def __init__(self, out_dir: str, prefix: str, shard_size: int) -> None:
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.out_dir, self.prefix, self.shard_size = out_dir, prefix, shard_size
-        self.index, self.finished = 0, []
-        self._tar: AtomicTarFile | None = None
-
-    def write(self, sample: dict[str, Any]) -> None:
-        if self._tar is None:
-            self._tar = AtomicTarFile(os.path.join(self.out_dir, f"{self.prefix}-{self.index:06d}.tar"))
-        self._tar.write(sample)
-        if self._tar.count == self.shard_size:
-            self._finish()
-
-    def _finish(self) -> None:
-        assert self._tar is not None
-        self.finished.append(os.path.basename(self._tar.commit()))
-        self._tar = None
-        self.index += 1
-
-    def close(self) -> list[str]:
-        if self._tar is not None:
-            self._finish()
-        return self.finished
-
-    def abort(self) -> None:
-        if self._tar is not None:
-            self._tar.abort()
-            self._tar = None
 
 
 def _legacy_build(modality: str, settings: dict[str, Any]):
