@@ -218,8 +218,9 @@ def build_shards(modality: str, src: str, out: str, shard_size: int = 64, val_fr
     ranks' folders; an interrupted build resumes from its complete shards when rerun with the same settings.
     The shards do not depend on ``workers`` or ``world_size``.
 
-    Files that cannot be decoded (and meshes that stay open after repair) are skipped and listed in
-    ``dataset.json`` with their reason; a build where every file is skipped raises ``EmptyOutputError``.
+    Files that cannot be decoded (and meshes without a meaningful inside, or over the memory bounds of
+    :class:`~.mesh_prep.MeshBuildOptions`) are skipped and listed in ``dataset.json`` with their reason; a build
+    where every file is skipped raises ``EmptyOutputError``.
     The shards are written into a staging folder beside ``out`` and swapped in whole when complete
     (:class:`~tokenizers_mm.io.OutputFolder`): an existing ``out`` is replaced only when it holds an earlier
     build with the same modality and settings and nothing else, or when ``overwrite`` is set; otherwise
