@@ -1,9 +1,10 @@
 """One mesh file -> the arrays ``data build`` stores, with a record of what was done to the mesh.
 
 Steps: refuse a file too large to load within the memory bound (by size, and by the face count its header
-declares); load; decimate a mesh above ``max_faces``
-(quadric, fast-simplification); use a watertight mesh as is, else repair it with trimesh (merge vertices, drop
-degenerate and duplicate faces, fill holes, fix winding); normalize into ``[-1, 1]^3``; sample and label by the
+declares); load, merging duplicate vertices only when the mesh is not closed as stored; decimate a mesh above
+``max_faces`` (quadric, fast-simplification); use a watertight mesh as is, else repair it with trimesh (merge
+vertices, drop degenerate and duplicate faces, fill holes, fix winding); normalize into ``[-1, 1]^3``; sample
+and label by the
 generalized winding number (:mod:`.mesh_occupancy`), which stays correct away from the defects of a mesh that
 is still open, self-intersecting or made of overlapping parts. A surface without a meaningful inside (an open
 scan, a single sheet) shows as many volume points with a winding number near 0.5 and is skipped with that
@@ -119,7 +120,10 @@ def _open_edges(mesh: trimesh.Trimesh) -> int:
 
 
 def prepare_mesh(mesh: trimesh.Trimesh, opts: MeshBuildOptions) -> tuple[trimesh.Trimesh, dict[str, Any]]:
-    """Decimate if too large and repair if open; returns ``(mesh, record)`` (see the module docstring)."""
+    """Decimate if too large and repair if open; returns ``(mesh, record)`` (see the module docstring).
+
+    The vertices of ``mesh`` itself are merged when it is not closed as given.
+    """
     record: dict[str, Any] = {"faces_source": int(len(mesh.faces))}
     steps = []
     closed = edge_use(mesh.faces) == (0, 0)
