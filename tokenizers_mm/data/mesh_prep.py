@@ -4,11 +4,10 @@ Steps: refuse a file too large to load within the memory bound (by size, and by 
 declares); load, merging duplicate vertices only when the mesh is not closed as stored; decimate a mesh above
 ``max_faces`` (quadric, fast-simplification); use a watertight mesh as is, else repair it with trimesh (merge
 vertices, drop degenerate and duplicate faces, fill holes, fix winding); normalize into ``[-1, 1]^3``; sample
-and label by the
-generalized winding number (:mod:`.mesh_occupancy`), which stays correct away from the defects of a mesh that
-is still open, self-intersecting or made of overlapping parts. A surface without a meaningful inside (an open
-scan, a single sheet) shows as many volume points with a winding number near 0.5 and is skipped with that
-reason. Every outcome is a :class:`MeshError` (skipped, with its reason) or a record:
+and label by the generalized winding number (:mod:`.mesh_occupancy`), which stays correct away from the defects
+of a mesh that is still open, self-intersecting or made of overlapping parts. A surface without a meaningful
+inside (an open scan, a single sheet) shows as many volume points with a winding number near 0.5 and is skipped
+with that reason. Every outcome is a :class:`MeshError` (skipped, with its reason) or a record:
 
 ``status``: ``watertight`` (closed 2-manifold as is), ``repaired`` (closed after trimesh's repair) or
 ``winding_number`` (still open or non-manifold: labeled as is by the winding number); ``how``: one line saying
