@@ -49,9 +49,12 @@ class ShapeTokenizer(TokenizerPipeline):
         if isinstance(item, (str, os.PathLike)):
             path = self.input_file(item, MESH_EXTENSIONS, "a mesh")
             ext = os.path.splitext(path)[1].lower().lstrip(".")
-            with open(path, "rb") as f:
-                mesh = load_mesh(f.read(), ext)
-            return self.surface_of(mesh, path)
+            try:
+                with open(path, "rb") as f:
+                    mesh = load_mesh(f.read(), ext)
+                return self.surface_of(mesh, path)
+            except ValueError as exc:  # MeshError included: name the file it came from
+                raise ValueError(f"{path!r}: {exc}") from exc
         if isinstance(item, trimesh.Trimesh):
             return self.surface_of(item)
         raise TypeError(f"cannot read a shape from {type(item).__name__}")

@@ -753,3 +753,14 @@ def test_data_settings_that_fit_no_sample_fail_before_training(R):
     with pytest.raises(ValueError, match=r"data.train_urls: none of the first \d samples of .*train-000000.tar "
                                          r"decodes.*fewer than data.tokens.num_tokens=99"):
         dm.setup("fit")
+
+
+def test_files_a_command_does_not_read_are_named_not_silently_dropped(R, tmp_path, caplog):
+    src = _copy(R.photos, str(tmp_path / "p"))
+    _write(f"{src}/scan.tif", b"II*\x00")
+    _write(f"{src}/notes.txt", "x")
+    with caplog.at_level("WARNING"):
+        assert main(_build("image", src, str(tmp_path / "o"))) == 0
+        assert main(_enc(R.export, src, out=str(tmp_path / "t.npz"))) == 0
+    assert "ignoring 2 file(s)" in caplog.text and ".tif x1" in caplog.text
+    assert "encode: ignoring 2 file(s)" in caplog.text

@@ -358,10 +358,14 @@ def _expand_inputs(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
     files: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(root, n) for root, _, names in os.walk(item) for n in names
-                           if n.lower().rsplit(".", 1)[-1] in extensions)
+            every = [os.path.join(root, n) for root, _, names in os.walk(item) for n in names if not n.startswith(".")]
+            found = sorted(f for f in every if f.lower().rsplit(".", 1)[-1] in extensions)
             if not found:
                 raise FileNotFoundError(f"folder {item!r} holds no {'/'.join(extensions)} files")
+            if len(found) < len(every):  # said, not silently dropped
+                logging.getLogger("tokenizers_mm").warning(
+                    "encode: ignoring %d file(s) in %s that are not %s files", len(every) - len(found), item,
+                    "/".join(extensions))
             files += found
         else:
             files.append(item)
