@@ -243,7 +243,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .checkpointing import read_checkpoint
     from .data.stream import check_shard_modality
     from .data.urls import expand_urls, is_remote
-    from .io import OutputFolder
+    from .io import OutputFolder, file_sha256
 
     ckpt = checkpoint_file(a.ckpt)
     for flag, path in (("--csv-log", a.csv_log), ("--lpips", a.lpips), ("--inception", a.inception)):
@@ -257,7 +257,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
         raise type(exc)(f"--data: {exc}") from exc
     check_shard_modality(urls, modality, "--data")
     folder = OutputFolder(a.out, {"command": "evaluate", "modality": modality,
-                                  "model": {"checkpoint": os.path.abspath(ckpt), "global_step": raw.get("global_step")},
+                                  "model": {"checkpoint": os.path.abspath(ckpt), "sha256": file_sha256(ckpt),
+                                            "global_step": raw.get("global_step")},
                                   "inputs": {"data": a.data}},
                           overwrite=a.overwrite, identity=("command", "modality"),
                           inputs=[ckpt, *(p for p in (a.csv_log, a.lpips, a.inception) if p),
@@ -751,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
         debug = True
     logging.basicConfig(level=os.environ.get("TOKENIZERS_MM_LOG", "INFO"),
                         format="%(levelname)s %(name)s: %(message)s")
+    from . import io as tio
+
+    tio.COMMAND_LINE = ["tokenizers-mm", *argv]
     try:
         if argv and argv[0] in PROJECT_COMMANDS:
             a = _project_parser().parse_args(argv)

@@ -37,6 +37,8 @@ MADE_BY_FORMAT = "tokenizers-mm-output"
 STAGING_MARK = ".partial"
 # entries of made_by.json that describe one run rather than what the folder is
 RUN_ENTRIES = ("format", "argv", "time", "version", "files")
+# the command line recorded in made_by.json (the CLI sets it; else the process's argv)
+COMMAND_LINE: list[str] | None = None
 
 
 class OutputError(ValueError):
@@ -176,6 +178,15 @@ def remove_temp_files(folder: str) -> None:
 
 
 # ---- fingerprints -------------------------------------------------------------------------------
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's content, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_fingerprint(paths: Iterable[str], root: str | None = None) -> str:
     """sha256 over the (relative) name, size and modification time of each local file; remote URLs by name.
 
@@ -282,7 +293,7 @@ class OutputFolder:
         self.inputs = [os.path.abspath(p) for p in inputs]
         self.identity = tuple(identity) if identity is not None else tuple(made_by)
         self.record = {"format": MADE_BY_FORMAT, **made_by, "version": __version__,
-                       "argv": list(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                       "argv": list(COMMAND_LINE or sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         stem = f".{self.name}{STAGING_MARK}"
         self.path = os.path.join(self.parent, stem if resumable else f"{stem}-{os.getpid()}")
         self.resuming = False
