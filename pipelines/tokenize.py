@@ -168,8 +168,8 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
             return json.load(f)
     stage = folder.check().path
     os.makedirs(os.path.join(stage, PROGRESS_DIR), exist_ok=True)
-    remove_temp_files(stage)
     mine = [u for i, u in enumerate(urls) if i % w == r]
+    remove_temp_files(stage, [output_name(u) for u in mine])
     todo = [u for u in mine if not os.path.exists(os.path.join(stage, output_name(u)))]
     if len(todo) < len(mine):
         log.warning("resuming: %d of this rank's %d shards are already tokenized", len(mine) - len(todo), len(mine))

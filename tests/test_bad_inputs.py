@@ -764,3 +764,12 @@ def test_files_a_command_does_not_read_are_named_not_silently_dropped(R, tmp_pat
         assert main(_enc(R.export, src, out=str(tmp_path / "t.npz"))) == 0
     assert "ignoring 2 file(s)" in caplog.text and ".tif x1" in caplog.text
     assert "encode: ignoring 2 file(s)" in caplog.text
+
+
+def test_tokenize_rerun_over_a_damaged_output_redoes_it(R, tmp_path, capsys):
+    out = _copy(R.tokens, str(tmp_path / "tk"))
+    lost = sorted(n for n in os.listdir(out) if n.endswith(".tar"))[0]
+    os.remove(f"{out}/{lost}")
+    assert main(_tok(R, R.shards, out)) == 0
+    assert "complete" in capsys.readouterr().out
+    assert open(f"{out}/{lost}", "rb").read() == open(f"{R.tokens}/{lost}", "rb").read()

@@ -164,14 +164,21 @@ class AtomicTarFile:
                 os.remove(self.tmp)
 
 
-def remove_temp_files(folder: str) -> None:
-    """Remove ``*.tmp<pid>*`` files of writers whose process is gone (leftovers of a killed run)."""
+def remove_temp_files(folder: str, names: Iterable[str] | None = None) -> None:
+    """Remove ``*.tmp<pid>*`` files of writers whose process is gone (leftovers of a killed run).
+
+    ``names``: only the temporary files of these final names (a rank's own shards: the writers of other ranks may
+    run on other machines, where their process ids mean nothing here).
+    """
     import re
 
     if not os.path.isdir(folder):
         return
+    keep = set(names) if names is not None else None
     for name in os.listdir(folder):
         m = re.search(r"\.tmp(\d+)", name)
+        if m and keep is not None and name[: m.start()] not in keep:
+            continue
         if m and not _pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, name))
@@ -339,7 +346,8 @@ class OutputFolder:
     def existing(self) -> bool:
         """True when ``--out`` already holds a complete output with this identity (nothing to redo)."""
         rec = read_made_by(self.out) if os.path.isdir(self.out) else None
-        return rec is not None and self._diff(rec) is None and self._refusal(self.out, "--out") is None
+        return (rec is not None and self._diff(rec) is None and self._refusal(self.out, "--out") is None
+                and all(os.path.isfile(os.path.join(self.out, f)) for f in rec.get("files") or []))
 
     def check(self) -> OutputFolder:
         """Refuse (``OutputError``) an ``--out`` this run may not replace; clean this command's own leftovers.
