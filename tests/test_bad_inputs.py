@@ -251,6 +251,13 @@ case("build/all-broken-fresh-out")(lambda R, t: Case(_build("image", _broken_ima
                                                      ["no sample", "b0.jpg"], [f"{t}/o", f"{t}/broken"]))
 case("build/out-holds-user-files")(lambda R, t: Case(_build("image", R.photos, _user_folder(t)),
                                                      ["notes.txt", "--overwrite"], [f"{t}/mine", R.photos]))
+@case("build/overwrite-the-working-folder")
+def _(R, t):
+    d = _user_folder(t)
+    os.chdir(d)  # the test restores the working folder
+    return Case(_build("image", R.photos, ".", "--overwrite"), ["working folder"], [d])
+
+
 case("build/out-is-a-file")(lambda R, t: Case(_build("image", R.photos, _write(f"{t}/o.txt", "x")),
                                               ["o.txt", "not a folder"], [f"{t}/o.txt"]))
 case("build/out-is-src")(lambda R, t: Case(_build("image", _copy(R.photos, f"{t}/p"), f"{t}/p"),
@@ -589,10 +596,12 @@ NEEDS_RUN = {n for n in C if n.startswith("fit/") or n in ("evaluate/ckpt-is-run
 
 
 @pytest.mark.parametrize("name", sorted(C))
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, R, request, tmp_path, capsys, record_property):
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, R, request, tmp_path, capsys, record_property,
+                                                         monkeypatch):
     if name in NEEDS_RUN:
         request.getfixturevalue("run")
     t = str(tmp_path)
+    monkeypatch.chdir(ROOT)
     c = C[name](R, t)
     shared = [R.photos, R.shards, R.audio, R.ckpt, R.export, R.npz, R.tokens] + ([R.run] if R.run else [])
     watch = sorted(set(c.watch) | set(shared))

@@ -363,6 +363,11 @@ class OutputFolder:
             why = self._refusal(self.out, "--out")
             if why:
                 raise OutputError(why + hint)
+        cwd = os.path.abspath(os.getcwd())
+        if self.overwrite and (cwd == self.out or cwd.startswith(self.out + os.sep)
+                               or self.out in (os.path.expanduser("~"), os.path.abspath(os.sep))):
+            raise OutputError(f"--out {self.out!r} is the working folder, one of its parents or the home folder: "
+                              "--overwrite will not replace it; choose a folder of its own")
         os.makedirs(self.parent, exist_ok=True)
         self._remove_dead_staging()
         if self.resumable and os.path.isdir(self.path) and list_files(self.path):
