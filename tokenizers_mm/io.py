@@ -15,9 +15,9 @@ folder is swapped in whole when complete, with a ``made_by.json`` that records w
 modality, settings, model sha256, inputs' fingerprint) and every file it wrote. An existing ``--out`` is
 replaced only when it holds nothing but an earlier output of the same command with the same identity; anything
 else (other files, another command, other settings) is an :class:`OutputError` naming the difference, unless
-``overwrite`` is given, and then the old folder is replaced whole and atomically. Resumable commands
-(``tokenize``) keep their staging folder across interruptions and continue in it only when its ``made_by.json``
-agrees with the rerun.
+``overwrite`` is given, and then the old folder is replaced whole and atomically. An ``--out`` that is or holds an
+input of the command is refused even then. Resumable commands (``data build``, ``tokenize``) keep their staging
+folder across interruptions and continue in it only when its ``made_by.json`` agrees with the rerun.
 """
 
 from __future__ import annotations
