@@ -365,6 +365,8 @@ case("fit/ckpt-path-foreign-file")(lambda R, t: Case(_fit(R, "--ckpt_path", _wri
                                                      [f"{t}/x.ckpt", "not a readable"], [R.run, f"{t}/x.ckpt"]))
 case("fit/ckpt-path-export-folder")(lambda R, t: Case(_fit(R, "--ckpt_path", R.export), [R.export, "folder"],
                                                       [R.run, R.export]))
+case("fit/batch-size-zero")(lambda R, t: Case(_fit(R, "--data.batch_size", "0"), ["data.batch_size", ">= 1"],
+                                               [R.run]))
 case("fit/bad-modality")(lambda R, t: Case(_fit(R, "--data.modality", "video"), ["data.modality", "video"], [R.run]))
 
 # evaluate

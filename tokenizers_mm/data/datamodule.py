@@ -61,6 +61,12 @@ class ShardDataModule(pl.LightningDataModule):
         super().__init__()
         if modality not in MODALITIES:
             raise ValueError(f"data.modality must be one of {MODALITIES}, got {modality!r}")
+        for key, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
+                                ("batches_per_epoch", batches_per_epoch, 1), ("num_workers", num_workers, 0),
+                                ("val_num_workers", val_num_workers, 0), ("val_samples", val_samples, 1),
+                                ("max_val_samples", max_val_samples, 1), ("shuffle_buffer", shuffle_buffer, 0)):
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}")
         self.modality = modality
         self.train_urls = train_urls
         self.val_urls = val_urls
