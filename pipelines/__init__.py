@@ -21,7 +21,7 @@ from .base import TokenizerPipeline
 
 # modality -> "module:Class" of its pipeline
 PIPELINES = {"image": "pipelines.image:ImageTokenizer", "mesh": "pipelines.shape:ShapeTokenizer",
-             "audio": "pipelines.audio:AudioTokenizer"}
+             "audio": "pipelines.audio:AudioTokenizer", "prior": "pipelines.prior:TokenPriorPipeline"}
 
 __all__ = ["load", "read_config", "TokenizerPipeline", "PIPELINES"]
 

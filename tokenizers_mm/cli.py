@@ -22,7 +22,8 @@ import sys
 import time
 from typing import Any
 
-PROJECT_COMMANDS = ("data", "evaluate", "export", "encode", "decode", "tokenize")
+PROJECT_COMMANDS = ("data", "evaluate", "export", "encode", "decode", "tokenize", "compress", "decompress", "sample",
+                    "tokens")
 
 
 # ---- LightningCLI ---------------------------------------------------------------------------------
@@ -250,6 +251,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
         if path is not None and not os.path.isfile(path):
             raise FileNotFoundError(f"{flag} {path!r} does not exist")
     raw = read_checkpoint(ckpt)
+    from .export import rebuild_checkpoint_model
+
+    rebuild_checkpoint_model(raw, ckpt)  # a checkpoint that does not rebuild is refused here, naming it
     modality = (raw.get("datamodule_hyper_parameters") or {}).get("modality", "image")
     try:
         urls = expand_urls(a.data, split="val")
@@ -707,11 +711,15 @@ def _project_parser() -> argparse.ArgumentParser:
     tz.add_argument("--overwrite", action="store_true",
                     help="replace an --out (or an interrupted run's staging folder) made with other settings")
     tz.set_defaults(func=_cmd_tokenize)
+
+    from .prior.cli import add_parsers as add_prior_parsers
+
+    add_prior_parsers(sub, inference_flags, at_least)
     return p
 
 
 # errors that come from what a user gave (files, folders, URLs, settings): one line and exit code 2
-INPUT_ERRORS = (OSError, ValueError, TypeError, KeyError, LookupError)
+INPUT_ERRORS = (OSError, ValueError, TypeError, KeyError)
 
 
 def _input_error_types() -> tuple[type[BaseException], ...]:

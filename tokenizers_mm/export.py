@@ -48,6 +48,7 @@ CODECS = {
     "image/flow": "tokenizers_mm.image.flow_codec:FlowImageCodec",
     "shape/occupancy": "tokenizers_mm.shape.codec:ShapeCodec",
     "speech/rvq": "tokenizers_mm.speech.codec:SpeechCodec",
+    "prior/ar": "tokenizers_mm.prior.model:TokenPrior",
 }
 
 
@@ -194,7 +195,12 @@ def _audio_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
                            "loudness_lufs": audio.get("loudness_lufs")}}
 
 
-INPUT_SPECS = {"image": _image_inputs, "mesh": _mesh_inputs, "audio": _audio_inputs}
+def _prior_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "tokens", "layout": codec.layout, "tokenizer": codec.tokenizer,
+            "frames": "[B, F, D]: 1D / multi-scale ids are F frames of one code, RVQ ids [n_q, F] are F frames of n_q"}
+
+
+INPUT_SPECS = {"image": _image_inputs, "mesh": _mesh_inputs, "audio": _audio_inputs, "prior": _prior_inputs}
 
 
 def _evaluation_from_report(path: str) -> dict[str, Any]:
@@ -222,6 +228,20 @@ def _evaluation_from_report(path: str) -> dict[str, Any]:
     return ev
 
 
+def rebuild_checkpoint_model(raw: dict[str, Any], ckpt: str) -> nn.Module:
+    """The tokenizer module of an already read checkpoint; one-line ``ValueError`` naming ``ckpt`` when this version
+    of the code cannot rebuild it (unknown hyperparameters, or weights that do not fit the model they describe)."""
+    from .checkpointing import build_tokenizer
+
+    try:
+        return build_tokenizer(raw, ckpt)
+    except (TypeError, RuntimeError) as exc:
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise ValueError(f"checkpoint {ckpt!r} does not rebuild with this tokenizers-mm "
+                         f"({type(exc).__name__}: {detail})") from exc
+
+
 def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: bool = True,
                       overwrite: bool = False) -> dict[str, Any]:
     """Export the tokenizer of Lightning checkpoint ``ckpt`` into folder ``out``; returns its config.
@@ -230,16 +250,16 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
     ``use_ema``: export the EMA weights when the run kept them (the default), else the raw weights.
     ``overwrite``: replace an ``out`` that holds anything but an earlier export.
     """
-    from .checkpointing import CLASS_KEY, build_tokenizer, read_checkpoint
+    from .checkpointing import CLASS_KEY, read_checkpoint
 
     raw = read_checkpoint(ckpt)
-    model = build_tokenizer(raw, ckpt)
+    model = rebuild_checkpoint_model(raw, ckpt)
     if not hasattr(model, "inference_codec"):
         raise ExportError(f"{raw.get(CLASS_KEY)} in {ckpt!r} has no exportable codec")
     has_ema = getattr(model, "ema", None) is not None
     codec = model.inference_codec(use_ema)
     data_hp = raw.get("datamodule_hyper_parameters") or {}
-    if data_hp.get("modality", codec.modality) != codec.modality:
+    if data_hp.get("modality", codec.modality) != ("tokens" if codec.modality == "prior" else codec.modality):
         raise ExportError(f"{ckpt!r} trained a {codec.modality} codec on {data_hp['modality']} data")
     hp = dict(raw.get("hyper_parameters") or {})
     training = {

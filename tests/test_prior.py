@@ -1,0 +1,277 @@
+"""The token prior: training on token shards, export, range coding (bit-exact across processes), rate control,
+samples, the token report and the errors of bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import pipelines
+from tokenizers_mm.cli import main
+from tokenizers_mm.data import ShardDataModule
+from tokenizers_mm.export import INPUT_SPECS, export_checkpoint, export_codec
+from tokenizers_mm.image.tokenizer1d import OneDTokenizer
+from tokenizers_mm.prior.coding import CompressedFileError, Header
+from tokenizers_mm.prior.model import TokenPrior
+from tokenizers_mm.prior.module import PriorModule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONED = {"image_size": 32, "patch_size": 8, "num_tokens": 8, "encoder": {"width": 64, "depth": 2, "heads": 2},
+        "decoder": {"width": 64, "depth": 2, "heads": 2}, "stem_channels": 16, "patch_embed": "conv",
+        "patch_head": "conv", "register_init": "pyramid", "query_init": "pyramid", "causal_registers": True,
+        "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True},
+        "ordering": {"kind": "nested_dropout"}}
+HEADER_BYTES = 37  # a [k] header: magic, version, modality, two sha prefixes, ndim, shape, count, extra, crc
+
+
+def _trainer(steps, root=None):
+    return pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+
+
+@pytest.fixture(scope="module")
+def image_setup(embedded, tmp_path_factory):
+    """A 1D image tokenizer (40 steps on the embedded photos, exported), its token shards, and a prior trained on
+    them (checkpoint + export), with the prior's val loss before and after training."""
+    from pipelines.tokenize import tokenize_shards
+
+    root = tmp_path_factory.mktemp("prior")
+    pl.seed_everything(0)
+    tok_model = OneDTokenizer(**ONED, optimizer={"lr": 1e-3, "warmup_steps": 5})
+    dm = ShardDataModule(modality="image", train_urls=os.path.join(embedded, "image"), val_urls=None, batch_size=8,
+                         batches_per_epoch=40, num_workers=0, image={"size": 32, "val_resize": 48})
+    trainer = _trainer(40)
+    trainer.fit(tok_model, datamodule=dm)
+    trainer.save_checkpoint(root / "tok.ckpt")
+    tok_dir = str(root / "tok")
+    export_checkpoint(str(root / "tok.ckpt"), tok_dir)
+    shards = str(root / "tokens")
+    tokenize_shards(tok_dir, os.path.join(embedded, "image"), shards, num_workers=0, batch_size=64, progress=False)
+
+    pl.seed_everything(0)
+    prior = PriorModule(tokenizer=tok_dir, max_frames=8, width=64, layers=2, heads=4,
+                        optimizer={"lr": 3e-3, "warmup_steps": 10, "weight_decay": 0.0})
+    pdm = ShardDataModule(modality="tokens", train_urls=shards, val_urls=shards, batch_size=32, val_batch_size=64,
+                          batches_per_epoch=150, num_workers=0)
+    trainer = _trainer(150, str(root / "prior_run"))
+    before = trainer.validate(prior, datamodule=pdm, verbose=False)[0]
+    trainer.fit(prior, datamodule=pdm)
+    after = trainer.validate(prior, datamodule=pdm, verbose=False)[0]
+    trainer.save_checkpoint(root / "prior.ckpt")
+    prior_dir = str(root / "prior")
+    export_checkpoint(str(root / "prior.ckpt"), prior_dir)
+    return {"root": root, "tok": tok_dir, "shards": shards, "prior": prior_dir, "before": before, "after": after}
+
+
+def _val_ids(shards):
+    from pipelines.tokenize import read_token_ids
+    from tokenizers_mm.data.urls import expand_urls
+
+    return np.stack([v for _, v in read_token_ids(expand_urls(shards, split="val"))]).astype(np.int64)
+
+
+def test_prior_loss_falls_on_token_shards_below_the_unigram_entropy(image_setup):
+    before, after = image_setup["before"], image_setup["after"]
+    ids = _val_ids(image_setup["shards"])
+    counts = np.bincount(ids.reshape(-1), minlength=1000)
+    p = counts[counts > 0] / counts.sum()
+    unigram = float(-(p * np.log2(p)).sum())
+    assert before["val/bits_per_token"] > np.log2(1000) - 0.5  # untrained: about uniform
+    # a trained prior beats the unigram code of the very tokens it is measured on (a collapsed or untrained one
+    # does not: the unigram entropy is the best any position-blind, context-blind model can do)
+    assert after["val/bits_per_token"] < unigram - 0.2, (before, after, unigram)
+
+
+def test_export_loads_through_pipelines_and_records_the_tokenizer(image_setup):
+    prior = pipelines.load(image_setup["prior"], modality="prior")
+    tok = pipelines.load(image_setup["tok"])
+    assert prior.config["modality"] == "prior" and prior.prior.tokenizer["sha256"] == tok.model_id
+    assert set(os.listdir(image_setup["prior"])) >= {"config.json", "model.safetensors", "README.md"}
+    prior.check_tokenizer(tok)
+
+
+def test_real_bytes_at_most_nominal_plus_header_and_round_trip(image_setup):
+    tok = pipelines.load(image_setup["tok"])
+    prior = pipelines.load(image_setup["prior"], modality="prior")
+    ids = torch.from_numpy(_val_ids(image_setup["shards"]))
+    nominal = int(np.ceil(8 * np.log2(1000) / 8))
+    payload = 0
+    for row in ids:
+        blob = prior.compress(tok, row)
+        assert len(blob) <= nominal + HEADER_BYTES + 4  # the range coder ends on a whole 32-bit word
+        payload += len(blob) - HEADER_BYTES
+        back, head = prior.decompress(tok, blob)
+        assert torch.equal(back, row) and head.shape == (8,)
+    assert payload <= nominal * len(ids)  # in all, the prior's code is shorter than the nominal code
+    # ideal code lengths agree with the range coder (which adds at most one word per file)
+    bits = prior.bits(ids)
+    assert abs(payload * 8 - float(bits.sum())) <= 32 * len(ids) + 1
+
+
+DECODE_SCRIPT = """
+import sys, numpy as np, pipelines
+tok = pipelines.load(sys.argv[1]); prior = pipelines.load(sys.argv[2], modality="prior")
+ids, _ = prior.decompress(tok, open(sys.argv[3], "rb").read(), sys.argv[3])
+np.save(sys.argv[4], ids.numpy())
+"""
+
+
+def _fresh_process_decode(tok_dir, prior_dir, blob, tmp_path, name):
+    path = tmp_path / f"{name}.tmmc"
+    path.write_bytes(blob)
+    out = tmp_path / f"{name}.npy"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # another thread count than the encoder's process
+    subprocess.run([sys.executable, "-c", DECODE_SCRIPT, tok_dir, prior_dir, str(path), str(out)], check=True,
+                   cwd=ROOT, env=env)
+    return np.load(out)
+
+
+def _export_prior(prior, out):
+    export_codec(prior, out, INPUT_SPECS["prior"](prior, {}))
+    return out
+
+
+def test_bit_exact_in_a_fresh_process_for_images(image_setup, tmp_path):
+    tok = pipelines.load(image_setup["tok"])
+    prior = pipelines.load(image_setup["prior"], modality="prior")
+    row = torch.from_numpy(_val_ids(image_setup["shards"])[3])
+    got = _fresh_process_decode(image_setup["tok"], image_setup["prior"], prior.compress(tok, row), tmp_path, "img")
+    assert np.array_equal(got, row.numpy())
+
+
+def test_bit_exact_in_a_fresh_process_for_speech_and_shapes(mesh_dir, tmp_path):
+    from tokenizers_mm.shape.tokenizer import ShapeTokenizer
+    from tokenizers_mm.speech.tokenizer import SpeechTokenizer
+
+    torch.manual_seed(0)
+    speech = SpeechTokenizer(sample_rate=16000, seanet={"channels": 8, "dim": 32, "ratios": [8, 5, 4, 2],
+                                                        "causal": True, "decoder": "istft", "istft_channels": 64,
+                                                        "istft_layers": 4},
+                             rvq={"num_quantizers": 4, "codebook_size": 16}).eval()
+    shape = ShapeTokenizer(num_latents=16, latent_dim=16, encoder={"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
+                           decoder={"width": 64, "depth": 1, "heads": 2}, scales=[1, 4, 16],
+                           quantizer={"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True}).eval()
+    for name, model in (("speech", speech), ("shape", shape)):
+        codec = model.inference_codec()
+        tok_dir = str(tmp_path / f"{name}_tok")
+        export_codec(codec, tok_dir, INPUT_SPECS[codec.modality](codec, {}))
+        tok = pipelines.load(tok_dir)
+        if name == "speech":
+            from tokenizers_mm.data.embedded import embedded_dir
+
+            ids = tok.encode(tok.read(os.path.join(embedded_dir("speech"), "activated.flac")))[0]  # [4, F]
+            assert ids.ndim == 2 and ids.shape[0] == 4
+            prior = TokenPrior(16, 4, 16, "rvq", width=32, layers=1, heads=2, depth_layers=1,
+                               tokenizer={"sha256": tok.model_id})
+            cases = [ids, ids[:2]]  # every bitrate: all codebooks, and the first two
+        else:
+            ids = tok.encode([os.path.join(mesh_dir, "sphere.ply")])[0]  # [21]: scales 1 + 4 + 16, coarse first
+            prior = TokenPrior(1000, 1, 21, "sequence", width=32, layers=1, heads=2, tokenizer={"sha256": tok.model_id})
+            cases = [ids, ids[:5]]
+        prior_dir = _export_prior(prior, str(tmp_path / f"{name}_prior"))
+        pp = pipelines.load(prior_dir, modality="prior")
+        for i, case in enumerate(cases):
+            got = _fresh_process_decode(tok_dir, prior_dir, pp.compress(tok, case), tmp_path, f"{name}{i}")
+            assert np.array_equal(got, case.numpy()), name
+
+
+def test_bad_files_give_one_line_errors_naming_the_file(image_setup, tmp_path, capsys):
+    tok = pipelines.load(image_setup["tok"])
+    prior = pipelines.load(image_setup["prior"], modality="prior")
+    row = torch.from_numpy(_val_ids(image_setup["shards"])[0])
+    blob = prior.compress(tok, row)
+    other = TokenPrior(1000, 1, 8, "sequence", width=32, layers=1, heads=2, tokenizer={"sha256": tok.model_id})
+    other_dir = _export_prior(other, str(tmp_path / "other_prior"))
+    # (the corrupt byte is the most significant one of the first coder word: the first ids change; a flipped low bit
+    # may leave every id intact, and the CRC then rightly accepts the file)
+    bad = {"not_ours.tmmc": b"PK\x03\x04" + blob[4:], "truncated.tmmc": blob[:-4], "short.tmmc": blob[:20],
+           "corrupt.tmmc": blob[:HEADER_BYTES + 3] + bytes([blob[HEADER_BYTES + 3] ^ 0x5A]) + blob[HEADER_BYTES + 4:],
+           "other_prior.tmmc": TokenPriorBytes(other_dir, tok, row)}
+    for name, data in bad.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        code = main(["decompress", "--model", image_setup["tok"], "--prior", image_setup["prior"], str(path),
+                     "--out", str(tmp_path / f"out_{name}")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and str(path) in err, (name, err)
+        assert not (tmp_path / f"out_{name}").exists()
+    with pytest.raises(CompressedFileError, match="another prior"):
+        prior.decompress(tok, bad["other_prior.tmmc"], "x")
+    # a version from the future is refused by name
+    future = blob[:4] + bytes([9]) + blob[5:]
+    with pytest.raises(CompressedFileError, match="version 9"):
+        Header.unpack(future, "f.tmmc")
+
+
+def TokenPriorBytes(prior_dir, tok, row):
+    return pipelines.load(prior_dir, modality="prior").compress(tok, row)
+
+
+def test_cli_compress_decompress_rate_control_and_sample(image_setup, photo_dir, tmp_path, capsys):
+    tok_dir, prior_dir = image_setup["tok"], image_setup["prior"]
+    out = tmp_path / "c"
+    assert main(["compress", "--model", tok_dir, "--prior", prior_dir, photo_dir, "--out", str(out)]) == 0
+    summary = json.load(open(out / "summary.json"))
+    assert len(summary["files"]) == 6 and all(r["tokens"] == 8 for r in summary["files"])
+    dec = tmp_path / "d"
+    # decompress in a fresh process through the CLI: ids equal those of encode, PNGs written
+    subprocess.run([sys.executable, "-m", "tokenizers_mm.cli", "decompress", "--model", tok_dir, "--prior", prior_dir,
+                    str(out), "--out", str(dec)], check=True, cwd=ROOT)
+    tok = pipelines.load(tok_dir)
+    for r in summary["files"]:
+        stem = r["out"][:-5]
+        assert np.array_equal(np.load(dec / f"{stem}.ids.npy"), tok.encode([r["file"]])[0].numpy())
+        assert (dec / f"{stem}.png").is_file()
+
+    # rate control: a target between the qualities of the smallest and the full budget
+    from tokenizers_mm.prior.rate import image_psnr
+
+    files = [r["file"] for r in summary["files"]]
+    x = tok.to_model_input(files)
+    full = tok.encode(x)
+    q1 = image_psnr(tok.decode(full[:, :1]), x)
+    qk = image_psnr(tok.decode(full), x)
+    target = float(((q1 + qk) / 2).min())
+    rc = tmp_path / "rc"
+    assert main(["compress", "--model", tok_dir, "--prior", prior_dir, *files, "--out", str(rc),
+                 "--target-psnr", f"{target:.3f}"]) == 0
+    rcs = json.load(open(rc / "summary.json"))
+    assert len(rcs["files"]) == 6
+    rcdec = tmp_path / "rcdec"
+    assert main(["decompress", "--model", tok_dir, "--prior", prior_dir, str(rc), "--out", str(rcdec)]) == 0
+    for r in rcs["files"]:  # every reported sample meets the target, measured again on what decompress gives
+        assert r["quality"] >= target - 1e-3
+        ids = torch.from_numpy(np.load(rcdec / (r["out"][:-5] + ".ids.npy")))
+        assert ids.shape[0] == r["budget"]
+        i = files.index(r["file"])
+        assert float(image_psnr(tok.decode(ids[None]), x[i:i + 1])) >= target - 1e-3
+    assert rcs["rate_control"]["fixed_mean_quality"] >= rcs["rate_control"]["mean_quality"] - 1e-6
+    capsys.readouterr()
+    # a target no budget reaches: one line naming a file, nothing written
+    assert main(["compress", "--model", tok_dir, "--prior", prior_dir, *files, "--out", str(tmp_path / "no"),
+                 "--target-psnr", "99"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no budget reaches PSNR" in err and files[0] in err
+    assert not (tmp_path / "no").exists()
+
+    # samples: seeded and reproducible, decoded into a grid
+    for name in ("s1", "s2"):
+        assert main(["sample", "--model", tok_dir, "--prior", prior_dir, "--n", "4", "--seed", "3",
+                     "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "s1" / "grid.png").is_file()
+    assert json.load(open(tmp_path / "s1" / "ids.json")) == json.load(open(tmp_path / "s2" / "ids.json"))
+
+
+def test_tokens_report(image_setup, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["tokens", "report", "--data", image_setup["shards"], "--prior", image_setup["prior"],
+                 "--out", str(out)]) == 0
+    rep = json.load(open(out / "report.json"))
+    assert len(rep["per_position_entropy_bits"]) == 8 and rep["zipf_exponent"] > 0
+    assert rep["prior_bits_per_token"] < rep["uniform_bits"]
+    assert (out / "tokens.png").is_file()

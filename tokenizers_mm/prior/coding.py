@@ -1,0 +1,184 @@
+"""Range coding of token ids with a :class:`~.model.TokenPrior` (``constriction``'s range coder).
+
+Compressed file layout (little-endian):
+
+====== ===== ============================================================================================
+bytes  type  field
+====== ===== ============================================================================================
+4      ascii magic ``TMMc``
+1      u8    format version (:data:`VERSION`)
+1      u8    modality (1 image, 2 audio, 3 mesh)
+8      bytes first 8 bytes of the tokenizer's weights sha256
+8      bytes first 8 bytes of the prior's weights sha256
+1      u8    number of id dimensions ``r`` (1: ``[k]``; 2: ``[n_q, F]``)
+2r     u16   the ids' shape
+4      u32   number of tokens (the product of the shape)
+4      u32   modality extra: audio samples of the original clip (the decoder trims to it), else 0
+4      u32   CRC-32 of the ids (``uint32`` little-endian), checked after decoding
+rest   u32[] range-coder words
+====== ===== ============================================================================================
+
+Determinism: the probabilities of token ``i`` come from the same step-by-step computation in the encoder and
+the decoder (batch of one, the same tensor shapes, one CPU thread, float32); logits are rounded to fixed point
+(1/64 nat) and turned into integer frequencies summing to at most ``2**20`` (every code at least 1) with float64
+``numpy`` arithmetic, so both sides hand ``constriction`` the same table. A decoder whose numbers still differ
+(another CPU's kernels) fails the CRC and raises instead of returning wrong ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import TokenPrior
+
+MAGIC = b"TMMc"
+VERSION = 1
+MODALITY_CODES = {"image": 1, "audio": 2, "mesh": 3}
+CODE_MODALITIES = {v: k for k, v in MODALITY_CODES.items()}
+FREQ_TOTAL = 1 << 20
+LOGIT_SCALE = 64.0
+
+
+class CompressedFileError(ValueError):
+    """A compressed file is not ours, truncated, corrupt, or made with another tokenizer / prior."""
+
+
+@dataclass
+class Header:
+    """The decoded header of a compressed file (see the module docstring)."""
+
+    modality: str
+    tokenizer_sha: bytes
+    prior_sha: bytes
+    shape: tuple[int, ...]
+    extra: int = 0
+    crc: int = 0
+    version: int = VERSION
+
+    @property
+    def num_tokens(self) -> int:
+        return int(np.prod(self.shape))
+
+    def pack(self) -> bytes:
+        return (MAGIC + struct.pack("<BB", self.version, MODALITY_CODES[self.modality]) + self.tokenizer_sha[:8]
+                + self.prior_sha[:8] + struct.pack("<B", len(self.shape))
+                + struct.pack(f"<{len(self.shape)}H", *self.shape)
+                + struct.pack("<III", self.num_tokens, self.extra, self.crc))
+
+    @classmethod
+    def unpack(cls, data: bytes, name: str) -> tuple[Header, int]:
+        """Parse the header at the start of ``data``; returns it and the payload offset."""
+        if data[:4] != MAGIC:
+            raise CompressedFileError(f"{name} is not a tokenizers-mm compressed file (it does not start with "
+                                      f"{MAGIC!r})")
+        if len(data) < 23:
+            raise CompressedFileError(f"{name} is truncated: {len(data)} bytes, shorter than a header")
+        version, mod = struct.unpack_from("<BB", data, 4)
+        if version > VERSION or version < 1:
+            raise CompressedFileError(f"{name} has compressed-file version {version}; this tokenizers-mm reads "
+                                      f"1..{VERSION}: upgrade tokenizers-mm")
+        if mod not in CODE_MODALITIES:
+            raise CompressedFileError(f"{name} names an unknown modality code {mod} (corrupt header)")
+        tok, prior = data[6:14], data[14:22]
+        ndim = data[22]
+        end = 23 + 2 * ndim + 12
+        if ndim not in (1, 2) or len(data) < end:
+            raise CompressedFileError(f"{name} is truncated or corrupt: header of {len(data)} bytes, ids of "
+                                      f"{ndim} dimensions")
+        shape = struct.unpack_from(f"<{ndim}H", data, 23)
+        count, extra, crc = struct.unpack_from("<III", data, 23 + 2 * ndim)
+        head = cls(CODE_MODALITIES[mod], tok, prior, tuple(shape), extra, crc, version)
+        if head.num_tokens != count or count == 0:
+            raise CompressedFileError(f"{name} is corrupt: its header says {count} tokens for ids of shape "
+                                      f"{list(shape)}")
+        return head, end
+
+
+def ids_crc(ids: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(ids, dtype="<u4").tobytes())
+
+
+def frequencies(logits: torch.Tensor) -> np.ndarray:
+    """Logits ``[V]`` (float) -> integer frequencies ``[V]`` (float64 holding integers), each >= 1, summing to at
+    most :data:`FREQ_TOTAL`; the same logits give the same table on every machine."""
+    fixed = np.round(logits.detach().to(torch.float32).cpu().numpy().astype(np.float64) * LOGIT_SCALE)
+    p = np.exp((fixed - fixed.max()) / LOGIT_SCALE)
+    p /= p.sum()
+    v = p.shape[0]
+    return np.floor(p * (FREQ_TOTAL - v)) + 1.0
+
+
+def code_bits(freq: np.ndarray, symbol: int) -> float:
+    """Ideal code length (bits) of ``symbol`` under the integer table ``freq``."""
+    return -math.log2(freq[symbol] / freq.sum())
+
+
+@contextlib.contextmanager
+def deterministic_cpu() -> Iterator[None]:
+    """One intra-op thread while coding (reduction order does not depend on the thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@torch.no_grad()
+def walk(prior: TokenPrior, num_frames: int, depth: int, step: Callable[[int, int, np.ndarray], int]) -> np.ndarray:
+    """Visit the tokens of one stream in the prior's order, frame by frame and codebook by codebook.
+
+    ``step(t, q, freq)`` gets the integer frequency table of code ``q`` of frame ``t`` and returns that code
+    (the encoder returns the known one, the decoder decodes it). Returns the frames ``[F, d]`` (int64).
+    """
+    frames = torch.zeros(1, num_frames, depth, dtype=torch.long)
+    with deterministic_cpu():
+        for t in range(num_frames):
+            h = prior.context(prior.window(frames, t), depth)[:, -1]
+            for q in range(depth):
+                logits = prior.depth_logits(h, frames[:, t, : q + 1])[0, q]
+                sym = int(step(t, q, frequencies(logits)))
+                if not 0 <= sym < prior.codebook_size:
+                    raise CompressedFileError(f"decoded id {sym} outside [0, {prior.codebook_size})")
+                frames[0, t, q] = sym
+    return frames[0]
+
+
+def encode_frames(prior: TokenPrior, frames: torch.Tensor) -> tuple[np.ndarray, float]:
+    """Range-code one stream ``[F, d]``; returns the coder's ``uint32`` words and the ideal size in bits."""
+    import constriction
+
+    enc = constriction.stream.queue.RangeEncoder()
+    known = frames.long().cpu()
+    bits = 0.0
+
+    def step(t: int, q: int, freq: np.ndarray) -> int:
+        nonlocal bits
+        sym = int(known[t, q])
+        enc.encode(sym, constriction.stream.model.Categorical(freq, perfect=False))
+        bits += code_bits(freq, sym)
+        return sym
+
+    prior_cpu = prior.cpu().eval()
+    walk(prior_cpu, known.shape[0], known.shape[1], step)
+    return enc.get_compressed(), bits
+
+
+def decode_frames(prior: TokenPrior, words: np.ndarray, num_frames: int, depth: int) -> torch.Tensor:
+    """Inverse of :func:`encode_frames`: frames ``[F, d]`` from the coder's words."""
+    import constriction
+
+    dec = constriction.stream.queue.RangeDecoder(words)
+
+    def step(t: int, q: int, freq: np.ndarray) -> int:
+        return int(dec.decode(constriction.stream.model.Categorical(freq, perfect=False)))
+
+    return walk(prior.cpu().eval(), num_frames, depth, step)

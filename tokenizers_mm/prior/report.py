@@ -1,0 +1,98 @@
+"""Token-language statistics of token shards: per-position entropy and codebook usage, the rank-frequency
+(Zipf) curve with its fitted exponent, the unigram entropy, and a prior's cross-entropy on the same tokens."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+
+def read_ids(data: list[str], limit: int | None = None) -> np.ndarray:
+    """Token ids ``[N, k]`` (or ``[N, n_q, F]``) of the samples in token shards ``data`` (equal shapes needed)."""
+    from pipelines.tokenize import read_token_ids
+    from tokenizers_mm.data.urls import expand_urls
+
+    try:
+        urls = expand_urls(data)
+    except (FileNotFoundError, ValueError) as exc:
+        raise type(exc)(f"--data: {exc}") from exc
+    rows = []
+    for _, ids in read_token_ids(urls):
+        rows.append(np.asarray(ids))
+        if limit and len(rows) >= limit:
+            break
+    if not rows:
+        raise ValueError(f"--data {data}: no token samples found (write token shards with `tokenizers-mm tokenize`)")
+    shapes = {r.shape for r in rows}
+    if len(shapes) > 1:
+        raise ValueError(f"--data {data}: samples hold ids of different shapes {sorted(shapes)[:3]}; the report "
+                         "needs one shape")
+    return np.stack(rows).astype(np.int64)
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def zipf_fit(counts: np.ndarray) -> tuple[float, np.ndarray]:
+    """Exponent ``s`` of ``frequency ~ rank^-s`` (least squares in log-log over the codes seen) and the sorted
+    frequencies."""
+    freq = np.sort(counts[counts > 0])[::-1].astype(np.float64)
+    if len(freq) < 2:
+        return 0.0, freq
+    ranks = np.arange(1, len(freq) + 1)
+    slope = np.polyfit(np.log(ranks), np.log(freq), 1)[0]
+    return float(-slope), freq
+
+
+def token_report(data: list[str], out: str, prior: Any = None, limit: int | None = None) -> dict[str, Any]:
+    """Write ``out/report.json`` and ``out/tokens.png``; returns the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import write_json_atomic
+
+    ids = read_ids(data, limit)
+    v = int(prior.prior.codebook_size) if prior is not None else int(ids.max()) + 1
+    flat = ids.reshape(len(ids), -1)  # positions in storage order
+    per_pos = [np.bincount(flat[:, j], minlength=v) for j in range(flat.shape[1])]
+    counts = np.bincount(flat.reshape(-1), minlength=v)
+    exponent, freq = zipf_fit(counts)
+    report: dict[str, Any] = {
+        "samples": int(len(ids)), "id_shape": list(ids.shape[1:]), "codebook_size": v,
+        "uniform_bits": round(float(np.log2(v)), 4),
+        "unigram_entropy_bits": round(entropy_bits(counts), 4),
+        "per_position_entropy_bits": [round(entropy_bits(c), 4) for c in per_pos],
+        "per_position_usage": [round(float((c > 0).sum()) / v, 4) for c in per_pos],
+        "codebook_usage": round(float((counts > 0).sum()) / v, 4), "zipf_exponent": round(exponent, 4),
+        "prior_bits_per_token": None,
+    }
+    if prior is not None:
+        bits = prior.bits(ids)
+        report["prior_bits_per_token"] = round(float(bits.sum()) / flat.size, 4)
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    ax[0].plot(report["per_position_entropy_bits"], label="per-position entropy")
+    ax[0].axhline(report["unigram_entropy_bits"], color="gray", ls="--", label="unigram entropy")
+    if report["prior_bits_per_token"] is not None:
+        ax[0].axhline(report["prior_bits_per_token"], color="red", ls=":", label="prior cross-entropy")
+    ax[0].set(xlabel="position", ylabel="bits", title=f"{len(ids)} samples, V = {v}")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(report["per_position_usage"])
+    ax[1].set(xlabel="position", ylabel="share of codes used", ylim=(0, 1.05), title="codebook usage per position")
+    ranks = np.arange(1, len(freq) + 1)
+    ax[2].loglog(ranks, freq / freq.sum(), ".", ms=3, label="codes")
+    ax[2].loglog(ranks, (freq[0] / freq.sum()) * ranks ** -exponent, "r-", lw=1, label=f"fit s = {exponent:.2f}")
+    ax[2].set(xlabel="rank", ylabel="frequency", title="rank-frequency (Zipf)")
+    ax[2].legend(fontsize=8)
+    fig.tight_layout()
+    png = os.path.join(out, "tokens.png")
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    report["files"] = {"plot": png}
+    write_json_atomic(os.path.join(out, "report.json"), report)
+    return report
