@@ -438,6 +438,26 @@ case("export/report-not-json")(lambda R, t: Case(["export", "--ckpt", R.ckpt, "-
                                                  [f"{t}/e", f"{t}/report.json"]))
 
 
+def _edited_ckpt(R, t, edit: Callable[[dict], None]) -> str:
+    raw = torch.load(R.ckpt, map_location="cpu", weights_only=True)
+    edit(raw)
+    torch.save(raw, f"{t}/edited.ckpt")
+    return f"{t}/edited.ckpt"
+
+
+def _shrink_first_weight(raw: dict) -> None:
+    name = next(k for k, v in raw["state_dict"].items() if v.ndim == 2)
+    raw["state_dict"][name] = raw["state_dict"][name][:, :1].clone()
+
+
+case("export/checkpoint-weights-do-not-fit-its-model")(lambda R, t: Case(
+    ["export", "--ckpt", _edited_ckpt(R, t, _shrink_first_weight), "--out", f"{t}/e"],
+    ["edited.ckpt", "does not rebuild", "size mismatch"], [f"{t}/e", f"{t}/edited.ckpt"]))
+case("evaluate/checkpoint-of-another-version")(lambda R, t: Case(
+    ["evaluate", "--ckpt", _edited_ckpt(R, t, lambda raw: raw["hyper_parameters"].update(wings=2)), "--data",
+     R.shards, "--out", f"{t}/o"], ["edited.ckpt", "does not rebuild", "wings"], [f"{t}/o", f"{t}/edited.ckpt"]))
+
+
 @case("export/pickled-checkpoint")
 def _(R, t):
     torch.save({"state_dict": {}, "payload": Case([], [])}, f"{t}/p.ckpt")
