@@ -90,6 +90,32 @@ demo-flow: $(DATA)/.built ## train the rectified-flow decoder (flextok_flow_tiny
 	@echo "== reports/flextok_flow_tiny/ and reports/flextok_flow_reflow_tiny/: report.json, quality_vs_steps.png,"
 	@echo "   reconstructions.png (rows: k), reconstructions_by_steps.png (rows: steps at k=K); exports/ beside them =="
 
+# held-out photos of the embedded image split (whole photos are held out), for the prior demo's compress runs
+PRIOR_DEMO_IMAGES ?= $(DATA)/_src/image/ColdRipple $(DATA)/_src/image/DarkestHour $(DATA)/_src/image/Volna
+PRIOR_DEMO_PSNR ?= 17
+demo-prior: $(DATA)/.built ## after `make demo`: a token prior on flextok_tiny's tokens; real bytes, rate control, samples
+	@test -f exports/flextok_tiny/config.json || { echo "make demo-prior needs exports/flextok_tiny: run make demo first"; exit 2; }
+	rm -rf runs/flextok_tiny_prior reports/flextok_tiny_prior
+	$(BIN)/tokenizers-mm tokenize --model exports/flextok_tiny --device cpu --data $(DATA)/image \
+		--out data/tokens/flextok_tiny --overwrite
+	$(BIN)/tokenizers-mm fit --config configs/prior/flextok_tiny_prior.yaml
+	$(BIN)/tokenizers-mm export --ckpt runs/flextok_tiny_prior/checkpoints/last.ckpt --out exports/flextok_tiny_prior --overwrite
+	$(BIN)/tokenizers-mm tokens report --data data/tokens/flextok_tiny --prior exports/flextok_tiny_prior \
+		--out reports/flextok_tiny_prior/tokens
+	$(BIN)/tokenizers-mm compress --model exports/flextok_tiny --prior exports/flextok_tiny_prior $(PRIOR_DEMO_IMAGES) \
+		--out reports/flextok_tiny_prior/compressed
+	$(BIN)/tokenizers-mm compress --model exports/flextok_tiny --prior exports/flextok_tiny_prior $(PRIOR_DEMO_IMAGES) \
+		--target-psnr $(PRIOR_DEMO_PSNR) --out reports/flextok_tiny_prior/rate_controlled
+	$(BIN)/tokenizers-mm decompress --model exports/flextok_tiny --prior exports/flextok_tiny_prior \
+		reports/flextok_tiny_prior/rate_controlled --out reports/flextok_tiny_prior/decompressed
+	$(BIN)/tokenizers-mm sample --model exports/flextok_tiny --prior exports/flextok_tiny_prior --n 16 --seed 0 \
+		--out reports/flextok_tiny_prior/samples
+	test ! -f runs/flextok_tiny/checkpoints/last.ckpt || $(BIN)/tokenizers-mm evaluate \
+		--ckpt runs/flextok_tiny/checkpoints/last.ckpt --data $(DATA)/image --prior exports/flextok_tiny_prior \
+		--out reports/flextok_tiny_prior/evaluate
+	@echo "== reports/flextok_tiny_prior/: tokens/ (report.json, tokens.png), compressed/ and rate_controlled/ (summary.json),"
+	@echo "   samples/grid.png, evaluate/rate_distortion.png (real file bytes beside nominal, JPEG and WebP) =="
+
 test: $(DATA)/.built ## run the default test suite (creates .venv if missing)
 	$(BIN)/python -m pytest -q
 
