@@ -224,6 +224,13 @@ def _cmd_data_bench(a: argparse.Namespace) -> int:
 
 
 # ---- evaluate -------------------------------------------------------------------------------------
+def _settings(a: argparse.Namespace, *inputs: str) -> dict[str, Any]:
+    """The options of a command line for its made_by.json: every flag but the output, the inputs (recorded on their
+    own) and the device."""
+    skip = {"func", "command", "data_command", "out", "overwrite", "device", *inputs}
+    return {k: v for k, v in sorted(vars(a).items()) if k not in skip}
+
+
 def checkpoint_file(path: str, flag: str = "--ckpt") -> str:
     """``path`` when it is a checkpoint file; one-line errors for an export folder, a run folder or nothing."""
     if os.path.isdir(path):
@@ -244,7 +251,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .checkpointing import read_checkpoint
     from .data.stream import check_shard_modality
     from .data.urls import expand_urls, is_remote
-    from .io import OutputFolder, file_sha256
+    from .io import OutputFolder, file_fingerprint, file_sha256
 
     ckpt = checkpoint_file(a.ckpt)
     for flag, path in (("--csv-log", a.csv_log), ("--lpips", a.lpips), ("--inception", a.inception)):
@@ -263,7 +270,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     folder = OutputFolder(a.out, {"command": "evaluate", "modality": modality,
                                   "model": {"checkpoint": os.path.abspath(ckpt), "sha256": file_sha256(ckpt),
                                             "global_step": raw.get("global_step")},
-                                  "inputs": {"data": a.data}},
+                                  "inputs": {"data": a.data, "fingerprint": file_fingerprint(
+                                      [u for u in urls if not is_remote(u)])},
+                                  "settings": _settings(a, "ckpt", "data", "csv_log", "lpips", "inception")},
                           overwrite=a.overwrite, identity=("command", "modality"),
                           inputs=[ckpt, *(p for p in (a.csv_log, a.lpips, a.inception) if p),
                                   *(u for u in urls if not is_remote(u))]).check()
@@ -456,7 +465,7 @@ def _cmd_decode(a: argparse.Namespace) -> int:
     from pipelines.base import file_stems
     from pipelines.files import check_meta, load_tokens
 
-    from .io import OutputFolder
+    from .io import OutputFolder, file_fingerprint
 
     tok = pipelines.load(a.model, device=a.device, dtype="bf16" if a.bf16 else None)
     if len(a.inputs) == 1 and a.inputs[0].endswith(".npz"):
@@ -489,7 +498,10 @@ def _cmd_decode(a: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ValueError(f"{a.inputs[0]}: {exc}") from exc
     folder = OutputFolder(a.out, {"command": "decode", "modality": tok.modality,
-                                  "model": {"sha256": tok.model_id}, "inputs": {"tokens": a.inputs}},
+                                  "model": {"sha256": tok.model_id},
+                                  "inputs": {"tokens": a.inputs, "fingerprint": file_fingerprint(
+                                      [p for p in a.inputs if os.path.isfile(p)])},
+                                  "settings": _settings(a, "model", "inputs")},
                           overwrite=a.overwrite, identity=("command", "modality"),
                           inputs=[a.model, *(p for p in a.inputs if os.path.exists(p))]).check()
     try:

@@ -156,6 +156,8 @@ def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: d
     """
     from safetensors.torch import save
 
+    from .io import file_fingerprint
+
     if getattr(codec, "architecture", None) not in CODECS:
         raise ExportError(f"{type(codec).__name__} is not an exportable codec (known: {sorted(CODECS)})")
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
@@ -165,7 +167,8 @@ def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: d
     cfg = build_config(codec, inputs, training or {}, sha, evaluation)
     card = model_card(cfg)
     made_by = {"modality": codec.modality, "model": {"sha256": sha, "architecture": codec.architecture},
-               "inputs": {"checkpoint": (training or {}).get("checkpoint")}}
+               "inputs": {"checkpoint": (training or {}).get("checkpoint"), "fingerprint": file_fingerprint(sources)},
+               "settings": {"weights": (training or {}).get("weights")}}
     write_dir_atomic(out, {WEIGHTS_FILE: blob, CONFIG_FILE: (json.dumps(cfg, indent=2) + "\n").encode(),
                            CARD_FILE: card.encode()}, made_by, overwrite=overwrite, sources=sources)
     return cfg
