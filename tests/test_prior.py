@@ -111,6 +111,14 @@ def test_real_bytes_at_most_nominal_plus_header_and_round_trip(image_setup):
     # ideal code lengths agree with the range coder (which adds at most one word per file)
     bits = prior.bits(ids)
     assert abs(payload * 8 - float(bits.sum())) <= 32 * len(ids) + 1
+    # what `evaluate --prior` reports per budget: file bytes with the header, never above nominal + header + a word
+    from tokenizers_mm.prior.evaluate import real_bytes_per_budget
+
+    rows = real_bytes_per_budget(image_setup["prior"], ids, [1, 4, 8], 1000)
+    assert [r["k"] for r in rows] == [1, 4, 8] and rows[-1]["header_bytes"] == HEADER_BYTES
+    for r in rows:
+        assert r["file_bytes"] <= r["nominal_bytes"] + HEADER_BYTES + 4
+    assert rows[-1]["file_bytes"] == pytest.approx(HEADER_BYTES + payload / len(ids), abs=0.01)
 
 
 DECODE_SCRIPT = """

@@ -297,6 +297,9 @@ def _finish_report(report: dict[str, Any], folder: Any) -> dict[str, Any]:
 def _evaluate_into(a: argparse.Namespace, ckpt: str, modality: str, folder: Any) -> int:
     from .evaluate import evaluate_checkpoint, format_table
 
+    if a.prior and modality != "image":
+        raise ValueError(f"--prior: real compressed bytes are reported for image tokenizers so far; {ckpt!r} is a "
+                         f"{modality} tokenizer")
     if modality == "mesh":
         from .shape.evaluate import evaluate_shape_checkpoint, format_shape_table
 
@@ -326,10 +329,13 @@ def _evaluate_into(a: argparse.Namespace, ckpt: str, modality: str, folder: Any)
     report = _finish_report(evaluate_checkpoint(
         ckpt, a.data, folder.path, batch_size=a.batch_size, max_samples=a.max_samples, size=a.size,
         csv_log=a.csv_log, lpips_path=a.lpips, inception_path=a.inception, baselines=not a.no_baselines,
-        steps=a.steps, cfg_scale=a.cfg_scale), folder)
+        steps=a.steps, cfg_scale=a.cfg_scale, prior=a.prior), folder)
     print(f"{report['model']}: {report['images']} images at {report['image_size']} px, "
           f"{report['tokens_per_image']} tokens of {report['bits_per_token']} bits")
     print(format_table(report))
+    if a.prior:
+        print("with the prior: " + ", ".join(f"k={r['k']}: {r['file_bytes']} B file ({r['bytes']} B nominal, "
+                                             f"{r['prior_bits_per_token']} bits/token)" for r in report["per_k"]))
     if report.get("per_k_and_steps"):
         from .evaluate import format_steps_table
 
@@ -660,6 +666,7 @@ def _project_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=at_least(1), nargs="+", default=None,
                    help="rectified-flow decoders: Euler steps to evaluate (e.g. 1 2 4 8 25; default: the model's)")
     e.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
+    e.add_argument("--prior", default=None, help="images: a token prior export; adds real compressed bytes per k")
     e.add_argument("--resolution", type=at_least(8), default=64, help="shapes: marching-cubes grid resolution")
     e.add_argument("--chamfer-points", type=at_least(1), default=100_000, help="shapes: surface samples per mesh")
     e.add_argument("--overwrite", action="store_true",

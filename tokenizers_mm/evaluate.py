@@ -80,11 +80,13 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
                         device: str | None = None, lpips_path: str | None = None,
                         inception_path: str | None = None, baselines: bool = True,
                         baseline_samples: int = 256, ks: list[int] | None = None, steps: list[int] | None = None,
-                        cfg_scale: float | None = None) -> dict[str, Any]:
+                        cfg_scale: float | None = None, prior: str | None = None) -> dict[str, Any]:
     """Evaluate an image tokenizer checkpoint on evaluation shards; returns the report dict.
 
     For a rectified-flow decoder every k is decoded with each number of Euler ``steps`` (default: the model's
     default), from per-image seeds (image i of the evaluation set uses seed i), with guidance ``cfg_scale``.
+    ``prior``: a token prior export; every per-k row then gains the real compressed file bytes (header included)
+    and the prior's bits per token, drawn on the rate-distortion plot as a curve of its own.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     raw = read_checkpoint(ckpt)
@@ -121,10 +123,13 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
     shown: list[tuple[torch.Tensor, dict[int, torch.Tensor]]] = []
     originals: list[np.ndarray] = []
     seen = 0
+    all_ids: list[torch.Tensor] = []
     for batch in tqdm(stream, desc="evaluate", unit="batch", total=math.ceil(stream.num_samples / batch_size)):
         x = batch["image"][~batch["pad"]].to(device)
         ids = model.encode(x).ids
         n_total_tokens = ids.shape[1]
+        if prior:
+            all_ids.append(ids.cpu())
         pick = [i for i in range(len(x)) if seen + i in show_idx]
         recons_shown: dict[tuple[int, int], torch.Tensor] = {}
         for k, st in points:
@@ -171,6 +176,13 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
         per_point.append(row)
     # the rate-distortion view: one row per k at the largest number of steps
     per_k = [r for r in per_point if r.get("steps", 0) == show_steps]
+    if prior:
+        from .prior.evaluate import real_bytes_per_budget
+
+        real = real_bytes_per_budget(prior, torch.cat(all_ids), [r["k"] for r in per_k], model.codebook_size)
+        for r, rr in zip(per_k, real):
+            r.update(file_bytes=rr["file_bytes"], payload_bytes=rr["payload_bytes"],
+                     prior_bits_per_token=rr["prior_bits_per_token"])
 
     os.makedirs(out, exist_ok=True)
     files = {"report": os.path.join(out, "report.json")}
@@ -196,6 +208,9 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
             report["baselines"][fmt] = {"images": len(originals), "curve": curve,
                                         "at_our_bytes": [{"k": r["k"], **at_bytes(curve, r["bytes"])} for r in per_k]}
         ours = [{"bytes": r["bytes"], "psnr": r["psnr"], "ssim": r["ssim"], "label": f"k={r['k']}"} for r in per_k]
+        if prior:
+            curves = {**curves, "ours, real file bytes (prior)": [
+                {"bytes": r["file_bytes"], "psnr": r["psnr"], "ssim": r["ssim"]} for r in per_k]}
         files["rate_distortion"] = rate_distortion_plot(ours, curves, os.path.join(out, "rate_distortion.png"),
                                                         metric="psnr", title=f"{type(model).__name__}, "
                                                         f"{img_opts.size}px, {seen} images")
