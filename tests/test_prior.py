@@ -122,21 +122,24 @@ def test_real_bytes_at_most_nominal_plus_header_and_round_trip(image_setup):
 
 
 DECODE_SCRIPT = """
-import sys, numpy as np, pipelines
-tok = pipelines.load(sys.argv[1]); prior = pipelines.load(sys.argv[2], modality="prior")
-ids, _ = prior.decompress(tok, open(sys.argv[3], "rb").read(), sys.argv[3])
-np.save(sys.argv[4], ids.numpy())
+import json, sys, numpy as np, pipelines
+for tok_dir, prior_dir, path, out in json.loads(sys.argv[1]):
+    tok = pipelines.load(tok_dir); prior = pipelines.load(prior_dir, modality="prior")
+    ids, _ = prior.decompress(tok, open(path, "rb").read(), path)
+    np.save(out, ids.numpy())
 """
 
 
-def _fresh_process_decode(tok_dir, prior_dir, blob, tmp_path, name):
-    path = tmp_path / f"{name}.tmmc"
-    path.write_bytes(blob)
-    out = tmp_path / f"{name}.npy"
+def _fresh_process_decode(jobs, tmp_path):
+    """Decode ``jobs`` ``[(tokenizer dir, prior dir, compressed bytes)]`` in one new Python process."""
+    args = []
+    for i, (tok_dir, prior_dir, blob) in enumerate(jobs):
+        path = tmp_path / f"job{i}.tmmc"
+        path.write_bytes(blob)
+        args.append([tok_dir, prior_dir, str(path), str(tmp_path / f"job{i}.npy")])
     env = {**os.environ, "OMP_NUM_THREADS": "2"}  # another thread count than the encoder's process
-    subprocess.run([sys.executable, "-c", DECODE_SCRIPT, tok_dir, prior_dir, str(path), str(out)], check=True,
-                   cwd=ROOT, env=env)
-    return np.load(out)
+    subprocess.run([sys.executable, "-c", DECODE_SCRIPT, json.dumps(args)], check=True, cwd=ROOT, env=env)
+    return [np.load(a[3]) for a in args]
 
 
 def _export_prior(prior, out):
@@ -148,8 +151,8 @@ def test_bit_exact_in_a_fresh_process_for_images(image_setup, tmp_path):
     tok = pipelines.load(image_setup["tok"])
     prior = pipelines.load(image_setup["prior"], modality="prior")
     row = torch.from_numpy(_val_ids(image_setup["shards"])[3])
-    got = _fresh_process_decode(image_setup["tok"], image_setup["prior"], prior.compress(tok, row), tmp_path, "img")
-    assert np.array_equal(got, row.numpy())
+    got = _fresh_process_decode([(image_setup["tok"], image_setup["prior"], prior.compress(tok, row))], tmp_path)
+    assert np.array_equal(got[0], row.numpy())
 
 
 def test_bit_exact_in_a_fresh_process_for_speech_and_shapes(mesh_dir, tmp_path):
@@ -164,6 +167,7 @@ def test_bit_exact_in_a_fresh_process_for_speech_and_shapes(mesh_dir, tmp_path):
     shape = ShapeTokenizer(num_latents=16, latent_dim=16, encoder={"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
                            decoder={"width": 64, "depth": 1, "heads": 2}, scales=[1, 4, 16],
                            quantizer={"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True}).eval()
+    jobs, want = [], []
     for name, model in (("speech", speech), ("shape", shape)):
         codec = model.inference_codec()
         tok_dir = str(tmp_path / f"{name}_tok")
@@ -177,15 +181,23 @@ def test_bit_exact_in_a_fresh_process_for_speech_and_shapes(mesh_dir, tmp_path):
             prior = TokenPrior(16, 4, 16, "rvq", width=32, layers=1, heads=2, depth_layers=1,
                                tokenizer={"sha256": tok.model_id})
             cases = [ids, ids[:2]]  # every bitrate: all codebooks, and the first two
+            from tokenizers_mm.prior.rate import TargetError, choose_audio
+
+            wave = tok.read(os.path.join(embedded_dir("speech"), "activated.flac"))
+            loose = choose_audio(tok, wave, 1e6, "mel", "activated.flac")
+            assert loose.budget == 1 and loose.ids.shape == (1, ids.shape[1]) and loose.quality <= 1e6
+            with pytest.raises(TargetError, match="activated.flac: no budget reaches mel distance"):
+                choose_audio(tok, wave, 0.0, "mel", "activated.flac")
         else:
             ids = tok.encode([os.path.join(mesh_dir, "sphere.ply")])[0]  # [21]: scales 1 + 4 + 16, coarse first
             prior = TokenPrior(1000, 1, 21, "sequence", width=32, layers=1, heads=2, tokenizer={"sha256": tok.model_id})
             cases = [ids, ids[:5]]
         prior_dir = _export_prior(prior, str(tmp_path / f"{name}_prior"))
         pp = pipelines.load(prior_dir, modality="prior")
-        for i, case in enumerate(cases):
-            got = _fresh_process_decode(tok_dir, prior_dir, pp.compress(tok, case), tmp_path, f"{name}{i}")
-            assert np.array_equal(got, case.numpy()), name
+        jobs += [(tok_dir, prior_dir, pp.compress(tok, case)) for case in cases]
+        want += [case.numpy() for case in cases]
+    got = _fresh_process_decode(jobs, tmp_path)
+    assert len(got) == 4 and all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
 def test_bad_files_give_one_line_errors_naming_the_file(image_setup, tmp_path, capsys):
@@ -199,7 +211,7 @@ def test_bad_files_give_one_line_errors_naming_the_file(image_setup, tmp_path, c
     # may leave every id intact, and the CRC then rightly accepts the file)
     bad = {"not_ours.tmmc": b"PK\x03\x04" + blob[4:], "truncated.tmmc": blob[:-4], "short.tmmc": blob[:20],
            "corrupt.tmmc": blob[:HEADER_BYTES + 3] + bytes([blob[HEADER_BYTES + 3] ^ 0x5A]) + blob[HEADER_BYTES + 4:],
-           "other_prior.tmmc": TokenPriorBytes(other_dir, tok, row)}
+           "other_prior.tmmc": _compress_with(other_dir, tok, row)}
     for name, data in bad.items():
         path = tmp_path / name
         path.write_bytes(data)
@@ -216,7 +228,7 @@ def test_bad_files_give_one_line_errors_naming_the_file(image_setup, tmp_path, c
         Header.unpack(future, "f.tmmc")
 
 
-def TokenPriorBytes(prior_dir, tok, row):
+def _compress_with(prior_dir, tok, row):
     return pipelines.load(prior_dir, modality="prior").compress(tok, row)
 
 

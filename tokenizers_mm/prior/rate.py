@@ -72,7 +72,7 @@ def choose_audio(tok: Any, wave: torch.Tensor, target: float, metric: str, name:
         est = tok.decode([full[:n]])[0][..., : wave.shape[-1]]
         ref = wave[..., : est.shape[-1]]
         if metric == "mel":
-            q.append(float(mel_distance(ref.reshape(1, -1), est.reshape(1, -1), tok.sample_rate)))
+            q.append(float(mel_distance(ref.reshape(-1), est.reshape(-1), tok.sample_rate)))
         else:
             from pystoi import stoi
 
