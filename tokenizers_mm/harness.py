@@ -50,6 +50,8 @@ class OptimizerConfig:
         grad_clip: clip the gradient norm to this value (``None``: no clipping). Used by modules with
             manual optimization (GAN training); with automatic optimization it is the default when
             ``trainer.gradient_clip_val`` is not set.
+        fused: use AdamW's fused kernel (one kernel updates every parameter of a group; needs the parameters on a
+            device it supports, such as CUDA). ``False`` keeps torch's default implementation.
     """
 
     lr: float = 1e-4
@@ -59,6 +61,7 @@ class OptimizerConfig:
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
     grad_clip: float | None = None
+    fused: bool = False
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -185,7 +188,8 @@ class TokenizerModule(pl.LightningModule):
     # ---- optimization ---------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         c = self.optim_config
-        opt = torch.optim.AdamW(param_groups(self, c.weight_decay), lr=c.lr, betas=tuple(c.betas))
+        opt = torch.optim.AdamW(param_groups(self, c.weight_decay), lr=c.lr, betas=tuple(c.betas),
+                                fused=c.fused or None)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
         if total <= 0 and c.schedule == "cosine":
             total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0

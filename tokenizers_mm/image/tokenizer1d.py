@@ -202,7 +202,8 @@ class OneDTokenizer(TokenizerModule):
     # ---- optimization -----------------------------------------------------------------------------
     def configure_optimizers(self):
         c = self.optim_config
-        opt_g = torch.optim.AdamW(param_groups(self.generator, c.weight_decay), lr=c.lr, betas=tuple(c.betas))
+        opt_g = torch.optim.AdamW(param_groups(self.generator, c.weight_decay), lr=c.lr, betas=tuple(c.betas),
+                                  fused=c.fused or None)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
         first = self.first_stage_cfg.train_steps if self.first_stage_cfg is not None else 0
 
@@ -216,7 +217,8 @@ class OneDTokenizer(TokenizerModule):
         optimizers, schedulers = [opt_g], [{"scheduler": sched, "interval": "step"}]
         if self.discriminator is not None:
             optimizers.append(torch.optim.AdamW(self.discriminator.parameters(), lr=self.loss_cfg.disc_lr,
-                                                betas=tuple(c.betas), weight_decay=c.weight_decay))
+                                                betas=tuple(c.betas), weight_decay=c.weight_decay,
+                                                fused=c.fused or None))
         return optimizers, schedulers
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -230,14 +230,15 @@ class SpeechTokenizer(TokenizerModule):
     def configure_optimizers(self):
         c = self.optim_config
         gen = nn.ModuleList([self.codec, self.distill_heads])
-        opt_g = torch.optim.AdamW(param_groups(gen, c.weight_decay), lr=c.lr, betas=tuple(c.betas))
+        opt_g = torch.optim.AdamW(param_groups(gen, c.weight_decay), lr=c.lr, betas=tuple(c.betas),
+                                  fused=c.fused or None)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
         schedule = lambda s: lr_factor(s, c.warmup_steps, total, c.schedule, c.min_lr_ratio)  # noqa: E731
         optimizers = [opt_g]
         schedulers = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt_g, schedule), "interval": "step"}]
         if self.discriminator is not None:
             opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=self.loss_cfg.disc_lr or c.lr,
-                                      betas=tuple(c.betas), weight_decay=c.weight_decay)
+                                      betas=tuple(c.betas), weight_decay=c.weight_decay, fused=c.fused or None)
             optimizers.append(opt_d)
             schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt_d, schedule), "interval": "step"})
         return optimizers, schedulers
