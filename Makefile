@@ -11,6 +11,7 @@ DEMO_MODELS := flextok_tiny
 SHAPE_DEMO_SHAPES ?= 4
 SPEECH_DEMO_CLIPS ?= 6
 SHAPE_DEMO_STEPS ?= 300
+TIMES := reports/demo_times.tsv
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_MM_LOG ?= WARNING
 
@@ -27,38 +28,55 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP) ## create .venv and install tokenizers-mm with its pinned dependencies
 
-$(DATA)/.built: $(STAMP)
+# rebuilt when the vendored files or the builder change (a checkout that gained photos or meshes gets them)
+EMBEDDED_SOURCES := $(shell find tokenizers_mm/embedded -type f 2>/dev/null) tokenizers_mm/data/embedded.py
+
+$(DATA)/.built: $(STAMP) $(EMBEDDED_SOURCES)
 	$(BIN)/tokenizers-mm data embedded --out $(DATA)
 	touch $@
 
 data: $(DATA)/.built ## build the embedded train/val shards (real photos, speech, meshes) in data/embedded
 
 demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech tokenizers on the embedded data (<15 min on 2 cores)
-	rm -rf $(addprefix runs/,$(DEMO_MODELS) vat_tiny codec_tiny) $(addprefix reports/,$(DEMO_MODELS) vat_tiny codec_tiny)
-	$(BIN)/tokenizers-mm fit --config configs/image/flextok_tiny.yaml
+	rm -rf $(addprefix runs/,$(DEMO_MODELS) vat_tiny codec_tiny) $(addprefix reports/,$(DEMO_MODELS) vat_tiny codec_tiny) $(TIMES)
+	@mkdir -p reports
+	@echo ">> image: the 1D tokenizer on the embedded photos"
+	t0=$$(date +%s) && \
+	$(BIN)/tokenizers-mm fit --config configs/image/flextok_tiny.yaml && \
 	for m in $(DEMO_MODELS); do \
 		$(BIN)/tokenizers-mm evaluate --ckpt runs/$$m/checkpoints/last.ckpt --data $(DATA)/image \
 			--out reports/$$m --csv-log runs/$$m/metrics.csv || exit 1; \
 		$(BIN)/tokenizers-mm export --ckpt runs/$$m/checkpoints/last.ckpt --out exports/$$m \
 			--report reports/$$m/report.json || exit 1; \
-	done
+	done && \
+	printf 'image (fit, evaluate, export)\t%s\n' $$(( $$(date +%s) - t0 )) >> $(TIMES)
 	@echo ">> 3D: the shape tokenizer on the embedded meshes"
-	$(BIN)/tokenizers-mm fit --config configs/shape/vat_tiny.yaml --trainer.max_steps $(SHAPE_DEMO_STEPS)
+	t0=$$(date +%s) && \
+	$(BIN)/tokenizers-mm fit --config configs/shape/vat_tiny.yaml --trainer.max_steps $(SHAPE_DEMO_STEPS) && \
 	$(BIN)/tokenizers-mm evaluate --ckpt runs/vat_tiny/checkpoints/last.ckpt --data $(DATA)/mesh --out reports/vat_tiny \
-		--max-samples $(SHAPE_DEMO_SHAPES) --resolution 48
+		--max-samples $(SHAPE_DEMO_SHAPES) --resolution 48 && \
 	$(BIN)/tokenizers-mm export --ckpt runs/vat_tiny/checkpoints/last.ckpt --out exports/vat_tiny \
-		--report reports/vat_tiny/report.json
+		--report reports/vat_tiny/report.json && \
+	printf '3D shape (fit, evaluate, export)\t%s\n' $$(( $$(date +%s) - t0 )) >> $(TIMES)
 	@echo ">> speech: the neural codec on the embedded speech"
-	$(BIN)/tokenizers-mm fit --config configs/speech/codec_tiny.yaml
+	t0=$$(date +%s) && \
+	$(BIN)/tokenizers-mm fit --config configs/speech/codec_tiny.yaml && \
 	$(BIN)/tokenizers-mm evaluate --ckpt runs/codec_tiny/checkpoints/last.ckpt --data $(DATA)/audio --out reports/codec_tiny \
-		--max-samples $(SPEECH_DEMO_CLIPS)
+		--max-samples $(SPEECH_DEMO_CLIPS) && \
 	$(BIN)/tokenizers-mm export --ckpt runs/codec_tiny/checkpoints/last.ckpt --out exports/codec_tiny \
-		--report reports/codec_tiny/report.json
+		--report reports/codec_tiny/report.json && \
+	printf 'speech (fit, evaluate, export)\t%s\n' $$(( $$(date +%s) - t0 )) >> $(TIMES)
 	@echo ">> round trip of the val images through the exported flextok_tiny (pipelines, no Lightning)"
+	t0=$$(date +%s) && \
 	$(BIN)/tokenizers-mm tokenize --model exports/flextok_tiny --data $(DATA)/image --split val \
-		--out reports/flextok_tiny/val_tokens --workers 1
+		--out reports/flextok_tiny/val_tokens --workers 1 && \
 	$(BIN)/tokenizers-mm decode --model exports/flextok_tiny reports/flextok_tiny/val_tokens \
-		--out reports/flextok_tiny/roundtrip
+		--out reports/flextok_tiny/roundtrip && \
+	printf 'round trip (tokenize, decode)\t%s\n' $$(( $$(date +%s) - t0 )) >> $(TIMES)
+	$(BIN)/python scripts/write_results.py --reports reports --times $(TIMES) --out docs/results.md
+	@echo
+	@echo "== phase times (also in docs/results.md) =="
+	@awk -F'\t' '{ printf "  %-36s %dm%02ds\n", $$1, $$2 / 60, $$2 % 60; t += $$2 } END { printf "  %-36s %dm%02ds\n", "total", t / 60, t % 60 }' $(TIMES)
 	@echo
 	@echo "== demo done: one report folder and one export per tokenizer =="
 	@for m in $(DEMO_MODELS); do \
