@@ -15,7 +15,7 @@ TIMES := reports/demo_times.tsv
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_MM_LOG ?= WARNING
 
-.PHONY: help setup data demo demo-flow test test-slow lint bench clean
+.PHONY: help setup data demo demo-flow test test-slow lint bench wheels gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -150,6 +150,24 @@ bench: $(DATA)/.built ## benchmarks: data loader, mesh preprocessing, image, sha
 	$(BIN)/python scripts/bench_shape.py --out reports/bench/shape.json
 	$(BIN)/python scripts/bench_speech.py --out reports/bench/speech.json
 	$(BIN)/python scripts/bench_export.py $(if $(wildcard exports/flextok_tiny/config.json),--model exports/flextok_tiny) --out reports/bench/export.json
+
+# the packages a bare GPU image (torch, torchaudio, torchvision, Lightning, transformers, numpy, scipy, pillow)
+# lacks, pinned as in .venv, for Python 3.12 on x86-64 Linux; scripts/gpu_check.sh installs them from .whl/
+WHEELS_DIR := .whl
+GPU_WHEELS := diffusers==0.42.1 vector-quantize-pytorch==1.32.0 einx==0.4.3 frozendict==2.5.1 webdataset==1.0.2 \
+	braceexpand==0.1.7 trimesh==5.2.0 rtree==1.4.1 fast-simplification==0.2.0 libigl==2.6.3 soundfile==0.14.0 \
+	cffi==2.1.1 pycparser==3.12 pystoi==0.4.1 constriction==0.5.0 jsonargparse==4.53.0 docstring-parser==0.18.0 \
+	typeshed-client==2.15.0 importlib-metadata==10.2.0 zipp==4.1.2
+WHEEL_PLATFORMS := $(addprefix --platform ,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
+	manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64)
+
+wheels: $(STAMP) ## download the wheels a bare GPU machine lacks (cp312, x86-64) into .whl/ for scripts/gpu_check.sh
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(WHEEL_PLATFORMS) -d $(WHEELS_DIR) $(GPU_WHEELS)
+	@du -sh $(WHEELS_DIR)
+
+gpu-check: ## on one H100 / H200 (~10 min): B configs' samples/s, MFU, memory vs reference codecs, a flextok_b run (reports/gpu/)
+	bash scripts/gpu_check.sh --out reports/gpu
 
 clean: ## remove built data, runs, reports and exports (keeps .venv)
 	rm -rf data runs reports exports .pytest_cache .ruff_cache
