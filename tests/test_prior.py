@@ -53,18 +53,27 @@ def image_setup(embedded, tmp_path_factory):
     shards = str(root / "tokens")
     tokenize_shards(tok_dir, os.path.join(embedded, "image"), shards, num_workers=0, batch_size=64, progress=False)
 
-    pl.seed_everything(0)
-    prior = PriorModule(tokenizer=tok_dir, max_frames=8, width=64, layers=2, heads=4,
-                        optimizer={"lr": 3e-3, "warmup_steps": 10, "weight_decay": 0.0})
+    # the shipped config through the CLI (`tokenizers-mm fit`), shrunk to a test budget
+    arch = {"max_frames": 8, "width": 64, "layers": 2, "heads": 4}
     pdm = ShardDataModule(modality="tokens", train_urls=shards, val_urls=shards, batch_size=32, val_batch_size=64,
-                          batches_per_epoch=150, num_workers=0)
-    trainer = _trainer(150, str(root / "prior_run"))
-    before = trainer.validate(prior, datamodule=pdm, verbose=False)[0]
-    trainer.fit(prior, datamodule=pdm)
-    after = trainer.validate(prior, datamodule=pdm, verbose=False)[0]
-    trainer.save_checkpoint(root / "prior.ckpt")
+                          num_workers=0)
+    pl.seed_everything(0)
+    before = _trainer(1).validate(PriorModule(tokenizer=tok_dir, **arch), datamodule=pdm, verbose=False)[0]
+    run = str(root / "prior_run")
+    assert main(["fit", "--config", os.path.join(ROOT, "configs/prior/flextok_tiny_prior.yaml"),
+                 "--model.init_args.tokenizer", tok_dir, *[f"--model.init_args.{k}={v}" for k, v in arch.items()],
+                 "--model.init_args.optimizer.lr", "0.003", "--model.init_args.optimizer.warmup_steps", "10",
+                 "--data.train_urls", shards, "--data.val_urls", shards, "--data.batches_per_epoch", "150",
+                 "--trainer.max_steps", "150", "--trainer.val_check_interval", "150",
+                 "--trainer.default_root_dir", run, "--trainer.enable_progress_bar", "false",
+                 "--trainer.accelerator", "cpu"]) == 0
+    ckpt = os.path.join(run, "checkpoints", "last.ckpt")
+    from tokenizers_mm.checkpointing import build_tokenizer, read_checkpoint
+
+    trained = build_tokenizer(read_checkpoint(ckpt), ckpt)
+    after = _trainer(1).validate(trained, datamodule=pdm, verbose=False)[0]
     prior_dir = str(root / "prior")
-    export_checkpoint(str(root / "prior.ckpt"), prior_dir)
+    export_checkpoint(ckpt, prior_dir)
     return {"root": root, "tok": tok_dir, "shards": shards, "prior": prior_dir, "before": before, "after": after}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..config import plain
 from ..harness import OptimizerConfig, TokenizerModule
 from .model import TokenPrior
 from .ordering import layout_for, to_frames
@@ -57,8 +58,10 @@ class PriorModule(TokenizerModule):
         depth_codes = depth_codes or (info.get("depth_codes") if layout == "rvq" else 1) or 1
         super().__init__(optimizer=optimizer, input_key="ids", codebook_size=int(codebook_size),
                          log_samples_every_val=False)
-        self.save_hyperparameters()
-        self.hparams["tokenizer"] = info
+        self.save_hyperparameters(plain({
+            "tokenizer": info, "codebook_size": int(codebook_size), "depth_codes": int(depth_codes), "layout": layout,
+            "max_frames": max_frames, "width": width, "layers": layers, "heads": heads, "depth_layers": depth_layers,
+            "dropout": dropout, "codebook_dropout": codebook_dropout, "optimizer": self.optim_config}))
         self.layout, self.codebook_dropout = layout, codebook_dropout
         self.codec = TokenPrior(int(codebook_size), int(depth_codes), max_frames, layout, width, layers, heads,
                                 depth_layers, dropout, tokenizer={k: info.get(k) for k in
