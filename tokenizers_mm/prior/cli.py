@@ -39,6 +39,17 @@ def _input_files(tok: Any, inputs: list[str]) -> list[str]:
     return _expand_inputs(inputs, ext)
 
 
+def _stems(files: list[str]) -> list[str]:
+    """Output names of ``files``: the file name without extension, prefixed by its folder's name when two inputs
+    share a file name (``ColdRipple/tile_00.png`` -> ``ColdRipple_tile_00``)."""
+    from pipelines.base import file_stems
+
+    names = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    if len(set(names)) < len(names):
+        names = [f"{os.path.basename(os.path.dirname(os.path.abspath(f)))}_{n}" for f, n in zip(files, names)]
+    return file_stems(names, "sample")
+
+
 def _nominal_bytes(num_tokens: int, codebook_size: int) -> int:
     return math.ceil(num_tokens * math.log2(codebook_size) / 8)
 
@@ -87,14 +98,12 @@ def encode_with_target(tok: Any, files: list[str], keys: list[str], num_tokens: 
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
-    from pipelines.base import file_stems
-
     from ..io import OutputFolder, write_bytes_atomic, write_json_atomic
 
     tok, prior = _load(a)
     target = _target(a, tok.modality)
     files = _input_files(tok, a.inputs)
-    stems = file_stems([os.path.splitext(os.path.basename(f))[0] for f in files], "sample")
+    stems = _stems(files)
     folder = OutputFolder(a.out, {"command": "compress", "modality": tok.modality,
                                   "model": {"sha256": tok.model_id, "prior": prior.model_id},
                                   "settings": {"num_tokens": a.num_tokens, "target": target}},
@@ -267,11 +276,11 @@ def cmd_tokens_report(a: argparse.Namespace) -> int:
         import pipelines
 
         prior = pipelines.load(a.prior, modality="prior")
-    folder = OutputFolder(a.out, {"command": "tokens report", "inputs": {"data": a.data}}, overwrite=a.overwrite,
+    folder = OutputFolder(a.out, {"command": "tokens report", "inputs": {"data": a.data, "split": a.split}}, overwrite=a.overwrite,
                           identity=("command",), inputs=[*(p for p in a.data if os.path.exists(p)),
                                                          *([a.prior] if a.prior else [])]).check()
     try:
-        report = token_report(a.data, folder.path, prior, limit=a.limit)
+        report = token_report(a.data, folder.path, prior, limit=a.limit, split=a.split)
         folder.commit()
     except BaseException:
         folder.discard()
@@ -325,5 +334,6 @@ def add_parsers(sub: Any, inference_flags: Any, at_least: Any) -> None:
     r.add_argument("--prior", default=None, help="prior export: adds its cross-entropy in bits per token")
     r.add_argument("--out", required=True, help="output folder (report.json, tokens.png)")
     r.add_argument("--limit", type=at_least(1), default=None, help="read at most this many samples")
+    r.add_argument("--split", choices=["train", "val"], default=None, help="for folders: only this split")
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(func=cmd_tokens_report)

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 
 
-def read_ids(data: list[str], limit: int | None = None) -> np.ndarray:
+def read_ids(data: list[str], limit: int | None = None, split: str | None = None) -> np.ndarray:
     """Token ids ``[N, k]`` (or ``[N, n_q, F]``) of the samples in token shards ``data`` (equal shapes needed)."""
     from pipelines.tokenize import read_token_ids
     from tokenizers_mm.data.urls import expand_urls
 
     try:
-        urls = expand_urls(data)
+        urls = expand_urls(data, split=split)
     except (FileNotFoundError, ValueError) as exc:
         raise type(exc)(f"--data: {exc}") from exc
     rows = []
@@ -37,18 +37,20 @@ def entropy_bits(counts: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def zipf_fit(counts: np.ndarray) -> tuple[float, np.ndarray]:
-    """Exponent ``s`` of ``frequency ~ rank^-s`` (least squares in log-log over the codes seen) and the sorted
-    frequencies."""
+def zipf_fit(counts: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Exponent ``s`` and log-intercept ``c`` of ``log frequency = c - s log rank`` (least squares in log-log over
+    the codes seen), and the sorted relative frequencies."""
     freq = np.sort(counts[counts > 0])[::-1].astype(np.float64)
+    freq /= max(freq.sum(), 1.0)
     if len(freq) < 2:
-        return 0.0, freq
+        return 0.0, float(np.log(freq[0])) if len(freq) else 0.0, freq
     ranks = np.arange(1, len(freq) + 1)
-    slope = np.polyfit(np.log(ranks), np.log(freq), 1)[0]
-    return float(-slope), freq
+    slope, intercept = np.polyfit(np.log(ranks), np.log(freq), 1)
+    return float(-slope), float(intercept), freq
 
 
-def token_report(data: list[str], out: str, prior: Any = None, limit: int | None = None) -> dict[str, Any]:
+def token_report(data: list[str], out: str, prior: Any = None, limit: int | None = None,
+                 split: str | None = None) -> dict[str, Any]:
     """Write ``out/report.json`` and ``out/tokens.png``; returns the report."""
     import matplotlib
 
@@ -57,14 +59,14 @@ def token_report(data: list[str], out: str, prior: Any = None, limit: int | None
 
     from ..io import write_json_atomic
 
-    ids = read_ids(data, limit)
+    ids = read_ids(data, limit, split)
     v = int(prior.prior.codebook_size) if prior is not None else int(ids.max()) + 1
     flat = ids.reshape(len(ids), -1)  # positions in storage order
     per_pos = [np.bincount(flat[:, j], minlength=v) for j in range(flat.shape[1])]
     counts = np.bincount(flat.reshape(-1), minlength=v)
-    exponent, freq = zipf_fit(counts)
+    exponent, intercept, freq = zipf_fit(counts)
     report: dict[str, Any] = {
-        "samples": int(len(ids)), "id_shape": list(ids.shape[1:]), "codebook_size": v,
+        "samples": int(len(ids)), "split": split or "all", "id_shape": list(ids.shape[1:]), "codebook_size": v,
         "uniform_bits": round(float(np.log2(v)), 4),
         "unigram_entropy_bits": round(entropy_bits(counts), 4),
         "per_position_entropy_bits": [round(entropy_bits(c), 4) for c in per_pos],
@@ -85,8 +87,8 @@ def token_report(data: list[str], out: str, prior: Any = None, limit: int | None
     ax[1].plot(report["per_position_usage"])
     ax[1].set(xlabel="position", ylabel="share of codes used", ylim=(0, 1.05), title="codebook usage per position")
     ranks = np.arange(1, len(freq) + 1)
-    ax[2].loglog(ranks, freq / freq.sum(), ".", ms=3, label="codes")
-    ax[2].loglog(ranks, (freq[0] / freq.sum()) * ranks ** -exponent, "r-", lw=1, label=f"fit s = {exponent:.2f}")
+    ax[2].loglog(ranks, freq, ".", ms=3, label="codes")
+    ax[2].loglog(ranks, np.exp(intercept) * ranks ** -exponent, "r-", lw=1, label=f"fit s = {exponent:.2f}")
     ax[2].set(xlabel="rank", ylabel="frequency", title="rank-frequency (Zipf)")
     ax[2].legend(fontsize=8)
     fig.tight_layout()
