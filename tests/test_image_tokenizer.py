@@ -158,23 +158,29 @@ def test_gan_steps_count_generator_steps_and_start_when_configured(tmp_path):
     assert not torch.equal(ema_p, next(model.generator.parameters()))
 
 
-@pytest.mark.parametrize("ordering", ["tail_drop", "nested_dropout"])
+@pytest.mark.parametrize("ordering", ["tail_drop", "nested_dropout", "latent_nested_dropout"])
 def test_short_training_quality_rises_with_k(embedded, ordering, tmp_path):
     import os
 
     from tokenizers_mm.data import ShardDataModule
 
     pl.seed_everything(0)
+    steps = 160
     dm = ShardDataModule(modality="image", train_urls=os.path.join(embedded, "image"),
-                         val_urls=os.path.join(embedded, "image"), batch_size=16, batches_per_epoch=160,
+                         val_urls=os.path.join(embedded, "image"), batch_size=16, batches_per_epoch=steps,
                          num_workers=1, max_val_samples=48, image={"size": 32, "resize": [32, 64], "val_resize": 48})
+    setup = {"patch_embed": "conv", "patch_head": "conv"}
+    if ordering.startswith("latent_"):
+        # the first stage (f = 4: an 8 x 8 x 4 latent) trains alone for 60 steps, then the tokenizer for 100
+        setup = {"patch_size": 1, "first_stage": {"base_channels": 16, "channel_mults": [1, 2], "latent_channels": 4,
+                                                  "train_steps": 60}}
     model = OneDTokenizer(**{**TINY, "encoder": {"width": 96, "depth": 2, "heads": 4},
                              "decoder": {"width": 96, "depth": 2, "heads": 4},
-                             "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True}},
-                          patch_embed="conv", patch_head="conv", causal_registers=ordering == "nested_dropout",
-                          register_init="pyramid", query_init="pyramid", ordering={"kind": ordering, "nested_mode": "uniform"},
+                             "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True}, **setup},
+                          causal_registers=ordering != "tail_drop", register_init="pyramid", query_init="pyramid",
+                          ordering={"kind": ordering.removeprefix("latent_"), "nested_mode": "uniform"},
                           optimizer={"lr": 6e-4, "warmup_steps": 20, "grad_clip": 1.0, "min_lr_ratio": 0.1})
-    trainer = pl.Trainer(max_steps=160, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, default_root_dir=str(tmp_path))
     untrained = trainer.validate(model, datamodule=dm, verbose=False)[0]
     trainer.fit(model, datamodule=dm)
