@@ -282,7 +282,7 @@ class ShapeProbeConfig:
         planes: (with ``anchors``) every decoder state also predicts a unit normal, and the occupancy logit
             adds ``plane_gain`` x the signed distance of the query to the anchors' tangent planes, averaged with
             weights ``softmax(-|query - anchor|^2 / (2 plane_sigma^2))`` (positive on the inner side of the
-            planes): oriented surface points that the tokens describe give the inside / outside of the shape
+            planes) and soft-clipped to ``+-plane_sigma`` (``plane_sigma * tanh(d / plane_sigma)``): oriented surface points that the tokens describe give the inside / outside of the shape
             directly, and the probe learns the correction. ``ShapeLossConfig.anchor_weight`` also pulls each
             normal to its latent's surface normal.
         plane_sigma / plane_gain: initial width of that weighting and gain of the plane distance (both learned,
@@ -346,7 +346,7 @@ class ShapeCodec(nn.Module):
         self.arch = plain({"num_latents": num_latents, "latent_dim": latent_dim, "encoder": enc, "decoder": dec,
                            "bottleneck": bottleneck, "scales": scales, "num_quantizers": num_quantizers,
                            "quantizer": qcfg, "probe": pcfg})
-        self.num_latents, self.latent_dim, self.enc_cfg = num_latents, latent_dim, enc
+        self.num_latents, self.latent_dim, self.enc_cfg, self.probe_cfg = num_latents, latent_dim, enc, pcfg
         self.fourier = FourierEmbedding(enc.num_freqs, enc.freq_scale)
         self.query_fourier = FourierEmbedding(enc.num_freqs if pcfg.num_freqs is None else pcfg.num_freqs,
                                               enc.freq_scale if pcfg.freq_scale is None else pcfg.freq_scale)
@@ -508,7 +508,12 @@ class ShapeCodec(nn.Module):
         for block in self.probe:
             q = block(q, states, bias)
         logits = self.head(q).squeeze(-1)
-        return logits if plane is None else logits + self.plane_log_gain.exp() * plane.to(logits.dtype)
+        if plane is None:
+            return logits
+        # soft-clipped at +-plane_sigma: far from the surface only the side counts, so anchors and normals that
+        # are still wrong early in training cannot give large wrong logits
+        c = self.probe_cfg.plane_sigma
+        return logits + self.plane_log_gain.exp() * c * torch.tanh(plane / c).to(logits.dtype)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids of the first s scales -> decoder states ``[B, M, width]`` (query them with :meth:`occupancy`, or
