@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from tokenizers_mm.prior.coding import (
+    SHA_BYTES,
     CompressedFileError,
     Header,
     decode_frames,
@@ -91,10 +92,10 @@ class TokenPriorPipeline(TokenizerPipeline):
         if head.modality != tok.config["modality"]:
             raise CompressedFileError(f"{name} holds {head.modality} tokens; the tokenizer is a "
                                       f"{tok.config['modality']} tokenizer")
-        if head.tokenizer_sha != bytes.fromhex(tok.model_id)[:8]:
+        if head.tokenizer_sha != bytes.fromhex(tok.model_id)[:SHA_BYTES]:
             raise CompressedFileError(f"{name} was compressed with another tokenizer (weights {head.tokenizer_sha.hex()}"
                                       f"..., this one is {tok.model_id[:16]}...)")
-        if head.prior_sha != bytes.fromhex(self.model_id)[:8]:
+        if head.prior_sha != bytes.fromhex(self.model_id)[:SHA_BYTES]:
             raise CompressedFileError(f"{name} was compressed with another prior (weights {head.prior_sha.hex()}..., "
                                       f"this one is {self.model_id[:16]}...)")
         payload = data[off:]

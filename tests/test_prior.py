@@ -26,7 +26,7 @@ ONED = {"image_size": 32, "patch_size": 8, "num_tokens": 8, "encoder": {"width":
         "patch_head": "conv", "register_init": "pyramid", "query_init": "pyramid", "causal_registers": True,
         "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True},
         "ordering": {"kind": "nested_dropout"}}
-HEADER_BYTES = 37  # a [k] header: magic, version, modality, two sha prefixes, ndim, shape, count, extra, crc
+HEADER_BYTES = 25  # a [k] header: magic, version, modality, two sha prefixes, ndim, shape, count, crc
 
 
 def _trainer(steps, root=None):

@@ -8,15 +8,17 @@ bytes  type  field
 4      ascii magic ``TMMc``
 1      u8    format version (:data:`VERSION`)
 1      u8    modality (1 image, 2 audio, 3 mesh)
-8      bytes first 8 bytes of the tokenizer's weights sha256
-8      bytes first 8 bytes of the prior's weights sha256
+4      bytes first 4 bytes of the tokenizer's weights sha256
+4      bytes first 4 bytes of the prior's weights sha256
 1      u8    number of id dimensions ``r`` (1: ``[k]``; 2: ``[n_q, F]``)
 2r     u16   the ids' shape
 4      u32   number of tokens (the product of the shape)
-4      u32   modality extra: audio samples of the original clip (the decoder trims to it), else 0
+4      u32   audio only: samples of the original clip (the decoder trims to it)
 4      u32   CRC-32 of the ids (``uint32`` little-endian), checked after decoding
 rest   u32[] range-coder words
 ====== ===== ============================================================================================
+
+25 bytes for 1D ids, 31 for a speech clip.
 
 Determinism: the probabilities of token ``i`` come from the same step-by-step computation in the encoder and
 the decoder (batch of one, the same tensor shapes, one CPU thread, float32); logits are rounded to fixed point
@@ -43,6 +45,7 @@ MAGIC = b"TMMc"
 VERSION = 1
 MODALITY_CODES = {"image": 1, "audio": 2, "mesh": 3}
 CODE_MODALITIES = {v: k for k, v in MODALITY_CODES.items()}
+SHA_BYTES = 4
 FREQ_TOTAL = 1 << 20
 LOGIT_SCALE = 64.0
 
@@ -68,10 +71,11 @@ class Header:
         return int(np.prod(self.shape))
 
     def pack(self) -> bytes:
-        return (MAGIC + struct.pack("<BB", self.version, MODALITY_CODES[self.modality]) + self.tokenizer_sha[:8]
-                + self.prior_sha[:8] + struct.pack("<B", len(self.shape))
-                + struct.pack(f"<{len(self.shape)}H", *self.shape)
-                + struct.pack("<III", self.num_tokens, self.extra, self.crc))
+        extra = struct.pack("<I", self.extra) if self.modality == "audio" else b""
+        return (MAGIC + struct.pack("<BB", self.version, MODALITY_CODES[self.modality]) + self.tokenizer_sha[:SHA_BYTES]
+                + self.prior_sha[:SHA_BYTES] + struct.pack("<B", len(self.shape))
+                + struct.pack(f"<{len(self.shape)}H", *self.shape) + struct.pack("<I", self.num_tokens) + extra
+                + struct.pack("<I", self.crc))
 
     @classmethod
     def unpack(cls, data: bytes, name: str) -> tuple[Header, int]:
@@ -79,7 +83,8 @@ class Header:
         if data[:4] != MAGIC:
             raise CompressedFileError(f"{name} is not a tokenizers-mm compressed file (it does not start with "
                                       f"{MAGIC!r})")
-        if len(data) < 23:
+        fixed = 7 + 2 * SHA_BYTES  # magic, version, modality, two sha prefixes, ndim
+        if len(data) < fixed:
             raise CompressedFileError(f"{name} is truncated: {len(data)} bytes, shorter than a header")
         version, mod = struct.unpack_from("<BB", data, 4)
         if version > VERSION or version < 1:
@@ -87,15 +92,18 @@ class Header:
                                       f"1..{VERSION}: upgrade tokenizers-mm")
         if mod not in CODE_MODALITIES:
             raise CompressedFileError(f"{name} names an unknown modality code {mod} (corrupt header)")
-        tok, prior = data[6:14], data[14:22]
-        ndim = data[22]
-        end = 23 + 2 * ndim + 12
+        modality = CODE_MODALITIES[mod]
+        tok, prior = data[6:6 + SHA_BYTES], data[6 + SHA_BYTES:6 + 2 * SHA_BYTES]
+        ndim = data[fixed - 1]
+        end = fixed + 2 * ndim + (12 if modality == "audio" else 8)
         if ndim not in (1, 2) or len(data) < end:
             raise CompressedFileError(f"{name} is truncated or corrupt: header of {len(data)} bytes, ids of "
                                       f"{ndim} dimensions")
-        shape = struct.unpack_from(f"<{ndim}H", data, 23)
-        count, extra, crc = struct.unpack_from("<III", data, 23 + 2 * ndim)
-        head = cls(CODE_MODALITIES[mod], tok, prior, tuple(shape), extra, crc, version)
+        shape = struct.unpack_from(f"<{ndim}H", data, fixed)
+        count = struct.unpack_from("<I", data, fixed + 2 * ndim)[0]
+        extra = struct.unpack_from("<I", data, fixed + 2 * ndim + 4)[0] if modality == "audio" else 0
+        crc = struct.unpack_from("<I", data, end - 4)[0]
+        head = cls(modality, tok, prior, tuple(shape), extra, crc, version)
         if head.num_tokens != count or count == 0:
             raise CompressedFileError(f"{name} is corrupt: its header says {count} tokens for ids of shape "
                                       f"{list(shape)}")

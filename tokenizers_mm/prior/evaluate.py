@@ -14,7 +14,7 @@ from .ordering import to_frames
 
 def header_bytes(ndim: int) -> int:
     """Bytes of a compressed file's header for ids of ``ndim`` dimensions."""
-    return len(Header("image", b"\0" * 8, b"\0" * 8, (1,) * ndim).pack())
+    return len(Header("image", b"\0" * 4, b"\0" * 4, (1,) * ndim).pack())
 
 
 def real_bytes_per_budget(prior_dir: str, ids: torch.Tensor, budgets: list[int], codebook_size: int
