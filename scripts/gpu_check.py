@@ -33,6 +33,7 @@ import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -220,34 +221,44 @@ def measure_config(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- the transformers reference codecs ----------------------------------------------------------------------------
+REFERENCE_FAMILY = {"codec_24k": "EncodecModel", "codec_16k": "DacModel", "dmcodec_16k": "DacModel"}
+
+
 def reference_codec(name: str, smoke: bool) -> tuple[Any, str, int, float, int]:
-    """The ``transformers`` codec built at the speech config's sizes: (model, family, batch, seconds, sample rate)."""
+    """The ``transformers`` codec of speech config ``name`` built at that config's sizes (EnCodec for the causal
+    LSTM codec, DAC for the others): (model, family, batch, segment seconds, sample rate)."""
     import yaml
     from transformers import DacConfig, DacModel, EncodecConfig, EncodecModel
+
+    from tokenizers_mm.config import as_config
+    from tokenizers_mm.speech.codec import RVQConfig
+    from tokenizers_mm.speech.seanet import SEANetConfig
 
     with open(config_path(name, smoke)) as f:
         cfg = yaml.safe_load(f)
     args, data = cfg["model"]["init_args"], cfg["data"]
-    sr, s, q = args["sample_rate"], args["seanet"], args["rvq"]
+    sr = args["sample_rate"]
+    s, q = as_config(SEANetConfig, args.get("seanet")), as_config(RVQConfig, args.get("rvq"))
     batch = 2 if smoke else data["batch_size"]
     seconds = data["audio"]["seconds"]
-    frame_rate = sr / math.prod(s["ratios"])
-    if s.get("bottleneck") == "lstm":
-        kbps = q["num_quantizers"] * frame_rate * math.log2(q["codebook_size"]) / 1000
+    hop = math.prod(s.ratios)
+    family = REFERENCE_FAMILY[name]
+    if family == "EncodecModel":
+        kbps = q.num_quantizers * (sr / hop) * math.log2(q.codebook_size) / 1000
         model = EncodecModel(EncodecConfig(
-            sampling_rate=sr, audio_channels=1, num_filters=s["channels"], hidden_size=s["dim"],
-            upsampling_ratios=s["ratios"], kernel_size=s["kernel_size"], last_kernel_size=s["last_kernel_size"],
-            residual_kernel_size=s["residual_kernel_size"], num_residual_layers=s["num_residual"],
-            dilation_growth_rate=s["dilation_base"], compress=s["compress"], use_causal_conv=s["causal"],
-            num_lstm_layers=s.get("bottleneck_layers", 2), codebook_size=q["codebook_size"],
-            target_bandwidths=[kbps], normalize=False))
-        return model, "EncodecModel", batch, seconds, sr
-    model = DacModel(DacConfig(
-        sampling_rate=sr, encoder_hidden_size=s["channels"], decoder_hidden_size=s.get("decoder_channels") or s["channels"],
-        downsampling_ratios=list(reversed(s["ratios"])), upsampling_ratios=s["ratios"], hidden_size=s["dim"],
-        n_codebooks=q["num_quantizers"], codebook_size=q["codebook_size"], codebook_dim=q.get("codebook_dim") or 8,
-        hop_length=math.prod(s["ratios"])))
-    return model, "DacModel", batch, seconds, sr
+            sampling_rate=sr, audio_channels=1, num_filters=s.channels, hidden_size=s.dim,
+            upsampling_ratios=list(s.ratios), kernel_size=s.kernel_size, last_kernel_size=s.last_kernel_size,
+            residual_kernel_size=s.residual_kernel_size, num_residual_layers=s.num_residual,
+            dilation_growth_rate=s.dilation_base, compress=s.compress, use_causal_conv=s.causal,
+            num_lstm_layers=s.bottleneck_layers, codebook_size=q.codebook_size, target_bandwidths=[kbps],
+            normalize=False))
+    else:
+        model = DacModel(DacConfig(
+            sampling_rate=sr, encoder_hidden_size=s.channels, decoder_hidden_size=(s.decoder_channels or s.channels)
+            * 2 ** len(s.ratios), downsampling_ratios=list(reversed(s.ratios)), upsampling_ratios=list(s.ratios),
+            hidden_size=s.dim, n_codebooks=q.num_quantizers, codebook_size=q.codebook_size,
+            codebook_dim=q.codebook_dim or 8, hop_length=hop))
+    return model, family, batch, seconds, sr
 
 
 def reference_step(model: Any, family: str, x: Any) -> Any:
@@ -256,13 +267,16 @@ def reference_step(model: Any, family: str, x: Any) -> Any:
 
     if family == "DacModel":
         out = model(x)
-        return F.l1_loss(out.audio_values[..., : x.shape[-1]], x.squeeze(1)) + out.loss
+        y = out.audio_values.reshape(x.shape[0], -1)
+        n = min(y.shape[-1], x.shape[-1])
+        return F.l1_loss(y[..., :n], x.reshape(x.shape[0], -1)[..., :n]) + out.loss.mean()
     emb = model.encoder(x)
     bandwidth = model.config.target_bandwidths[-1]
     codes = model.quantizer.encode(emb, bandwidth)
     quantized = model.quantizer.decode(codes)
     y = model.decoder(emb + (quantized - emb).detach())  # straight-through, as EnCodec trains
-    return F.l1_loss(y[..., : x.shape[-1]], x) + F.mse_loss(emb, quantized.detach())
+    n = min(y.shape[-1], x.shape[-1])
+    return F.l1_loss(y[..., :n], x[..., :n]) + F.mse_loss(emb, quantized.detach())
 
 
 def measure_reference(a: argparse.Namespace) -> dict[str, Any]:
@@ -320,8 +334,8 @@ def train_from_scratch(a: argparse.Namespace) -> dict[str, Any]:
     if not a.cpu_smoke:
         extra += ["--model.init_args.first_stage.train_steps", str(first)]
     model, dm = build("flextok_b", a.cpu_smoke, a.data, extra)
-    has_first = getattr(model, "first_stage_cfg", None) is not None
-    first = first if has_first else 0
+    fs_cfg = getattr(model, "first_stage_cfg", None)
+    first = int(fs_cfg.train_steps) if fs_cfg is not None else 0  # the config's own value under --cpu-smoke
     speed_switches(model, False, channels_last=device == "cuda")
 
     class Losses(pl.Callback):
@@ -391,14 +405,19 @@ def child(a: argparse.Namespace, task: str, name: str, mode: str, timeout: float
     cmd += ["--flops", str(flops)] if flops else []
     cmd += ["--peak-tflops", str(a.peak_tflops)] if a.peak_tflops else []
     t0 = time.perf_counter()
+    # a session of its own, so a timeout also ends its loader and compile workers
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return {"error": f"{task} {name} {mode}: no result within {timeout:.0f} s"}
     wall = round(time.perf_counter() - t0, 1)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["(no output)"]
         return {"error": f"{task} {name} {mode}: exit {proc.returncode}: {tail[0][:300]}", "wall_s": wall}
     return {**json.loads(lines[-1]), "wall_s": wall}
 
@@ -440,6 +459,18 @@ def table(rows: dict[str, Any], train: dict[str, Any] | None) -> str:
     return text
 
 
+def missing_teachers(name: str, smoke: bool) -> list[str]:
+    """Local teacher folders a config's distillation needs that do not exist (nothing is downloaded)."""
+    import yaml
+
+    with open(config_path(name, smoke)) as f:
+        distill = (yaml.safe_load(f)["model"]["init_args"].get("distill") or {})
+    if distill.get("source", "online") != "online":
+        return []
+    paths = [distill.get(k) for k in ("speech_teacher", "lm_teacher", "recognizer")]
+    return [p for p in paths if p and not os.path.exists(os.path.join(ROOT, p))]
+
+
 def run_all(a: argparse.Namespace) -> int:
     import torch
 
@@ -452,10 +483,15 @@ def run_all(a: argparse.Namespace) -> int:
     per_item = max(60.0, a.seconds * 3 + 240)
     rows: dict[str, Any] = {}
     failed = False
-    reserve = 0.0 if a.skip_train else a.train_seconds + 120
+    reserve = 0.0 if a.skip_train else a.train_seconds + 90  # the flextok_b run, its export and decode
     for name in a.configs:
         row: dict[str, Any] = {}
         modes = ["eager", "compiled"] if name in a.compile_configs else ["eager"]
+        missing = missing_teachers(name, a.cpu_smoke)
+        if missing:
+            rows[name] = {m: {"skipped": f"needs its local teachers {missing}"} for m in modes}
+            print(name, json.dumps(rows[name]), flush=True)
+            continue
         for mode in modes:
             if left() - reserve < a.seconds + 30:
                 row[mode] = {"skipped": "time budget"}
@@ -504,13 +540,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--compile-configs", nargs="*", default=["flextok_b", "codec_24k"], choices=list(CONFIGS),
                    help="configs measured with torch.compile too")
-    p.add_argument("--seconds", type=float, default=None, help="measured seconds per config (default 20; smoke 1)")
+    p.add_argument("--seconds", type=float, default=None, help="measured seconds per config (default 10; smoke 1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps before measuring (default 5; smoke 2)")
     p.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed)")
     p.add_argument("--channels-last", default="image", choices=["off", "on", "image"])
     p.add_argument("--peak-tflops", type=float, default=None, help="the chip's bf16 dense peak (default by name)")
     p.add_argument("--data", default=os.path.join(ROOT, "data", "embedded"), help="embedded shards folder")
-    p.add_argument("--budget", type=float, default=None, help="seconds for the whole check (default 540; smoke 900)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for the whole check (default 560; smoke 900)")
     p.add_argument("--train-seconds", type=float, default=None, help="flextok_b training time (default 180; smoke 60)")
     p.add_argument("--train-first-stage-steps", type=int, default=300)
     p.add_argument("--train-warmup", type=int, default=None, help="warmup steps of that run (default 100; smoke 2)")
@@ -522,9 +558,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flops", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     smoke = a.cpu_smoke
-    defaults = {"out": "reports/gpu_smoke" if smoke else "reports/gpu", "seconds": 1.0 if smoke else 20.0,
+    defaults = {"out": "reports/gpu_smoke" if smoke else "reports/gpu", "seconds": 1.0 if smoke else 10.0,
                 "warmup": 2 if smoke else 5, "precision": "bf16-mixed",
-                "budget": 900.0 if smoke else 540.0, "train_seconds": 60.0 if smoke else 180.0,
+                "budget": 900.0 if smoke else 560.0, "train_seconds": 60.0 if smoke else 180.0,
                 "train_warmup": 2 if smoke else 100, "train_max_steps": 40 if smoke else 10**6}
     for k, v in defaults.items():
         if getattr(a, k) is None:

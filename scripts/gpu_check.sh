@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check (scripts/gpu_check.py): B configs' speed, MFU and memory, the transformers reference codecs,
 # a short flextok_b training with export and bf16 decode; writes reports/gpu/ (summary.json, table.md, one JSON per
-# config). Fits in 10 minutes on one H100 / H200 (--budget, default 540 s, bounds the measurements).
+# config). Fits in 10 minutes on one H100 / H200 (--budget, default 560 s, bounds the measurements).
 #
 #   make wheels      # here, once: the packages a bare GPU image lacks, as cp312 manylinux wheels in .whl/
 #   bash scripts/gpu_check.sh [gpu_check.py options]        # there, from the repository root
