@@ -45,7 +45,7 @@ def speech(seconds: float = 1.0, n: int = 2) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sr,ratios,n_q,size,hz,kbps", [
-    (16000, [8, 5, 4, 2], 8, 4, 50.0, 0.8),        # the tiny demo config
+    (16000, [8, 5, 4, 2], 8, 16, 50.0, 1.6),       # the tiny demo config
     (24000, [8, 5, 4, 2], 32, 1024, 75.0, 24.0),   # EnCodec 24 kHz
     (16000, [8, 5, 4, 2], 12, 1024, 50.0, 6.0),    # DAC-style 16 kHz
 ])
@@ -144,6 +144,64 @@ def test_chunked_causal_encoding_gives_the_tokens_of_one_pass(bottleneck):
     noncausal = SpeechCodec(16000, {**cfg, "causal": False}, {"num_quantizers": 3, "codebook_size": 32,
                                                               "kmeans_init": False}).eval()
     assert not torch.equal(noncausal.encode_chunked(x, chunk_seconds=0.1), noncausal.encode(x))
+
+
+@pytest.mark.parametrize("bottleneck", ["lstm", "none"])
+def test_spectral_encoder_is_causal_and_chunked_encoding_gives_the_tokens_of_one_pass(bottleneck):
+    torch.manual_seed(0)
+    codec = SpeechCodec(16000, {"encoder": "spectral", "dim": 16, "ratios": [8, 5, 4, 2], "spectral_n_fft": 640,
+                                "spectral_mels": 40, "spectral_channels": 32, "spectral_layers": 2,
+                                "bottleneck": bottleneck},
+                        {"num_quantizers": 3, "codebook_size": 32, "kmeans_init": False}).eval()
+    assert codec.causal and codec.context_samples() >= receptive_field(codec.seanet_cfg)
+    x = speech(2.0, n=1)[..., :30_000]
+    whole = codec.encode(x)
+    assert whole.shape == (1, 3, 94)
+    assert torch.equal(codec.encode_chunked(x, chunk_seconds=0.3), whole)
+    # frame f sees samples before (f + 1) * hop only: silencing everything from sample 16_000 on keeps frames < 50
+    cut = x.clone()
+    cut[..., 16_000:] = 0
+    z, z_cut = codec.encoder(codec.pad_to_hop(x)), codec.encoder(codec.pad_to_hop(cut))
+    assert torch.equal(z[..., :50], z_cut[..., :50]) and not torch.allclose(z[..., 50:], z_cut[..., 50:])
+    with pytest.raises(ValueError, match="encoder must be 'seanet' or 'spectral'"):
+        SpeechCodec(16000, {"encoder": "mel"})
+    with pytest.raises(ValueError, match="spectral_n_fft must be even and at least the hop"):
+        SpeechCodec(16000, {"encoder": "spectral", "ratios": [8, 5, 4, 2], "spectral_n_fft": 100})
+
+
+def test_griffin_lim_decoder_trains_on_the_input_phase_and_decodes_deterministically():
+    """``istft_phase: griffin_lim``: the head predicts magnitudes only. Given the true magnitudes, the training
+    reconstruction (input's phase) is the input itself, and Griffin-Lim decoding recovers a waveform with the
+    same magnitudes (not the same samples); the head's bias starts at the first batch's mean log magnitude."""
+    from tokenizers_mm.speech.istft_decoder import ISTFTDecoder
+    from tokenizers_mm.speech.seanet import SEANetConfig
+
+    cfg = SEANetConfig(dim=8, ratios=[8, 5, 4, 2], decoder="istft", istft_channels=16, istft_layers=1,
+                       istft_upsample=2, istft_phase="griffin_lim", griffin_lim_iters=32)
+    dec = ISTFTDecoder(cfg)
+    assert (dec.hop, dec.n_fft, dec.head.out_features) == (160, 640, 321)
+    x = speech(1.0, n=2)
+    z = torch.randn(2, 8, 50)
+    dec.train()
+    dec(z, reference=x)
+    true_log = dec.reference_spectrum(x, 100).abs().clamp_min(1e-5).log()
+    torch.testing.assert_close(dec.head.bias.detach(), true_log.mean(dim=(0, 2)))
+    assert bool(dec.head_initialized)
+    true_mag = true_log.exp()
+    dec.head_output = lambda _z: (true_mag, None)  # an oracle head: the decoder's own grid, exact magnitudes
+    own_phase = dec(z, reference=x)
+    torch.testing.assert_close(own_phase[..., 400:-400], x[..., 400:-400], atol=2e-3, rtol=0)
+    dec.eval()
+    y = dec(z)
+    assert y.shape == (2, 1, 16000) and torch.equal(y, dec(z))  # zero-phase start: deterministic
+    got = dec.reference_spectrum(y, 100).abs()
+    convergence = float((got - true_mag).norm() / true_mag.norm())  # spectral convergence of Griffin-Lim
+    assert convergence < 0.25, convergence
+    assert float(((y - x) ** 2).mean() / (x ** 2).mean()) > 0.5  # another phase: not the input's samples
+    with pytest.raises(ValueError, match="istft_phase must be 'learned' or 'griffin_lim'"):
+        ISTFTDecoder(SEANetConfig(ratios=[4, 4], decoder="istft", istft_phase="zero"))
+    with pytest.raises(ValueError, match="istft_upsample must be a positive divisor of the hop"):
+        ISTFTDecoder(SEANetConfig(ratios=[4, 4], decoder="istft", istft_upsample=3))
 
 
 def test_memory_efficient_snake_matches_the_composed_ops():
@@ -371,6 +429,6 @@ def test_speech_configs_parse_and_build(name, capsys):
     assert exc.value.code in (0, None)
     args = yaml.safe_load(open(path))["model"]["init_args"]
     codec = SpeechCodec(args["sample_rate"], args["seanet"], args["rvq"])
-    expected = {"codec_tiny": (50.0, 0.8), "codec_16k": (50.0, 6.0), "codec_24k": (75.0, 24.0),
+    expected = {"codec_tiny": (50.0, 1.6), "codec_16k": (50.0, 6.0), "codec_24k": (75.0, 24.0),
                 "dmcodec_16k": (50.0, 6.0)}[name]
     assert (codec.frame_rate, round(codec.bitrate_kbps(), 3)) == expected

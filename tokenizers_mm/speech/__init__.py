@@ -1,6 +1,7 @@
 """Speech: SEANet codec with residual VQ (bitrate chosen at decode time), GAN + mel losses, DM-Codec distillation.
 
-- ``seanet``: convolutional encoder / decoder; ``istft_decoder``: Vocos-style frame-rate decoder;
+- ``seanet``: convolutional encoder / decoder; ``spectral_encoder``: log-mel frame-rate encoder;
+  ``istft_decoder``: Vocos-style frame-rate decoder (learned or Griffin-Lim phase);
   ``codec``: :class:`SpeechCodec` (export-ready, no Lightning);
 - ``losses`` / ``discriminators``: training objectives; ``tokenizer``: the Lightning module;
 - ``teachers`` / ``teacher_features``: distillation teachers (local transformers models) and their precomputation;

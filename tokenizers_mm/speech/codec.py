@@ -1,5 +1,5 @@
-"""``SpeechCodec``: SEANet encoder -> residual VQ (quantizer dropout) -> SEANet or inverse-STFT decoder, without
-training code.
+"""``SpeechCodec``: SEANet or log-mel (spectral) encoder -> residual VQ (quantizer dropout) -> SEANet or
+inverse-STFT decoder, without training code.
 
 Tokens are ``int64 [B, n_q, F]``: codebook-major, ``F = ceil(T / hop)`` frames at ``sample_rate / hop`` Hz.
 Codebook ``q`` quantizes the residual that codebooks ``< q`` left, so any first ``n`` codebooks decode
@@ -20,6 +20,7 @@ from vector_quantize_pytorch import ResidualVQ
 from ..config import as_config, plain
 from .istft_decoder import ISTFTDecoder
 from .seanet import SEANetConfig, SEANetDecoder, SEANetEncoder, receptive_field
+from .spectral_encoder import SpectralEncoder
 
 
 @dataclass
@@ -79,7 +80,7 @@ class SpeechCodec(nn.Module):
         self.sample_rate = int(sample_rate)
         self.arch = plain({"sample_rate": self.sample_rate, "seanet": self.seanet_cfg, "rvq": self.rvq_cfg})
         s, q = self.seanet_cfg, self.rvq_cfg
-        self.encoder = SEANetEncoder(s)
+        self.encoder = SpectralEncoder(s, self.sample_rate) if s.encoder == "spectral" else SEANetEncoder(s)
         self.decoder = ISTFTDecoder(s) if s.decoder == "istft" else SEANetDecoder(s)
         self.rvq = ResidualVQ(
             dim=s.dim, num_quantizers=q.num_quantizers, codebook_size=q.codebook_size,
@@ -100,6 +101,11 @@ class SpeechCodec(nn.Module):
         return self.sample_rate / self.hop_length
 
     @property
+    def reference_phase(self) -> bool:
+        """Whether training reconstructions take the input's phase (a decoder that predicts magnitudes only)."""
+        return self.seanet_cfg.decoder == "istft" and self.seanet_cfg.istft_phase == "griffin_lim"
+
+    @property
     def num_quantizers(self) -> int:
         return self.rvq_cfg.num_quantizers
 
@@ -109,7 +115,8 @@ class SpeechCodec(nn.Module):
 
     @property
     def causal(self) -> bool:
-        return self.seanet_cfg.causal
+        """Whether the encoder is causal (the spectral encoder always is)."""
+        return self.seanet_cfg.causal or self.seanet_cfg.encoder == "spectral"
 
     def bitrate_kbps(self, num_quantizers: int | None = None) -> float:
         """Bitrate of ``num_quantizers`` codebooks (all by default) in kbit/s."""
@@ -185,14 +192,19 @@ class SpeechCodec(nn.Module):
                 distill_layer: int | None = None) -> dict[str, Any]:
         """Training / validation pass on ``[B, 1, T]`` in [-1, 1]: ``recon [B, 1, T]`` plus :meth:`quantize`'s outputs.
 
-        ``dropout`` is the probability of quantizing this batch with a random number of codebooks.
+        ``dropout`` is the probability of quantizing this batch with a random number of codebooks. In training, a
+        decoder without a learned phase (``istft_phase: griffin_lim``) takes the phase of ``wave`` itself; in
+        evaluation every decoder decodes as :meth:`decode` does.
         """
         self.check_wave(wave)
         t = wave.shape[-1]
         z = self.encoder(self.pad_to_hop(wave))
         drop = self.training and dropout > 0 and random.random() < dropout
         out = self.quantize(z, num_quantizers, dropout=drop, distill_layer=distill_layer)
-        out["recon"] = self.decoder(out["quantized"])[..., :t]
+        if self.training and self.reference_phase:
+            out["recon"] = self.decoder(out["quantized"], reference=wave)[..., :t]
+        else:
+            out["recon"] = self.decoder(out["quantized"])[..., :t]
         out["latent"] = z
         return out
 

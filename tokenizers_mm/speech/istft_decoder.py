@@ -4,10 +4,9 @@ SEANet decoder's chain of transposed convolutions.
 ``[B, dim, F]`` latent frames -> ConvNeXt blocks at the frame rate -> per frame, the log magnitude and phase of
 one STFT frame (``n_fft // 2 + 1`` bins, hop = the codec's hop) -> ``torch.istft`` -> ``[B, 1, F * hop]``.
 
-Every layer works at the frame rate, so a step costs far less than upsampling through the SEANet stages, and
-the decoder writes spectra directly, which is what the mel loss measures: on the embedded speech the tests'
-codec reached val mel 1.21 after 400 CPU steps against 1.59 with the SEANet decoder, at 0.8x the time per step
-(README, "Speech").
+Every layer works at the frame rate (or ``istft_upsample`` times it), so a step costs far less than upsampling
+through the SEANet stages, and the decoder writes spectra directly, which is what the mel loss measures
+(README, "Speech", has the measurements).
 
 Not causal: a frame's convolutions see ``(kernel_size - 1) / 2`` frames ahead per block and the overlap-add
 window reaches ``n_fft / 2`` samples ahead. The encoder stays causal (chunked encoding is unaffected).
@@ -18,62 +17,135 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torchaudio
 from torch import nn
+
+from .seanet import PaddedConvTranspose1d
 
 if TYPE_CHECKING:
     from .seanet import SEANetConfig
 
 
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of ``[B, C, F]`` frames."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
 class ConvNeXtBlock(nn.Module):
     """Depthwise conv -> LayerNorm over channels -> 1x1 expand (GELU) -> 1x1 project, added to the input.
-    ``[B, C, F]`` -> ``[B, C, F]``."""
+    ``[B, C, F]`` -> ``[B, C, F]``; ``causal`` pads the depthwise conv on the left only (frame ``f`` sees frames
+    ``<= f``), else on both sides."""
 
-    def __init__(self, channels: int, kernel_size: int = 7, expansion: int = 3) -> None:
+    default_kernel_size = 7
+
+    def __init__(self, channels: int, kernel_size: int = default_kernel_size, expansion: int = 3,
+                 causal: bool = False) -> None:
         super().__init__()
-        self.depthwise = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.pad = (kernel_size - 1, 0) if causal else (kernel_size // 2, (kernel_size - 1) // 2)
+        self.depthwise = nn.Conv1d(channels, channels, kernel_size, groups=channels)
         self.norm = nn.LayerNorm(channels)
         self.mlp = nn.Sequential(nn.Linear(channels, expansion * channels), nn.GELU(),
                                  nn.Linear(expansion * channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.depthwise(x).transpose(1, 2)
+        h = self.depthwise(nn.functional.pad(x, self.pad)).transpose(1, 2)
         return x + self.mlp(self.norm(h)).transpose(1, 2)
 
 
 class ISTFTDecoder(nn.Module):
-    """``[B, dim, F]`` latent frames -> ``[B, 1, F * hop]`` waveform through one STFT frame per latent frame.
+    """``[B, dim, F]`` latent frames -> ``[B, 1, F * hop]`` waveform through ``istft_upsample`` STFT frames per latent
+    frame.
 
     Config (:class:`~tokenizers_mm.speech.seanet.SEANetConfig`): ``istft_channels`` (backbone width),
-    ``istft_layers`` (ConvNeXt blocks), ``istft_n_fft`` (window; ``None``: ``4 * hop``); the hop is the codec's.
+    ``istft_layers`` (ConvNeXt blocks), ``istft_upsample`` (STFT frames per latent frame: a transposed conv
+    before the blocks; the STFT hop is the codec's hop divided by it), ``istft_n_fft`` (window; ``None``:
+    ``4 *`` the STFT hop).
     The magnitude is ``exp`` of the predicted log magnitude, capped at ``max_magnitude``.
+
+    ``istft_phase`` says where the phase comes from: ``learned`` (the head predicts it, Vocos) or ``griffin_lim``
+    (the head predicts magnitudes only; decoding recovers a phase with ``griffin_lim_iters`` Griffin-Lim
+    iterations from a zero-phase start, so it is deterministic). With ``griffin_lim``, training passes the
+    reference waveform, whose own phase turns the predicted magnitudes into the training reconstruction: the
+    losses then judge the magnitudes alone, which is all that the decoder learns.
     """
 
     max_magnitude = 100.0
+    magnitude_floor = 1e-5
+    griffin_lim_momentum = 0.99
 
     def __init__(self, cfg: SEANetConfig) -> None:
         super().__init__()
-        self.hop = cfg.hop_length
+        up = cfg.istft_upsample
+        if up < 1 or cfg.hop_length % up:
+            raise ValueError(f"istft_upsample must be a positive divisor of the hop ({cfg.hop_length}), got {up}")
+        self.hop = cfg.hop_length // up
+        self.hop_ratio = up
         self.n_fft = cfg.istft_n_fft or 4 * self.hop
         if self.n_fft < self.hop or self.n_fft % 2:
             raise ValueError(f"istft_n_fft must be even and at least the hop ({self.hop}), got {self.n_fft}")
+        if cfg.istft_phase not in ("learned", "griffin_lim"):
+            raise ValueError(f"istft_phase must be 'learned' or 'griffin_lim', got {cfg.istft_phase!r}")
+        self.learned_phase = cfg.istft_phase == "learned"
+        self.griffin_lim_iters = cfg.griffin_lim_iters
         c = cfg.istft_channels
         self.first = nn.Conv1d(cfg.dim, c, cfg.kernel_size, padding=cfg.kernel_size // 2)
+        self.upsample = PaddedConvTranspose1d(c, c, 2 * up, up, norm=False) if up > 1 else nn.Identity()
         self.blocks = nn.Sequential(*[ConvNeXtBlock(c) for _ in range(cfg.istft_layers)])
         self.norm = nn.LayerNorm(c)
-        self.head = nn.Linear(c, self.n_fft + 2)
+        bins = self.n_fft // 2 + 1
+        self.head = nn.Linear(c, 2 * bins if self.learned_phase else bins)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        if not self.learned_phase:
+            self.register_buffer("head_initialized", torch.zeros((), dtype=torch.bool))
 
-    def spectrum(self, z: torch.Tensor) -> torch.Tensor:
-        """``[B, dim, F]`` -> complex STFT ``[B, n_fft // 2 + 1, F]``."""
-        h = self.blocks(self.first(z)).transpose(1, 2)
-        log_mag, phase = self.head(self.norm(h)).transpose(1, 2).float().chunk(2, dim=1)
-        magnitude = log_mag.exp().clamp(max=self.max_magnitude)
-        return torch.polar(magnitude, phase)
+    def head_output(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[B, dim, F]`` -> magnitude ``[B, n_fft // 2 + 1, F]`` and the learned phase (``None`` without one)."""
+        h = self.blocks(self.upsample(self.first(z))).transpose(1, 2)
+        out = self.head(self.norm(h)).transpose(1, 2).float()
+        log_mag, phase = out.chunk(2, dim=1) if self.learned_phase else (out, None)
+        return log_mag.exp().clamp(max=self.max_magnitude), phase
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        spec = self.spectrum(z)
-        wave = torch.istft(spec, self.n_fft, self.hop, self.n_fft, self.window, center=True,
-                           length=z.shape[-1] * self.hop)
+    @torch.no_grad()
+    def init_head_bias(self, reference: torch.Tensor, frames: int) -> None:
+        """Set the magnitude bias of the head to the mean log magnitude per bin of ``reference`` ``[B, 1, T]``
+        (the first training batch), once: the decoder then starts from the average spectrum of the data instead
+        of a flat one, which Adam's bounded steps would take thousands of steps to reach (log magnitudes span
+        about -11 to 4)."""
+        spec = self.reference_spectrum(reference, frames).abs().clamp_min(self.magnitude_floor).log()
+        self.head.bias[: spec.shape[1]] = spec.mean(dim=(0, 2))
+        self.head_initialized.fill_(True)
+
+    def reference_spectrum(self, reference: torch.Tensor, frames: int) -> torch.Tensor:
+        """Complex STFT ``[B, n_fft // 2 + 1, frames]`` of ``[B, 1, T]`` audio on this decoder's grid."""
+        x = nn.functional.pad(reference.reshape(reference.shape[0], -1).float(),
+                              (0, max(0, frames * self.hop - reference.shape[-1])))
+        spec = torch.stft(x, self.n_fft, self.hop, self.n_fft, self.window, center=True, return_complex=True)
+        return spec[..., :frames]
+
+    def reference_phase(self, reference: torch.Tensor, frames: int) -> torch.Tensor:
+        """Phase ``[B, n_fft // 2 + 1, frames]`` of ``[B, 1, T]`` audio on this decoder's STFT grid."""
+        return self.reference_spectrum(reference, frames).angle()
+
+    def forward(self, z: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """``z [B, dim, F]`` -> ``[B, 1, F * hop]``; ``reference`` (``[B, 1, T]``, ``griffin_lim`` only): the audio
+        whose phase the reconstruction takes instead of a Griffin-Lim one."""
+        if reference is not None and self.training and not self.learned_phase and not bool(self.head_initialized):
+            self.init_head_bias(reference, z.shape[-1] * self.hop_ratio)
+        mag, phase = self.head_output(z)
+        length = mag.shape[-1] * self.hop
+        if phase is None and reference is not None:
+            phase = self.reference_phase(reference, mag.shape[-1])
+        if phase is None:
+            # a centred STFT of F * hop samples has F + 1 frames: the last one repeats frame F - 1
+            wave = torchaudio.functional.griffinlim(
+                nn.functional.pad(mag, (0, 1), mode="replicate"), self.window, self.n_fft, self.hop, self.n_fft,
+                power=1.0, n_iter=self.griffin_lim_iters, momentum=self.griffin_lim_momentum, length=length,
+                rand_init=False)
+        else:
+            wave = torch.istft(torch.polar(mag, phase), self.n_fft, self.hop, self.n_fft, self.window,
+                               center=True, length=length)
         return wave.unsqueeze(1).to(z.dtype)
 
     @property

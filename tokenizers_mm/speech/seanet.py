@@ -42,11 +42,18 @@ class SEANetConfig:
         bottleneck: ``none``, ``lstm`` (2-layer LSTM with a skip, EnCodec) or ``transformer`` at the frame rate.
         bottleneck_layers: LSTM / transformer layers.
         weight_norm: weight-normalized convolutions (both anchors use it).
+        encoder: ``seanet`` (strided convolutions from the waveform, EnCodec / DAC) or ``spectral`` (a causal
+            log-mel front and ConvNeXt blocks at the frame rate:
+            :class:`~tokenizers_mm.speech.spectral_encoder.SpectralEncoder`; always causal).
+        spectral_n_fft / spectral_mels / spectral_channels / spectral_layers: STFT window (``None``: ``2 * hop``),
+            mel bands (0: every linear bin), width and causal ConvNeXt blocks of the ``spectral`` encoder.
         decoder: ``seanet`` (transposed convolutions up to the sample rate, EnCodec / DAC) or ``istft``
             (ConvNeXt blocks at the frame rate and an inverse-STFT head, Vocos / WavTokenizer:
             :class:`~tokenizers_mm.speech.istft_decoder.ISTFTDecoder`; not causal).
-        istft_channels / istft_layers / istft_n_fft: width, ConvNeXt blocks and STFT window (``None``:
-            ``4 * hop``) of the ``istft`` decoder.
+        istft_channels / istft_layers / istft_upsample / istft_n_fft: width, ConvNeXt blocks, STFT frames per
+            latent frame and STFT window (``None``: ``4 *`` the STFT hop) of the ``istft`` decoder.
+        istft_phase / griffin_lim_iters: the ``istft`` decoder's phase, ``learned`` (Vocos) or ``griffin_lim``
+            (magnitudes only; training uses the input's phase, decoding that many Griffin-Lim iterations).
     """
 
     channels: int = 32
@@ -64,12 +71,22 @@ class SEANetConfig:
     bottleneck: str = "none"
     bottleneck_layers: int = 2
     weight_norm: bool = True
+    encoder: str = "seanet"
+    spectral_n_fft: int | None = None
+    spectral_mels: int = 80
+    spectral_channels: int = 128
+    spectral_layers: int = 4
     decoder: str = "seanet"
     istft_channels: int = 256
     istft_layers: int = 8
     istft_n_fft: int | None = None
+    istft_upsample: int = 1
+    istft_phase: str = "learned"
+    griffin_lim_iters: int = 32
 
     def __post_init__(self) -> None:
+        if self.encoder not in ("seanet", "spectral"):
+            raise ValueError(f"encoder must be 'seanet' or 'spectral', got {self.encoder!r}")
         if self.decoder not in ("seanet", "istft"):
             raise ValueError(f"decoder must be 'seanet' or 'istft', got {self.decoder!r}")
 
@@ -301,6 +318,10 @@ class SEANetDecoder(nn.Module):
 
 def receptive_field(cfg: SEANetConfig) -> int:
     """Samples of past context the convolutional front of a causal encoder needs (bottleneck excluded)."""
+    if cfg.encoder == "spectral":
+        from .spectral_encoder import spectral_receptive_field
+
+        return spectral_receptive_field(cfg)
     r, jump = cfg.kernel_size, 1
     for ratio in reversed(cfg.ratios):
         for j in range(cfg.num_residual):
