@@ -82,20 +82,19 @@ def build(name: str, smoke: bool, data_root: str, extra: list[str] = ()) -> tupl
 
 
 def speed_switches(model: Any, compiled: bool, channels_last: bool) -> dict[str, Any]:
-    """Fused AdamW, channels-last weights and ``torch.compile`` of the module's parts; returns what was set."""
+    """The config switches ``optimizer.fused`` and ``optimizer.compile`` (applied when fit sets the model up) and
+    channels-last weights; returns what was set."""
     import torch
 
-    if hasattr(model, "optim_config"):
-        model.optim_config.fused = True
+    from tokenizers_mm.harness import compile_targets
+
+    model.optim_config.fused = True
+    model.optim_config.compile = compiled
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    parts = []
-    if compiled:
-        for part_name, part in model.named_children():
-            if any(p.requires_grad for p in part.parameters()):
-                part.compile()
-                parts.append(part_name)
-    return {"fused_adamw": hasattr(model, "optim_config"), "channels_last": channels_last, "compiled_parts": parts}
+    targets = {id(m) for m in compile_targets(model)}
+    parts = [n for n, m in model.named_children() if id(m) in targets] if compiled else []
+    return {"fused_adamw": True, "channels_last": channels_last, "compiled_parts": parts}
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------------
@@ -198,6 +197,7 @@ def measure_config(a: argparse.Namespace) -> dict[str, Any]:
     trainer.fit(model, datamodule=dm)
     if meter.n == 0:
         raise RuntimeError(f"{a.one}: no step after {a.warmup} warm-up steps (training ended at step {meter.k})")
+    switches["fused_adamw"] = all(bool(opt.defaults.get("fused")) for opt in trainer.optimizers)
     steps_s = meter.n / meter.elapsed
     samples_s = steps_s * meter.batch_size
     flops = meter.flops if meter.flops is not None else a.flops

@@ -35,3 +35,20 @@ def test_gpu_check_cpu_smoke(embedded, tmp_path):
     table = (out / "table.md").read_text()
     assert "| flextok_b | eager |" in table and "EncodecModel" in table and "loss fell: True" in table
     assert json.loads((out / "codec_24k.json").read_text()) == speech
+
+
+def test_compile_switch_compiles_the_trainable_parts_in_place():
+    from tokenizers_mm.harness import compile_targets
+    from tokenizers_mm.image.fsq_autoencoder import FSQAutoencoder
+
+    plain = FSQAutoencoder(base_channels=8, latent_dim=16)
+    plain.configure_model()
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in plain.modules())
+    model = FSQAutoencoder(base_channels=8, latent_dim=16, optimizer={"compile": True, "fused": True})
+    keys = set(model.state_dict())
+    model.configure_model()
+    parts = compile_targets(model)
+    assert parts and all(m._compiled_call_impl is not None for m in parts)
+    assert set(model.state_dict()) == keys  # checkpoints and exports see the same weights
+    assert model.optim_config.fused and isinstance(model.optim_config.fused, bool)
+    assert not any(p.requires_grad for m in model.children() if m not in parts for p in m.parameters())

@@ -52,6 +52,9 @@ class OptimizerConfig:
             ``trainer.gradient_clip_val`` is not set.
         fused: use AdamW's fused kernel (one kernel updates every parameter of a group; needs the parameters on a
             device it supports, such as CUDA). ``False`` keeps torch's default implementation.
+        compile: ``torch.compile`` the module's trainable parts (each child module with parameters that require
+            gradients) when fit, validation or prediction sets the model up; weights, checkpoints and exports do
+            not change.
     """
 
     lr: float = 1e-4
@@ -62,6 +65,7 @@ class OptimizerConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float | None = None
     fused: bool = False
+    compile: bool = False
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -74,6 +78,11 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def compile_targets(module: nn.Module) -> list[nn.Module]:
+    """The children of ``module`` that hold parameters requiring gradients (what ``optimizer.compile`` compiles)."""
+    return [part for part in module.children() if any(p.requires_grad for p in part.parameters())]
 
 
 NO_DECAY_NAMES = ("registers", "queries", "token_pos", "mask_token", "pos_embed")
@@ -116,6 +125,13 @@ class TokenizerModule(pl.LightningModule):
         self._t_last: float | None = None
         self._val_counts: torch.Tensor | None = None
         self.skipped_samples = 0
+
+    def configure_model(self) -> None:
+        """Lightning's setup hook: compiles the trainable parts in place once when ``optimizer.compile`` is set."""
+        if self.optim_config.compile:
+            for part in compile_targets(self):
+                if getattr(part, "_compiled_call_impl", None) is None:
+                    part.compile()
 
     # ---- contract -------------------------------------------------------------------------------
     def setup_ema(self, decay: float | None) -> None:
