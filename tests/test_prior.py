@@ -279,7 +279,8 @@ def test_cli_compress_decompress_rate_control_and_sample(image_setup, photo_dir,
         assert ids.shape[0] == r["budget"]
         i = files.index(r["file"])
         assert float(image_psnr(tok.decode(ids[None]), x[i:i + 1])) >= target - 1e-3
-    assert rcs["rate_control"]["fixed_mean_quality"] >= rcs["rate_control"]["mean_quality"] - 1e-6
+    r = rcs["rate_control"]
+    assert r["fixed_mean_quality"] >= r["mean_quality"] - 1e-6 or not r["fixed_reaches_mean_quality"]
     capsys.readouterr()
     # a target no budget reaches: one line naming a file, nothing written
     assert main(["compress", "--model", tok_dir, "--prior", prior_dir, *files, "--out", str(tmp_path / "no"),

@@ -140,7 +140,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if target:
         rc = summary["rate_control"]
         print(f"rate control: mean {target[0]} {rc['mean_quality']:.3f} at {rc['mean_budget']:.2f} tokens on average; "
-              f"a fixed budget of {rc['fixed_budget']} reaches mean {rc['fixed_mean_quality']:.3f}: "
+              f"a fixed budget of {rc['fixed_budget']} {'reaches' if rc['fixed_reaches_mean_quality'] else 'reaches only'} "
+              f"mean {rc['fixed_mean_quality']:.3f}: "
               f"{rc['nominal_bytes_saved']} B nominal saved ({rc['saved_fraction']:.1%})")
     return 0
 
@@ -153,12 +154,10 @@ def rate_savings(tok: Any, prior: Any, ids: list, choices: list, target: tuple[s
     higher = TARGETS[target[0]][2]
     mean_q = float(np.mean([c.quality for c in choices]))
     budgets = sorted(choices[0].qualities)
-    fixed = budgets[-1]
-    for k in budgets:
-        m = float(np.mean([c.qualities[k] for c in choices]))
-        if (m >= mean_q) if higher else (m <= mean_q):
-            fixed = k
-            break
+    means = {k: float(np.mean([c.qualities[k] for c in choices])) for k in budgets}
+    reach = [k for k in budgets if (means[k] >= mean_q if higher else means[k] <= mean_q)]
+    # no fixed budget reaches the mean quality of the chosen ones: compare with the best fixed budget
+    fixed = reach[0] if reach else (max if higher else min)(budgets, key=lambda k: means[k])
     fixed_q = float(np.mean([c.qualities[fixed] for c in choices]))
     chosen_nominal = sum(_nominal_bytes(int(i.numel()), tok.codebook_size) for i in ids)
     fixed_ids = [c.full[:fixed] for c in choices]
@@ -167,6 +166,7 @@ def rate_savings(tok: Any, prior: Any, ids: list, choices: list, target: tuple[s
     fixed_file = sum(len(prior.compress(tok, i)) for i in fixed_ids)
     return {"mean_quality": mean_q, "mean_budget": float(np.mean([c.budget for c in choices])),
             "budgets": [c.budget for c in choices], "fixed_budget": fixed, "fixed_mean_quality": fixed_q,
+            "fixed_reaches_mean_quality": bool(reach),
             "nominal_bytes": chosen_nominal, "fixed_nominal_bytes": fixed_nominal,
             "nominal_bytes_saved": fixed_nominal - chosen_nominal,
             "saved_fraction": (fixed_nominal - chosen_nominal) / max(fixed_nominal, 1),
