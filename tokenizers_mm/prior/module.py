@@ -38,7 +38,8 @@ class PriorModule(TokenizerModule):
             per frame, ordering and weights sha256 fill the settings left ``None`` and travel with the prior
             (the path itself is not needed after training starts).
         codebook_size / depth_codes / layout: the token layout when no ``tokenizer`` is given.
-        max_frames: context length in frames (longer training samples are cropped at random).
+        max_frames: context length in frames (longer training samples are cropped at random); ``None``: the
+            tokenizer's tokens per sample for 1D / multi-scale tokens, 256 frames for speech.
         width / layers / heads / depth_layers / dropout: see :class:`~.model.TokenPrior`.
         codebook_dropout: share of RVQ training streams that keep a random first ``n`` codebooks only, so the
             prior codes every bitrate of a speech codec.
@@ -46,7 +47,8 @@ class PriorModule(TokenizerModule):
     """
 
     def __init__(self, tokenizer: str | dict | None = None, codebook_size: int | None = None,
-                 depth_codes: int | None = None, layout: str | None = None, max_frames: int = 64, width: int = 128,
+                 depth_codes: int | None = None, layout: str | None = None, max_frames: int | None = None,
+                 width: int = 128,
                  layers: int = 4, heads: int = 4, depth_layers: int = 1, dropout: float = 0.0,
                  codebook_dropout: float = 0.5, optimizer: OptimizerConfig | None = None) -> None:
         info = tokenizer_info(tokenizer) if isinstance(tokenizer, str) else dict(tokenizer or {})
@@ -56,6 +58,9 @@ class PriorModule(TokenizerModule):
                              "gives it")
         layout = layout or (layout_for(info["modality"]) if info.get("modality") else "sequence")
         depth_codes = depth_codes or (info.get("depth_codes") if layout == "rvq" else 1) or 1
+        if max_frames is None:
+            per = info.get("tokens_per_sample") if layout == "sequence" else None
+            max_frames = int(per) if per else 256
         super().__init__(optimizer=optimizer, input_key="ids", codebook_size=int(codebook_size),
                          log_samples_every_val=False)
         self.save_hyperparameters(plain({
