@@ -26,7 +26,6 @@ from torch import nn
 from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups, psnr_db
 from ..quantize import Quantizer, QuantizerConfig
-from .first_stage import FirstStageConfig, LatentAutoencoder
 from .codec1d import (
     OneDImageCodec,
     OrderingConfig,
@@ -36,6 +35,7 @@ from .codec1d import (
     eval_token_counts,
     pyramid_cells_of_tokens,
 )
+from .first_stage import FirstStageConfig, LatentAutoencoder
 from .vit import ViTConfig
 
 __all__ = ["OneDTokenizer", "OneDImageCodec", "ImageLossConfig", "OrderingConfig", "RegisterEncoder",
