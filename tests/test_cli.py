@@ -74,3 +74,11 @@ def test_evaluate_writes_report(embedded, tmp_path, capsys):
     assert jpeg["images"] == 20 and jpeg["at_our_bytes"][0]["target_bytes"] == 20
     for name in ("reconstructions.png", "loss_curves.png", "rate_distortion.png"):
         assert os.path.getsize(out / name) > 1000
+
+
+def test_one_line_error_names_a_bytes_file_name():
+    from tokenizers_mm.cli import _one_line
+
+    line = _one_line(OSError(5, "Input/output error", b"/runs/x/events.out"))
+    assert "/runs/x/events.out" in line and "\n" not in line
+    assert _one_line(OSError("plain")) == "plain"

@@ -763,8 +763,11 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
 def _one_line(exc: BaseException) -> str:
     text = str(exc) if not isinstance(exc, KeyError) else f"missing entry {exc.args[0]!r}" if exc.args else "KeyError"
     text = " ".join(text.split())
-    if isinstance(exc, OSError) and getattr(exc, "filename", None) and exc.filename not in text:
-        text = f"{exc.filename}: {text}"
+    name = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+    if isinstance(name, bytes):  # some writers (TensorBoard's) report bytes file names
+        name = os.fsdecode(name)
+    if name and str(name) not in text:
+        text = f"{name}: {text}"
     return text or type(exc).__name__
 
 
