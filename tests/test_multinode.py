@@ -268,8 +268,8 @@ def test_killed_node_fails_the_job_and_keeps_the_checkpoint(embedded, tmp_path):
     out = (tmp_path / "kill-node0.log").read_text()
     assert code != 0, out[-3000:]
     # torchrun names the failed module and the surviving ranks name the lost peer (or the agent the lost store)
-    assert re.search(r"tokenizers_mm\.cli FAILED|RendezvousError|DistStoreError", out), out[-3000:]
-    assert re.search(r"Connection (reset|closed) by peer|RendezvousError|DistStoreError", out), out[-3000:]
+    assert re.search(r"tokenizers_mm\.cli FAILED|RendezvousError|DistStoreError|DistNetworkError", out), out[-3000:]
+    assert re.search(r"Connection (reset|closed) by peer|RendezvousError|DistStoreError|DistNetworkError", out), out[-3000:]
     model = load_tokenizer(str(ckpt))
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 2
     assert not model.training
