@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import trimesh
 
-from tokenizers_mm.data.mesh import MESH_EXTENSIONS, load_mesh, make_watertight, normalize_mesh
+from tokenizers_mm.data.mesh import MESH_EXTENSIONS, load_mesh, normalize_mesh
+from tokenizers_mm.data.mesh_prep import MeshBuildOptions, prepare_mesh
 
 from .base import TokenizerPipeline, file_stems
 
@@ -18,8 +19,9 @@ from .base import TokenizerPipeline, file_stems
 class ShapeTokenizer(TokenizerPipeline):
     """Shape tokenizer of an export folder (built by :func:`pipelines.load`).
 
-    ``encode`` accepts mesh files (obj / ply / stl / glb / off), ``trimesh.Trimesh`` objects (both are repaired,
-    normalized into ``[-1, 1]^3`` and sampled, as in training), or surface points ``[B, N, 6]`` / ``[N, 6]``
+    ``encode`` accepts mesh files (obj / ply / stl / glb / off), ``trimesh.Trimesh`` objects (both are prepared as
+    ``data build`` prepares training meshes: decimated when huge, repaired when open, an open mesh that stays open
+    is used as is; then normalized into ``[-1, 1]^3`` and sampled), or surface points ``[B, N, 6]`` / ``[N, 6]``
     (xyz in the normalized frame + unit normals). ``decode`` returns one ``trimesh.Trimesh`` per row of ids, in
     the normalized frame, from any whole number of scales.
     """
@@ -38,9 +40,9 @@ class ShapeTokenizer(TokenizerPipeline):
 
     # ---- inputs -------------------------------------------------------------------------------------
     def surface_of(self, mesh: trimesh.Trimesh, name: str = "mesh") -> torch.Tensor:
-        """Repair, normalize and sample one mesh -> ``[N, 6]``."""
+        """Prepare (as ``data build`` does), normalize and sample one mesh -> ``[N, 6]``."""
         inp = self.config["inputs"]
-        mesh, _ = make_watertight(mesh)
+        mesh, _ = prepare_mesh(mesh.copy(), MeshBuildOptions())
         mesh, _, _ = normalize_mesh(mesh, padding=float(inp["normalize"]["padding"]))
         pts, face = trimesh.sample.sample_surface(mesh, int(inp["num_surface"]), seed=0)
         return torch.from_numpy(np.concatenate([pts, mesh.face_normals[face]], axis=1).astype(np.float32))

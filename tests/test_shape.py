@@ -359,14 +359,15 @@ def test_export_and_pipelines_round_trip_meshes(trained_shape, mesh_dir, tmp_pat
     with pytest.raises(ValueError, match="is not a mesh file"):
         tok.encode(["photo.png"])
     # CLI: mesh files in, meshes out
-    ply = [os.path.join(mesh_dir, n) for n in ("ant.ply", "sphere.ply")]
+    # the open airplane: data build labels it by its winding number, so encode takes it too
+    ply = [os.path.join(mesh_dir, n) for n in ("airplane.ply", "ant.ply", "sphere.ply")]
     npz = str(tmp_path / "t.npz")
     assert main(["encode", "--model", export, *ply, "--out", npz]) == 0
-    assert np.load(npz)["ids"].shape == (2, 21)
+    assert np.load(npz)["ids"].shape == (3, 21)
     assert main(["decode", "--model", export, npz, "--out", str(tmp_path / "decoded"), "--resolution", "24",
                  "--mesh-format", "obj"]) == 0
-    assert sorted(os.listdir(tmp_path / "decoded")) == ["ant.obj", "made_by.json", "sphere.obj"]
-    assert "decoded 2 mesh(es) from 21 tokens" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "decoded")) == ["airplane.obj", "ant.obj", "made_by.json", "sphere.obj"]
+    assert "decoded 3 mesh(es) from 21 tokens" in capsys.readouterr().out
     with pytest.raises(Exception, match="image tokenizer|mesh tokenizer"):
         pipelines.load(export, modality="image")
 

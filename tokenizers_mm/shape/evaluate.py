@@ -22,7 +22,8 @@ import trimesh
 from tqdm.auto import tqdm
 
 from ..checkpointing import load_tokenizer
-from ..data.mesh import MESH_EXTENSIONS, decode_mesh_npz, load_mesh, make_watertight, normalize_mesh
+from ..data.mesh import MESH_EXTENSIONS, decode_mesh_npz, load_mesh, normalize_mesh
+from ..data.mesh_prep import MeshBuildOptions, prepare_mesh
 from ..data.shards import iter_raw_samples, write_json_atomic
 from ..data.urls import expand_urls
 from ..quantize import bytes_for
@@ -62,7 +63,8 @@ def decimation_baseline(mesh: trimesh.Trimesh, target_bytes: int, bits: int = 10
 
 def _ground_truth(raw: dict[str, Any], padding: float) -> trimesh.Trimesh:
     ext = next(e for e in MESH_EXTENSIONS if e in raw)
-    mesh, _ = make_watertight(load_mesh(raw[ext], ext))
+    # the same preparation as data build gave the stored samples (an open mesh stays open and is still scored)
+    mesh, _ = prepare_mesh(load_mesh(raw[ext], ext, process=False), MeshBuildOptions())
     mesh, _, _ = normalize_mesh(mesh, padding=padding)
     return mesh
 
