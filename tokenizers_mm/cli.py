@@ -10,6 +10,7 @@
     tokenizers-mm encode --model exports/flextok_tiny a.png b.jpg --out tokens.npz --num-tokens 16
     tokenizers-mm decode --model exports/flextok_tiny tokens.npz --out recon/
     tokenizers-mm tokenize --model exports/flextok_tiny --data shards/ --out token_shards/
+    tokenizers-mm import --from encodec --weights encodec_24khz/ --out exports/encodec_24khz
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from typing import Any
 
 PROJECT_COMMANDS = ("data", "evaluate", "export", "encode", "decode", "tokenize", "compress", "decompress", "sample",
-                    "tokens")
+                    "tokens", "import")
 
 
 # ---- LightningCLI ---------------------------------------------------------------------------------
@@ -358,6 +359,11 @@ def _human(n: float) -> str:
 def _cmd_export(a: argparse.Namespace) -> int:
     from .export import EXPORT_FILES, export_checkpoint
 
+    if a.format == "transformers":
+        from .speech.convert.reference_export import run_cli
+
+        return run_cli(a)
+
     cfg = export_checkpoint(checkpoint_file(a.ckpt), a.out, report=a.report, use_ema=not a.no_ema,
                             overwrite=a.overwrite)
     t = cfg["tokens"]
@@ -680,6 +686,11 @@ def _project_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-ema", action="store_true", help="export the raw weights even when the run kept an EMA")
     x.add_argument("--overwrite", action="store_true",
                    help="replace an --out that holds anything but an earlier export (whole, atomically)")
+    x.add_argument("--format", choices=["tokenizers-mm", "transformers"], default="tokenizers-mm",
+                   help="transformers: a speech codec as an EncodecModel / DacModel folder (--ckpt may then also be "
+                        "an export folder)")
+    x.add_argument("--architecture", choices=["encodec", "dac"], default=None,
+                   help="--format transformers: the reference architecture (default: the one the codec matches)")
     x.set_defaults(func=_cmd_export)
 
     def inference_flags(q: argparse.ArgumentParser) -> None:
@@ -734,6 +745,10 @@ def _project_parser() -> argparse.ArgumentParser:
     from .prior.cli import add_parsers as add_prior_parsers
 
     add_prior_parsers(sub, inference_flags, at_least)
+
+    from .speech.convert.command import add_parser as add_import_parser
+
+    add_import_parser(sub)
     return p
 
 

@@ -413,7 +413,12 @@ def model_card(cfg: dict[str, Any]) -> str:
                   "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/",
                   "tokenizers-mm tokenize --model THIS_FOLDER --data shards/ --out token_shards/", "```", "",
                   "## Training", ""]
-    if tr:
+    if tr.get("imported_from"):
+        src = tr["imported_from"]
+        lines += [f"- Not trained here: imported by `tokenizers-mm import --from {src.get('architecture')}` from the "
+                  f"`transformers` folder `{src.get('folder')}` (model_type `{src.get('model_type')}`, transformers "
+                  f"{src.get('transformers_version')}). The same waveform gives the reference model's codes."]
+    elif tr:
         lines += [f"- Module `{tr.get('module')}`, {tr.get('global_step')} optimizer steps ({tr.get('epoch')} epochs), "
                   f"{tr.get('weights')} weights.",
                   f"- Data: {json.dumps(tr.get('data'))}",

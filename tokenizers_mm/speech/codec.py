@@ -19,6 +19,7 @@ from vector_quantize_pytorch import ResidualVQ
 
 from ..config import as_config, plain
 from .istft_decoder import ISTFTDecoder
+from .projected_rvq import ProjectedRVQ
 from .seanet import SEANetConfig, SEANetDecoder, SEANetEncoder, receptive_field
 from .spectral_encoder import SpectralEncoder
 
@@ -45,6 +46,9 @@ class RVQConfig:
             so the encoder's gradient is n_q times larger with all codebooks than with one.
         rotation_trick: pass gradients through each codebook with the rotation trick (Fifty et al. 2024; the
             library's default) instead of the straight-through estimator of EnCodec and DAC.
+        projection: ``shared`` (one ``ResidualVQ``; a ``codebook_dim`` below the latent dim adds one projection for
+            all codebooks) or ``per_codebook`` (DAC: each codebook projects in and out itself,
+            :class:`~tokenizers_mm.speech.projected_rvq.ProjectedRVQ`; needs ``codebook_dim``).
     """
 
     num_quantizers: int = 8
@@ -58,6 +62,7 @@ class RVQConfig:
     quantizer_dropout: float = 0.5
     residual_gradient: float = 1.0
     rotation_trick: bool = False
+    projection: str = "shared"
 
 
 class SpeechCodec(nn.Module):
@@ -82,8 +87,20 @@ class SpeechCodec(nn.Module):
         s, q = self.seanet_cfg, self.rvq_cfg
         self.encoder = SpectralEncoder(s, self.sample_rate) if s.encoder == "spectral" else SEANetEncoder(s)
         self.decoder = ISTFTDecoder(s) if s.decoder == "istft" else SEANetDecoder(s)
-        self.rvq = ResidualVQ(
-            dim=s.dim, num_quantizers=q.num_quantizers, codebook_size=q.codebook_size,
+        self.rvq = self._build_rvq(s.dim, q)
+
+    @staticmethod
+    def _build_rvq(dim: int, q: RVQConfig) -> nn.Module:
+        if q.projection == "per_codebook":
+            if q.codebook_dim is None:
+                raise ValueError("rvq.projection 'per_codebook' needs rvq.codebook_dim")
+            return ProjectedRVQ(dim, q.num_quantizers, q.codebook_size, q.codebook_dim, cosine=q.cosine,
+                                decay=q.decay, threshold_ema_dead_code=q.threshold_ema_dead_code,
+                                commitment_weight=q.commitment_weight, kmeans_init=q.kmeans_init)
+        if q.projection != "shared":
+            raise ValueError(f"rvq.projection must be 'shared' or 'per_codebook', got {q.projection!r}")
+        return ResidualVQ(
+            dim=dim, num_quantizers=q.num_quantizers, codebook_size=q.codebook_size,
             codebook_dim=q.codebook_dim, use_cosine_sim=q.cosine, decay=q.decay, kmeans_init=q.kmeans_init,
             kmeans_iters=10, threshold_ema_dead_code=q.threshold_ema_dead_code,
             commitment_weight=q.commitment_weight, quantize_dropout=q.num_quantizers > 1,
@@ -152,7 +169,10 @@ class SpeechCodec(nn.Module):
 
     # ---- model --------------------------------------------------------------------------------------
     def pad_to_hop(self, wave: torch.Tensor) -> torch.Tensor:
-        """Right-pad ``[B, 1, T]`` with zeros to a whole number of frames."""
+        """Right-pad ``[B, 1, T]`` with zeros to a whole number of frames; unchanged with ``seanet.pad_mode:
+        reflect``, where each convolution completes its own last window (EnCodec)."""
+        if self.seanet_cfg.pad_mode == "reflect":
+            return wave
         extra = self.num_frames(wave.shape[-1]) * self.hop_length - wave.shape[-1]
         return nn.functional.pad(wave, (0, extra)) if extra else wave
 
@@ -226,8 +246,13 @@ class SpeechCodec(nn.Module):
         """ids ``[B, n, F]`` (the first n codebooks) -> ``[B, 1, F * hop]`` waveform clamped to [-1, 1]."""
         if options:
             raise ValueError(f"the speech codec takes no decode options, got {sorted(options)}")
+        return self.synthesize(ids).clamp(-1, 1)
+
+    @torch.no_grad()
+    def synthesize(self, ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` without the final clamp: the decoder's own output ``[B, 1, F * hop]``."""
         self.check_ids(ids)
-        return self.decoder(self._ids_to_latent(ids.long()).transpose(1, 2)).clamp(-1, 1)
+        return self.decoder(self._ids_to_latent(ids.long()).transpose(1, 2))
 
     # ---- long inputs --------------------------------------------------------------------------------
     def context_samples(self) -> int:

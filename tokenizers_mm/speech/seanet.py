@@ -42,6 +42,15 @@ class SEANetConfig:
         bottleneck: ``none``, ``lstm`` (2-layer LSTM with a skip, EnCodec) or ``transformer`` at the frame rate.
         bottleneck_layers: LSTM / transformer layers.
         weight_norm: weight-normalized convolutions (both anchors use it).
+        pad_mode: how convolutions pad their input, ``zeros`` or ``reflect`` (EnCodec); with ``reflect`` the codec
+            does not zero-pad the waveform to whole frames first, each convolution completes its last window itself.
+        shortcut: skip path of each residual unit, ``identity`` (DAC) or ``conv`` (a 1x1 convolution, EnCodec).
+        decoder_last_kernel_size: the decoder's last convolution (``None``: ``last_kernel_size``; DAC: 3 in the
+            encoder, 7 in the decoder).
+        output_tanh: the decoder ends with a tanh (DAC).
+        upsample_trim: what each transposed convolution cuts off, ``exact`` (``kernel - stride`` samples: exactly
+            ``stride`` x its input) or ``symmetric`` (``ceil(stride / 2)`` on each side, DAC: an odd stride gives
+            one sample less; the decoder then pads its output with zeros at the end to ``frames x hop``).
         encoder: ``seanet`` (strided convolutions from the waveform, EnCodec / DAC) or ``spectral`` (a causal
             log-mel front and ConvNeXt blocks at the frame rate:
             :class:`~tokenizers_mm.speech.spectral_encoder.SpectralEncoder`; always causal).
@@ -71,6 +80,11 @@ class SEANetConfig:
     bottleneck: str = "none"
     bottleneck_layers: int = 2
     weight_norm: bool = True
+    pad_mode: str = "zeros"
+    shortcut: str = "identity"
+    decoder_last_kernel_size: int | None = None
+    output_tanh: bool = False
+    upsample_trim: str = "exact"
     encoder: str = "seanet"
     spectral_n_fft: int | None = None
     spectral_mels: int = 80
@@ -89,6 +103,12 @@ class SEANetConfig:
             raise ValueError(f"encoder must be 'seanet' or 'spectral', got {self.encoder!r}")
         if self.decoder not in ("seanet", "istft"):
             raise ValueError(f"decoder must be 'seanet' or 'istft', got {self.decoder!r}")
+        if self.pad_mode not in ("zeros", "reflect"):
+            raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {self.pad_mode!r}")
+        if self.upsample_trim not in ("exact", "symmetric"):
+            raise ValueError(f"upsample_trim must be 'exact' or 'symmetric', got {self.upsample_trim!r}")
+        if self.shortcut not in ("identity", "conv"):
+            raise ValueError(f"shortcut must be 'identity' or 'conv', got {self.shortcut!r}")
 
     @property
     def hop_length(self) -> int:
@@ -170,11 +190,11 @@ class PaddedConv1d(nn.Module):
     """Conv1d that keeps ``T_out = ceil(T / stride)``: left padding only when causal, else split evenly."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1,
-                 causal: bool = False, norm: bool = True) -> None:
+                 causal: bool = False, norm: bool = True, pad_mode: str = "zeros") -> None:
         super().__init__()
         conv = init_conv(nn.Conv1d(cin, cout, kernel, stride=stride, dilation=dilation), cin * kernel)
         self.conv = weight_norm(conv) if norm else conv
-        self.causal, self.stride = causal, stride
+        self.causal, self.stride, self.pad_mode = causal, stride, pad_mode
         self.pad_total = (kernel - 1) * dilation + 1 - stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,22 +206,39 @@ class PaddedConv1d(nn.Module):
         else:
             right = self.pad_total // 2
             left, right = self.pad_total - right, right + extra
+        if self.pad_mode == "reflect" and (left or right):
+            return self.conv(_reflect_pad(x, left, right))
         return self.conv(nn.functional.pad(x, (left, right)))
+
+
+def _reflect_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Reflection padding of ``[B, C, T]`` that also works when ``T`` is not longer than the padding: the input is
+    first extended with zeros on the right so that a reflection exists, and that extension is cut off again."""
+    t = x.shape[-1]
+    extra = max(0, max(left, right) - t + 1)
+    if extra:
+        x = nn.functional.pad(x, (0, extra))
+    y = nn.functional.pad(x, (left, right), mode="reflect")
+    return y[..., : y.shape[-1] - extra] if extra else y
 
 
 class PaddedConvTranspose1d(nn.Module):
     """ConvTranspose1d with ``T_out = T * stride``: the overlap is trimmed on the right (causal) or both sides."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, causal: bool = False,
-                 norm: bool = True) -> None:
+                 norm: bool = True, symmetric: bool = False) -> None:
         super().__init__()
         # each output sample sums kernel / stride taps of every input channel
         conv = init_conv(nn.ConvTranspose1d(cin, cout, kernel, stride=stride), cin * max(1, kernel // stride))
         self.conv = weight_norm(conv) if norm else conv
         self.causal, self.trim = causal, kernel - stride
+        # DAC's ConvTranspose1d(padding=ceil(stride / 2)): that many samples off each side
+        self.symmetric = (stride + 1) // 2 if symmetric and not causal else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
+        if self.symmetric:
+            return y[..., self.symmetric: y.shape[-1] - self.symmetric]
         if self.trim == 0:
             return y
         if self.causal:
@@ -212,7 +249,8 @@ class PaddedConvTranspose1d(nn.Module):
 
 
 class ResidualUnit(nn.Module):
-    """act -> dilated conv (width / compress) -> act -> 1x1 conv, added to the input."""
+    """act -> dilated conv (width / compress) -> act -> 1x1 conv, added to the input (or to a 1x1 conv of it when
+    ``cfg.shortcut == "conv"``)."""
 
     def __init__(self, channels: int, cfg: SEANetConfig, dilation: int) -> None:
         super().__init__()
@@ -220,13 +258,16 @@ class ResidualUnit(nn.Module):
         self.block = nn.Sequential(
             activation(cfg.activation, channels),
             PaddedConv1d(channels, hidden, cfg.residual_kernel_size, dilation=dilation, causal=cfg.causal,
-                         norm=cfg.weight_norm),
+                         norm=cfg.weight_norm, pad_mode=cfg.pad_mode),
             activation(cfg.activation, hidden),
-            PaddedConv1d(hidden, channels, 1, causal=cfg.causal, norm=cfg.weight_norm),
+            PaddedConv1d(hidden, channels, 1, causal=cfg.causal, norm=cfg.weight_norm, pad_mode=cfg.pad_mode),
         )
+        self.shortcut = (PaddedConv1d(channels, channels, 1, causal=cfg.causal, norm=cfg.weight_norm)
+                         if cfg.shortcut == "conv" else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return skip + self.block(x)
 
 
 class SequenceBottleneck(nn.Module):
@@ -264,18 +305,21 @@ class SEANetEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         c = cfg.channels
-        layers: list[nn.Module] = [PaddedConv1d(1, c, cfg.kernel_size, causal=cfg.causal, norm=cfg.weight_norm)]
+        pad = cfg.pad_mode
+        layers: list[nn.Module] = [PaddedConv1d(1, c, cfg.kernel_size, causal=cfg.causal, norm=cfg.weight_norm,
+                                                pad_mode=pad)]
         for ratio in reversed(cfg.ratios):
             layers += [ResidualUnit(c, cfg, cfg.dilation_base ** j) for j in range(cfg.num_residual)]
             layers += [activation(cfg.activation, c),
-                       PaddedConv1d(c, 2 * c, 2 * ratio, stride=ratio, causal=cfg.causal, norm=cfg.weight_norm)]
+                       PaddedConv1d(c, 2 * c, 2 * ratio, stride=ratio, causal=cfg.causal, norm=cfg.weight_norm,
+                                    pad_mode=pad)]
             c *= 2
         self.front = nn.Sequential(*layers)
         self.bottleneck = (SequenceBottleneck(c, cfg.bottleneck, cfg.bottleneck_layers, cfg.causal)
                            if cfg.bottleneck != "none" else None)
         self.back = nn.Sequential(activation(cfg.activation, c),
                                   PaddedConv1d(c, cfg.dim, cfg.last_kernel_size, causal=cfg.causal,
-                                               norm=cfg.weight_norm))
+                                               norm=cfg.weight_norm, pad_mode=pad))
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         h = self.front(wave)
@@ -285,30 +329,37 @@ class SEANetEncoder(nn.Module):
 
 
 class SEANetDecoder(nn.Module):
-    """``[B, dim, F]`` latent frames -> ``[B, 1, F * hop]`` waveform (unbounded; the codec applies no tanh)."""
+    """``[B, dim, F]`` latent frames -> ``[B, 1, F * hop]`` waveform (unbounded unless ``cfg.output_tanh``)."""
 
     def __init__(self, cfg: SEANetConfig) -> None:
         super().__init__()
         base = cfg.decoder_channels or cfg.channels
         c = base * 2 ** len(cfg.ratios)
-        self.first = PaddedConv1d(cfg.dim, c, cfg.kernel_size, causal=cfg.causal, norm=cfg.weight_norm)
+        pad = cfg.pad_mode
+        self.first = PaddedConv1d(cfg.dim, c, cfg.kernel_size, causal=cfg.causal, norm=cfg.weight_norm, pad_mode=pad)
         self.bottleneck = (SequenceBottleneck(c, cfg.bottleneck, cfg.bottleneck_layers, cfg.causal)
                            if cfg.bottleneck != "none" else None)
         ups: list[nn.Module] = []
         for ratio in cfg.ratios:
             ups += [activation(cfg.activation, c),
-                    PaddedConvTranspose1d(c, c // 2, 2 * ratio, ratio, causal=cfg.causal, norm=cfg.weight_norm)]
+                    PaddedConvTranspose1d(c, c // 2, 2 * ratio, ratio, causal=cfg.causal, norm=cfg.weight_norm,
+                                          symmetric=cfg.upsample_trim == "symmetric")]
             c //= 2
             ups += [ResidualUnit(c, cfg, cfg.dilation_base ** j) for j in range(cfg.num_residual)]
         ups += [activation(cfg.activation, c),
-                PaddedConv1d(c, 1, cfg.last_kernel_size, causal=cfg.causal, norm=cfg.weight_norm)]
+                PaddedConv1d(c, 1, cfg.decoder_last_kernel_size or cfg.last_kernel_size, causal=cfg.causal,
+                             norm=cfg.weight_norm, pad_mode=pad)]
         self.ups = nn.Sequential(*ups)
+        self.output_tanh, self.hop = cfg.output_tanh, cfg.hop_length
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.first(z)
         if self.bottleneck is not None:
             h, _ = self.bottleneck(h)
-        return self.ups(h)
+        h = self.ups(h)
+        h = torch.tanh(h) if self.output_tanh else h
+        short = z.shape[-1] * self.hop - h.shape[-1]
+        return nn.functional.pad(h, (0, short)) if short > 0 else h
 
     @property
     def last_layer_weight(self) -> torch.Tensor:

@@ -1,0 +1,210 @@
+"""Parity of imported codecs with the ``transformers`` references (tiny random configs, CPU).
+
+Each test builds the reference model from a small config, gives it random weights at a scale where signals reach
+the output (the references' own inits leave codebooks at zero or outputs near zero, which would make equality
+trivial), saves it with ``save_pretrained``, imports the folder through ``tokenizers-mm import`` and compares, on
+the same waveform: the codes at every bitrate the reference offers, the decoded waveform, and (causal models) chunked
+encoding against one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tokenizers_mm.cli import main  # noqa: E402
+from tokenizers_mm.export import load_codec  # noqa: E402
+from tokenizers_mm.speech.convert import encodec as encodec_conv  # noqa: E402
+
+ATOL = 1e-4
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Weights ``N(0, 1 / fan_in)`` (signals keep their scale through the stack), biases ``N(0, 0.01)``, Snake
+    alphas in [0.5, 1.5], codebooks ``N(0, 1)``; weight-normalized convolutions go through their parametrization."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                w = m.weight
+                fan_in = w.shape[1] * w.shape[2] if isinstance(m, torch.nn.Conv1d) else w.shape[0] * w.shape[2] // m.stride[0]
+                new = torch.randn(w.shape, generator=g) * fan_in ** -0.5
+                if hasattr(m, "parametrizations"):
+                    m.weight = new  # through weight norm's right_inverse: g and v
+                else:
+                    m.weight.copy_(new)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.01)
+            if hasattr(m, "alpha") and isinstance(m.alpha, torch.nn.Parameter):
+                m.alpha.copy_(0.5 + torch.rand(m.alpha.shape, generator=g))
+            if isinstance(m, torch.nn.Embedding):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+        for name, buf in model.named_buffers():
+            if name.endswith("codebook.embed"):
+                buf.copy_(torch.randn(buf.shape, generator=g))
+            elif name.endswith("codebook.embed_avg"):
+                buf.copy_(torch.randn(buf.shape, generator=g))
+            elif name.endswith("codebook.cluster_size"):
+                buf.fill_(1.0)
+
+
+def _wave(n: int, seed: int = 0, batch: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / 800.0
+    tone = 0.3 * torch.sin(2 * torch.pi * (3 + torch.rand(batch, 1, 1, generator=g) * 5) * t)
+    return (tone + 0.05 * torch.randn(batch, 1, n, generator=g)).float()
+
+
+def _import(tmp_path, name: str, ref_dir) -> torch.nn.Module:
+    out = tmp_path / f"export_{name}"
+    assert main(["import", "--from", name, "--weights", str(ref_dir), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert f"--from {name}" in card and str(ref_dir) in card
+    codec, _ = load_codec(str(out), modality="audio")
+    return codec
+
+
+def _check_signal(codes: torch.Tensor, wave: torch.Tensor) -> None:
+    """The comparison can fail: the codes vary and the waveform is not near zero."""
+    assert codes.unique().numel() > 3
+    assert wave.std() > 1e-2
+
+
+# ---- EnCodec --------------------------------------------------------------------------------------
+def _encodec(tmp_path, causal: bool, pad_mode: str = "reflect"):
+    cfg = transformers.EncodecConfig(
+        sampling_rate=8000, num_filters=4, hidden_size=16, upsampling_ratios=[4, 2], codebook_size=64,
+        num_lstm_layers=2, use_causal_conv=causal, pad_mode=pad_mode, target_bandwidths=[6.0, 12.0, 24.0])
+    model = transformers.EncodecModel(cfg)
+    _randomize(model, 1)
+    ref_dir = tmp_path / f"encodec_{'causal' if causal else 'noncausal'}"
+    model.save_pretrained(ref_dir)
+    return model.eval(), ref_dir
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_encodec_parity(tmp_path, causal):
+    ref, ref_dir = _encodec(tmp_path, causal)
+    codec = _import(tmp_path, "encodec", ref_dir)
+    wave = _wave(8 * 50 + 3)  # not a whole number of frames: the reflection padding of the last window counts
+    cfg = ref.config.to_dict()
+    with torch.no_grad():
+        for bw in ref.config.target_bandwidths:
+            n = encodec_conv.codebooks_at(cfg, bw)
+            want = ref.encode(wave, bandwidth=bw).audio_codes[0]
+            got = codec.encode(wave, num_tokens=n)
+            assert got.shape == want.shape, bw
+            assert torch.equal(got, want), f"codes differ at {bw} kbps ({n} codebooks)"
+            ref_wave = ref.decode(want[None], [None]).audio_values
+            ours = codec.synthesize(got)
+            assert ours.shape == ref_wave.shape
+            _check_signal(want, ref_wave)
+            err = (ours - ref_wave).abs().max().item()
+            assert err < ATOL, f"waveform differs by {err} at {bw} kbps"
+        assert codec.num_quantizers == ref.quantizer.num_quantizers
+        if causal:
+            full = codec.encode(wave)
+            chunked = codec.encode_chunked(wave, chunk_seconds=80 / 8000)  # 10 frames a chunk
+            assert torch.equal(chunked, full)
+
+
+# ---- DAC ------------------------------------------------------------------------------------------
+def _dac(tmp_path):
+    # an odd ratio as in the 16 kHz model: DAC's decoder then ends a few samples early
+    cfg = transformers.DacConfig(encoder_hidden_size=4, downsampling_ratios=[2, 5], decoder_hidden_size=32,
+                                 n_codebooks=4, codebook_size=32, codebook_dim=4, sampling_rate=16000)
+    model = transformers.DacModel(cfg)
+    _randomize(model, 2)
+    ref_dir = tmp_path / "dac"
+    model.save_pretrained(ref_dir)
+    return model.eval(), ref_dir
+
+
+def test_dac_parity(tmp_path):
+    ref, ref_dir = _dac(tmp_path)
+    codec = _import(tmp_path, "dac", ref_dir)
+    hop = ref.config.hop_length
+    for n_samples in (hop * 40, hop * 40 + 5):
+        wave = _wave(n_samples, seed=n_samples)
+        padded = torch.nn.functional.pad(wave, (0, -n_samples % hop))  # DacFeatureExtractor pads to whole frames
+        with torch.no_grad():
+            for n in range(1, ref.config.n_codebooks + 1):
+                want = ref.encode(padded, n_quantizers=n).audio_codes
+                got = codec.encode(wave, num_tokens=n)
+                assert torch.equal(got, want), f"codes differ with {n} codebooks"
+                ref_wave = ref.decode(audio_codes=want).audio_values
+                ours = codec.synthesize(got)[:, 0]
+                _check_signal(want, ref_wave)
+                n_ref = ref_wave.shape[-1]
+                assert ours.shape[-1] == got.shape[-1] * hop and 0 < ours.shape[-1] - n_ref < hop
+                assert torch.all(ours[..., n_ref:] == 0)
+                err = (ours[..., :n_ref] - ref_wave).abs().max().item()
+                assert err < ATOL, f"waveform differs by {err} with {n} codebooks"
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+def test_import_errors(tmp_path, capsys):
+    _, dac_dir = _dac(tmp_path)
+    out = str(tmp_path / "out")
+    capsys.readouterr()  # save_pretrained's progress bar
+
+    def error(*args: str) -> str:
+        assert main(["import", *args, "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tokenizers-mm: error:") and "\n" not in err
+        assert not os.path.exists(out)
+        return err
+
+    assert "is not a folder" in error("--from", "dac", "--weights", str(tmp_path / "missing"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("x")
+    assert "has no config.json" in error("--from", "dac", "--weights", str(foreign))
+    assert "model_type" in error("--from", "encodec", "--weights", str(dac_dir))
+    cfg = json.loads((dac_dir / "config.json").read_text())
+    cfg["codebook_size"] = 16
+    (dac_dir / "config.json").write_text(json.dumps(cfg))
+    msg = error("--from", "dac", "--weights", str(dac_dir))
+    assert "code_norm" in msg or "codebook" in msg
+    assert "not implemented yet" in error("--from", "mimi", "--weights", str(dac_dir))
+
+
+# ---- export --format transformers -> from_pretrained ------------------------------------------------
+@pytest.mark.parametrize("name", ["encodec", "dac"])
+def test_transformers_round_trip(tmp_path, name):
+    """import -> our export -> ``export --format transformers`` -> ``from_pretrained``: same codes and waveform as
+    our codec, and as the original reference."""
+    ref, ref_dir = _encodec(tmp_path, causal=True) if name == "encodec" else _dac(tmp_path)
+    export_dir = tmp_path / f"export_{name}"
+    codec = _import(tmp_path, name, ref_dir)
+    back_dir = tmp_path / f"back_{name}"
+    assert main(["export", "--ckpt", str(export_dir), "--out", str(back_dir), "--format", "transformers"]) == 0
+    cls = transformers.EncodecModel if name == "encodec" else transformers.DacModel
+    back = cls.from_pretrained(back_dir).eval()
+    hop = codec.hop_length
+    wave = _wave(hop * 40, seed=5)
+    with torch.no_grad():
+        if name == "encodec":
+            bw = ref.config.target_bandwidths[-1]
+            want = back.encode(wave, bandwidth=bw).audio_codes[0]
+            orig = ref.encode(wave, bandwidth=bw).audio_codes[0]
+            ref_wave = back.decode(want[None], [None]).audio_values
+        else:
+            want = back.encode(wave).audio_codes
+            orig = ref.encode(wave).audio_codes
+            ref_wave = back.decode(audio_codes=want).audio_values[:, None]
+        got = codec.encode(wave)
+        assert torch.equal(got, want) and torch.equal(orig, want)
+        _check_signal(want, ref_wave)
+        ours = codec.synthesize(got)[..., :ref_wave.shape[-1]]
+        assert (ours - ref_wave).abs().max().item() < ATOL
+    # a codec that no reference can express is refused in one line, before anything is written
+    other = tmp_path / "other"
+    assert main(["export", "--ckpt", str(export_dir), "--out", str(other), "--format", "transformers",
+                 "--architecture", "dac" if name == "encodec" else "encodec"]) == 2
+    assert not other.exists()
