@@ -121,6 +121,10 @@ class SpeechTokenizer(TokenizerModule):
     """Speech codec training (see the module docstring); architecture arguments as in ``SpeechCodec``.
 
     Args:
+        sample_rate: model rate in Hz (``None``: 16000, or the export's with ``init_from``).
+        init_from: an export folder (``tokenizers-mm export`` / ``import``) to fine-tune: encoder, quantizer and
+            decoder start from its weights and architecture (``seanet`` / ``sample_rate`` may be left out; ``rvq`` may
+            change only training settings; see :mod:`~tokenizers_mm.speech.init_from`); discriminators start fresh.
         loss: loss weights, discriminators, balancer.
         distill: DM-Codec distillation (off unless a teacher is set).
         val_quantizers: numbers of codebooks evaluated at validation (``None``: 1, n_q / 2 and n_q).
@@ -128,11 +132,17 @@ class SpeechTokenizer(TokenizerModule):
         optimizer / ema_decay: AdamW + schedule (generator; the discriminators share it, with ``loss.disc_lr``).
     """
 
-    def __init__(self, sample_rate: int = 16000, seanet: SEANetConfig | None = None, rvq: RVQConfig | None = None,
+    def __init__(self, sample_rate: int | None = None, seanet: SEANetConfig | None = None, rvq: RVQConfig | None = None,
                  loss: SpeechLossConfig | None = None, distill: DistillConfig | None = None,
                  val_quantizers: list[int] | None = None, write_clips: int = 2,
-                 optimizer: OptimizerConfig | None = None, ema_decay: float | None = None) -> None:
-        codec = SpeechCodec(sample_rate, seanet, rvq)
+                 optimizer: OptimizerConfig | None = None, ema_decay: float | None = None,
+                 init_from: str | None = None) -> None:
+        if init_from is not None:
+            from .init_from import codec_from_export
+
+            codec = codec_from_export(init_from, sample_rate, seanet, rvq)
+        else:
+            codec = SpeechCodec(16000 if sample_rate is None else sample_rate, seanet, rvq)
         lcfg = as_config(SpeechLossConfig, loss)
         dcfg = as_config(DistillConfig, distill)
         lcfg.discriminator = as_config(DiscriminatorConfig, lcfg.discriminator)
@@ -144,7 +154,7 @@ class SpeechTokenizer(TokenizerModule):
         self.codec, self.loss_cfg, self.distill_cfg = codec, lcfg, dcfg
         if lcfg.adv_kind not in ("hinge", "lsgan"):
             raise ValueError(f"loss.adv_kind must be 'hinge' or 'lsgan', got {lcfg.adv_kind!r}")
-        self.mel_loss = MultiScaleMelLoss(sample_rate, lcfg.mel_windows, lcfg.mel_bins)
+        self.mel_loss = MultiScaleMelLoss(codec.sample_rate, lcfg.mel_windows, lcfg.mel_bins)
         self.discriminator = WaveDiscriminator(lcfg.discriminator) if lcfg.adv_weight > 0 else None
         self.balancer = LossBalancer(
             {"mel": lcfg.mel_weight, "waveform": lcfg.waveform_weight, "adv": lcfg.adv_weight,

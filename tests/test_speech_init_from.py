@@ -1,0 +1,78 @@
+"""``init_from``: speech training starts from an export (an imported random-init EnCodec here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tokenizers_mm.cli import main  # noqa: E402
+from tokenizers_mm.export import load_codec  # noqa: E402
+from tokenizers_mm.speech.tokenizer import SpeechTokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def encodec_export(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("init_from")
+    cfg = transformers.EncodecConfig(sampling_rate=16000, num_filters=4, hidden_size=16, upsampling_ratios=[4, 2],
+                                     codebook_size=32, num_lstm_layers=1, target_bandwidths=[10.0, 20.0])
+    torch.manual_seed(0)
+    model = transformers.EncodecModel(cfg)
+    with torch.no_grad():
+        for layer in model.quantizer.layers:
+            layer.codebook.embed.normal_()
+    model.save_pretrained(tmp / "ref")
+    out = tmp / "export"
+    assert main(["import", "--from", "encodec", "--weights", str(tmp / "ref"), "--out", str(out)]) == 0
+    return str(out)
+
+
+LOSS = {"adv_weight": 1.0, "mel_windows": [64, 128], "mel_bins": [10, 20],
+        "discriminator": {"periods": [2], "mpd_channels": [4], "stft_windows": [128], "stft_channels": 4}}
+
+
+def test_starts_from_export_weights(encodec_export):
+    codec, cfg = load_codec(encodec_export, modality="audio")
+    module = SpeechTokenizer(init_from=encodec_export, loss=LOSS)
+    assert module.codec.arch == codec.arch
+    ours, theirs = module.codec.state_dict(), codec.state_dict()
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert module.discriminator is not None  # fresh, not in the export
+    assert module.codec.training
+    # training settings of rvq may change; the codebooks stay the export's
+    rvq = dict(cfg["arch"]["rvq"], quantizer_dropout=0.0, decay=0.9)
+    tuned = SpeechTokenizer(init_from=encodec_export, rvq=rvq, loss=LOSS)
+    assert tuned.codec.rvq_cfg.decay == 0.9
+    assert torch.equal(tuned.codec.rvq.layers[0]._codebook.embed, codec.rvq.layers[0]._codebook.embed)
+
+
+def test_refuses_a_different_architecture(encodec_export, tmp_path):
+    _, cfg = load_codec(encodec_export, modality="audio")
+    with pytest.raises(ValueError, match="codebook_size"):
+        SpeechTokenizer(init_from=encodec_export, rvq=dict(cfg["arch"]["rvq"], codebook_size=64), loss=LOSS)
+    with pytest.raises(ValueError, match="seanet differs.*channels"):
+        SpeechTokenizer(init_from=encodec_export, seanet=dict(cfg["arch"]["seanet"], channels=8), loss=LOSS)
+    with pytest.raises(ValueError, match="sample_rate"):
+        SpeechTokenizer(init_from=encodec_export, sample_rate=24000, loss=LOSS)
+    with pytest.raises(ValueError, match="init_from"):
+        SpeechTokenizer(init_from=str(tmp_path / "missing"), loss=LOSS)
+
+
+@pytest.mark.parametrize("name", ["finetune_encodec_24k", "finetune_dac_16k"])
+def test_finetune_configs_parse(name, encodec_export, capsys):
+    """The fine-tuning YAMLs are valid CLI configs; the EnCodec one builds from an EnCodec export."""
+    import os
+
+    import yaml
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "speech", f"{name}.yaml")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", path, "--print_config"])
+    assert exc.value.code in (0, None)
+    args = yaml.safe_load(open(path))["model"]["init_args"]
+    assert args["init_from"].startswith("exports/")
+    if name == "finetune_encodec_24k":
+        module = SpeechTokenizer(**{**args, "init_from": encodec_export})
+        assert module.discriminator is not None and module.balancer is not None

@@ -1,0 +1,61 @@
+"""Start speech training from an export (``init_from: EXPORT``): encoder, quantizer and decoder with its weights.
+
+The architecture comes from the export's ``config.json``; a config that also states ``sample_rate`` or ``seanet``
+must state the export's values (a mismatch is an error naming the first differing entry). In ``rvq`` only the
+training settings may differ (:data:`TRAINING_RVQ`: dropout, EMA decay, dead-code threshold, commitment weight,
+gradient routing); the codebooks themselves come from the export. Discriminators and distillation heads are not in
+an export: they start fresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import as_config, plain
+from .codec import RVQConfig, SpeechCodec
+from .seanet import SEANetConfig
+
+TRAINING_RVQ = ("quantizer_dropout", "decay", "threshold_ema_dead_code", "commitment_weight", "residual_gradient",
+                "rotation_trick")
+
+
+def _first_difference(given: dict[str, Any], export: dict[str, Any], skip: tuple[str, ...] = ()) -> str | None:
+    for key in sorted(set(given) | set(export)):
+        if key in skip:
+            continue
+        if given.get(key) != export.get(key):
+            return f"{key}: {given.get(key)!r} in the config, {export.get(key)!r} in the export"
+    return None
+
+
+def codec_from_export(path: str, sample_rate: int | None, seanet: SEANetConfig | dict | None,
+                      rvq: RVQConfig | dict | None) -> SpeechCodec:
+    """The export's :class:`SpeechCodec` in training mode, with the training settings of ``rvq`` applied."""
+    from ..export import ExportError, load_codec
+
+    try:
+        loaded, cfg = load_codec(path, modality="audio")
+    except ExportError as exc:
+        raise ValueError(f"init_from: {exc}") from exc
+    if not isinstance(loaded, SpeechCodec):
+        raise ValueError(f"init_from: {path!r} holds a {cfg['architecture']} codec; speech training starts from a "
+                         f"{SpeechCodec.architecture} export")
+    arch = plain(loaded.arch)
+    if sample_rate is not None and int(sample_rate) != arch["sample_rate"]:
+        raise ValueError(f"init_from: sample_rate {sample_rate} in the config, {arch['sample_rate']} in {path!r}")
+    if seanet is not None:
+        diff = _first_difference(plain(as_config(SEANetConfig, seanet)), arch["seanet"])
+        if diff:
+            raise ValueError(f"init_from: seanet differs from the export {path!r} ({diff}); leave seanet out to take "
+                             "the export's architecture")
+    if rvq is None:
+        return loaded.train()
+    given = plain(as_config(RVQConfig, rvq))
+    diff = _first_difference(given, arch["rvq"], skip=TRAINING_RVQ)
+    if diff:
+        raise ValueError(f"init_from: rvq differs from the export {path!r} ({diff}); only {list(TRAINING_RVQ)} may "
+                         "change when fine-tuning")
+    merged = {**arch["rvq"], **{k: given[k] for k in TRAINING_RVQ}}
+    codec = SpeechCodec(arch["sample_rate"], arch["seanet"], merged)
+    codec.load_state_dict(loaded.state_dict(), strict=True)
+    return codec.train()
