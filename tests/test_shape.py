@@ -255,6 +255,17 @@ def test_marching_cubes_of_an_analytic_sphere_is_watertight_and_exact(tmp_path):
     assert volume_iou(torch.tensor([[1.0, -1, 1, -1]]), torch.tensor([[1, 1, 0, 0]])).item() == pytest.approx(1 / 3)
 
 
+def test_chamfer_of_concentric_spheres_matches_its_closed_form():
+    """A sphere of radius 0.3 inside one of 0.5: every nearest neighbour lies 0.2 away along the radius, so each
+    direction's mean L1 distance is 0.2 * E[|x| + |y| + |z|] = 0.2 * 1.5 over unit vectors; no point is within tau."""
+    inner = trimesh.creation.icosphere(subdivisions=5, radius=0.3)
+    outer = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    sub = surface_metrics(inner, outer, n=30000)  # means over 10k of the 30k samples
+    full = surface_metrics(inner, outer, n=30000, mean_points=30000)
+    assert sub["chamfer_l1"] == pytest.approx(0.6, rel=0.03) and full["chamfer_l1"] == pytest.approx(0.6, rel=0.03)
+    assert sub["fscore"] == full["fscore"] == 0.0 and sub["normal_consistency"] > 0.99
+
+
 def test_decimation_baseline_fits_the_byte_budget():
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
     assert mesh_bytes(10, 16, 10) == math.ceil((3 * 10 * 10 + 3 * 4 * 16) / 8)
