@@ -114,7 +114,9 @@ def run_one(config: str, side: str, steps: int, warmup: int, device: str) -> dic
             return F.l1_loss(out["recon"], x) + mel(out["recon"], x) + out["commit"]
         if name == "dac":
             out = model(x)
-            return F.l1_loss(out.audio_values[:, None], x) + mel(out.audio_values[:, None], x) + out.loss.mean()
+            recon = out.audio_values[:, None]
+            recon = F.pad(recon, (0, x.shape[-1] - recon.shape[-1]))  # an odd ratio ends DAC's output early
+            return F.l1_loss(recon, x) + mel(recon, x) + out.loss.mean()
         emb = model.encoder(x)
         q = model.quantizer.decode(model.quantizer.encode(emb))
         recon = model.decoder(emb + (q - emb).detach())[..., : x.shape[-1]]

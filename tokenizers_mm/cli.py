@@ -687,9 +687,9 @@ def _project_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true",
                    help="replace an --out that holds anything but an earlier export (whole, atomically)")
     x.add_argument("--format", choices=["tokenizers-mm", "transformers"], default="tokenizers-mm",
-                   help="transformers: a speech codec as an EncodecModel / DacModel folder (--ckpt may then also be "
+                   help="transformers: a speech codec as an EncodecModel / DacModel / MimiModel folder (--ckpt may then also be "
                         "an export folder)")
-    x.add_argument("--architecture", choices=["encodec", "dac"], default=None,
+    x.add_argument("--architecture", choices=["encodec", "dac", "mimi"], default=None,
                    help="--format transformers: the reference architecture (default: the one the codec matches)")
     x.set_defaults(func=_cmd_export)
 

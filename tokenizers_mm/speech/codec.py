@@ -19,7 +19,8 @@ from vector_quantize_pytorch import ResidualVQ
 
 from ..config import as_config, plain
 from .istft_decoder import ISTFTDecoder
-from .projected_rvq import ProjectedRVQ
+from .latent_transformer import LatentConfig, LatentStage
+from .projected_rvq import ProjectedRVQ, SplitRVQ
 from .seanet import SEANetConfig, SEANetDecoder, SEANetEncoder, receptive_field
 from .spectral_encoder import SpectralEncoder
 
@@ -47,8 +48,11 @@ class RVQConfig:
         rotation_trick: pass gradients through each codebook with the rotation trick (Fifty et al. 2024; the
             library's default) instead of the straight-through estimator of EnCodec and DAC.
         projection: ``shared`` (one ``ResidualVQ``; a ``codebook_dim`` below the latent dim adds one projection for
-            all codebooks) or ``per_codebook`` (DAC: each codebook projects in and out itself,
-            :class:`~tokenizers_mm.speech.projected_rvq.ProjectedRVQ`; needs ``codebook_dim``).
+            all codebooks), ``per_codebook`` (DAC: each codebook projects in and out itself,
+            :class:`~tokenizers_mm.speech.projected_rvq.ProjectedRVQ`; needs ``codebook_dim``) or ``split`` (Mimi:
+            ``semantic_quantizers`` codebooks and the rest quantize the same input behind their own bias-free
+            projections, :class:`~tokenizers_mm.speech.projected_rvq.SplitRVQ`; needs ``codebook_dim``).
+        semantic_quantizers: codebooks of the semantic part of a ``split`` quantizer.
     """
 
     num_quantizers: int = 8
@@ -63,6 +67,7 @@ class RVQConfig:
     residual_gradient: float = 1.0
     rotation_trick: bool = False
     projection: str = "shared"
+    semantic_quantizers: int = 1
 
 
 class SpeechCodec(nn.Module):
@@ -78,15 +83,19 @@ class SpeechCodec(nn.Module):
     modality = "audio"
 
     def __init__(self, sample_rate: int = 16000, seanet: SEANetConfig | dict | None = None,
-                 rvq: RVQConfig | dict | None = None) -> None:
+                 rvq: RVQConfig | dict | None = None, latent: LatentConfig | dict | None = None) -> None:
         super().__init__()
         self.seanet_cfg = as_config(SEANetConfig, seanet)
         self.rvq_cfg = as_config(RVQConfig, rvq)
+        self.latent_cfg = as_config(LatentConfig, latent) if latent is not None else None
         self.sample_rate = int(sample_rate)
-        self.arch = plain({"sample_rate": self.sample_rate, "seanet": self.seanet_cfg, "rvq": self.rvq_cfg})
+        self.arch = plain({"sample_rate": self.sample_rate, "seanet": self.seanet_cfg, "rvq": self.rvq_cfg,
+                           **({"latent": self.latent_cfg} if self.latent_cfg is not None else {})})
         s, q = self.seanet_cfg, self.rvq_cfg
         self.encoder = SpectralEncoder(s, self.sample_rate) if s.encoder == "spectral" else SEANetEncoder(s)
         self.decoder = ISTFTDecoder(s) if s.decoder == "istft" else SEANetDecoder(s)
+        # Mimi: transformers around the quantizer and a change of frame rate (None: the SEANet latent is quantized)
+        self.latent = LatentStage(s.dim, self.latent_cfg, s.causal) if self.latent_cfg is not None else None
         self.rvq = self._build_rvq(s.dim, q)
 
     @staticmethod
@@ -97,8 +106,17 @@ class SpeechCodec(nn.Module):
             return ProjectedRVQ(dim, q.num_quantizers, q.codebook_size, q.codebook_dim, cosine=q.cosine,
                                 decay=q.decay, threshold_ema_dead_code=q.threshold_ema_dead_code,
                                 commitment_weight=q.commitment_weight, kmeans_init=q.kmeans_init)
+        if q.projection == "split":
+            if q.codebook_dim is None:
+                raise ValueError("rvq.projection 'split' needs rvq.codebook_dim")
+            return SplitRVQ(dim, q.num_quantizers, q.semantic_quantizers, q.codebook_dim,
+                            codebook_size=q.codebook_size, use_cosine_sim=q.cosine, decay=q.decay,
+                            kmeans_init=q.kmeans_init, kmeans_iters=10,
+                            threshold_ema_dead_code=q.threshold_ema_dead_code, commitment_weight=q.commitment_weight,
+                            quantize_dropout=True, quant_grad_frac=q.residual_gradient,
+                            rotation_trick=q.rotation_trick)
         if q.projection != "shared":
-            raise ValueError(f"rvq.projection must be 'shared' or 'per_codebook', got {q.projection!r}")
+            raise ValueError(f"rvq.projection must be 'shared', 'per_codebook' or 'split', got {q.projection!r}")
         return ResidualVQ(
             dim=dim, num_quantizers=q.num_quantizers, codebook_size=q.codebook_size,
             codebook_dim=q.codebook_dim, use_cosine_sim=q.cosine, decay=q.decay, kmeans_init=q.kmeans_init,
@@ -110,7 +128,19 @@ class SpeechCodec(nn.Module):
     # ---- sizes --------------------------------------------------------------------------------------
     @property
     def hop_length(self) -> int:
-        return self.seanet_cfg.hop_length
+        stride = self.latent_cfg.stride if self.latent_cfg is not None else 1
+        return self.seanet_cfg.hop_length * stride
+
+    def encode_latent(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, T]`` -> latent frames ``[B, D, ceil(T / hop)]`` (what the quantizer sees)."""
+        z = self.encoder(self.pad_to_hop(wave))
+        return self.latent.encode(z) if self.latent is not None else z
+
+    def decode_latent(self, q: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Quantized frames ``[B, D, F]`` -> waveform ``[B, 1, F * hop]``."""
+        if self.latent is not None:
+            q = self.latent.decode(q)
+        return self.decoder(q, reference=reference) if reference is not None else self.decoder(q)
 
     @property
     def frame_rate(self) -> float:
@@ -170,8 +200,8 @@ class SpeechCodec(nn.Module):
     # ---- model --------------------------------------------------------------------------------------
     def pad_to_hop(self, wave: torch.Tensor) -> torch.Tensor:
         """Right-pad ``[B, 1, T]`` with zeros to a whole number of frames; unchanged with ``seanet.pad_mode:
-        reflect``, where each convolution completes its own last window (EnCodec)."""
-        if self.seanet_cfg.pad_mode == "reflect":
+        reflect`` or ``constant``, where each convolution completes its own last window (EnCodec, Mimi)."""
+        if self.seanet_cfg.pad_mode in ("reflect", "constant"):
             return wave
         extra = self.num_frames(wave.shape[-1]) * self.hop_length - wave.shape[-1]
         return nn.functional.pad(wave, (0, extra)) if extra else wave
@@ -218,13 +248,13 @@ class SpeechCodec(nn.Module):
         """
         self.check_wave(wave)
         t = wave.shape[-1]
-        z = self.encoder(self.pad_to_hop(wave))
+        z = self.encode_latent(wave)
         drop = self.training and dropout > 0 and random.random() < dropout
         out = self.quantize(z, num_quantizers, dropout=drop, distill_layer=distill_layer)
         if self.training and self.reference_phase:
-            out["recon"] = self.decoder(out["quantized"], reference=wave)[..., :t]
+            out["recon"] = self.decode_latent(out["quantized"], reference=wave)[..., :t]
         else:
-            out["recon"] = self.decoder(out["quantized"])[..., :t]
+            out["recon"] = self.decode_latent(out["quantized"])[..., :t]
         out["latent"] = z
         return out
 
@@ -236,7 +266,7 @@ class SpeechCodec(nn.Module):
         n = self.num_quantizers if num_tokens is None else int(num_tokens)
         if not 1 <= n <= self.num_quantizers:
             raise ValueError(f"num_tokens (codebooks) must lie in [1, {self.num_quantizers}], got {n}")
-        z = self.encoder(self.pad_to_hop(wave))
+        z = self.encode_latent(wave)
         self.rvq.quantize_dropout = False
         _, ids, _ = self.rvq(z.transpose(1, 2))
         return ids.transpose(1, 2)[:, :n].long()
@@ -252,7 +282,7 @@ class SpeechCodec(nn.Module):
     def synthesize(self, ids: torch.Tensor) -> torch.Tensor:
         """:meth:`decode` without the final clamp: the decoder's own output ``[B, 1, F * hop]``."""
         self.check_ids(ids)
-        return self.decoder(self._ids_to_latent(ids.long()).transpose(1, 2))
+        return self.decode_latent(self._ids_to_latent(ids.long()).transpose(1, 2))
 
     # ---- long inputs --------------------------------------------------------------------------------
     def context_samples(self) -> int:
@@ -267,13 +297,14 @@ class SpeechCodec(nn.Module):
         A causal model gives exactly the tokens of one pass: each chunk is encoded with the left context its
         receptive field needs, the LSTM state is carried over, and the last convolution sees the previous
         chunk's frames. A non-causal model looks ahead, so its chunks differ from one pass near the edges;
-        a transformer bottleneck attends to the whole past, so it is encoded in one pass.
+        a transformer bottleneck or latent stage (Mimi) attends to the whole past, so it is encoded in one pass.
         """
         self.check_wave(wave)
         hop = self.hop_length
         chunk = max(1, int(chunk_seconds * self.sample_rate) // hop) * hop
         enc = self.encoder
-        if wave.shape[-1] <= chunk or (enc.bottleneck is not None and enc.bottleneck.kind == "transformer"):
+        if (wave.shape[-1] <= chunk or self.latent is not None
+                or (enc.bottleneck is not None and enc.bottleneck.kind == "transformer")):
             return self.encode(wave, num_tokens)
         wave = self.pad_to_hop(wave)
         ctx = self.context_samples() if self.causal else 0

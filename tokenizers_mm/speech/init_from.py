@@ -1,7 +1,7 @@
 """Start speech training from an export (``init_from: EXPORT``): encoder, quantizer and decoder with its weights.
 
-The architecture comes from the export's ``config.json``; a config that also states ``sample_rate`` or ``seanet``
-must state the export's values (a mismatch is an error naming the first differing entry). In ``rvq`` only the
+The architecture comes from the export's ``config.json``; a config that also states ``sample_rate``, ``seanet`` or
+``latent`` must state the export's values (a mismatch is an error naming the first differing entry). In ``rvq`` only the
 training settings may differ (:data:`TRAINING_RVQ`: dropout, EMA decay, dead-code threshold, commitment weight,
 gradient routing); the codebooks themselves come from the export. Discriminators and distillation heads are not in
 an export: they start fresh.
@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import as_config, plain
 from .codec import RVQConfig, SpeechCodec
+from .latent_transformer import LatentConfig
 from .seanet import SEANetConfig
 
 TRAINING_RVQ = ("quantizer_dropout", "decay", "threshold_ema_dead_code", "commitment_weight", "residual_gradient",
@@ -29,7 +30,7 @@ def _first_difference(given: dict[str, Any], export: dict[str, Any], skip: tuple
 
 
 def codec_from_export(path: str, sample_rate: int | None, seanet: SEANetConfig | dict | None,
-                      rvq: RVQConfig | dict | None) -> SpeechCodec:
+                      rvq: RVQConfig | dict | None, latent: LatentConfig | dict | None = None) -> SpeechCodec:
     """The export's :class:`SpeechCodec` in training mode, with the training settings of ``rvq`` applied."""
     from ..export import ExportError, load_codec
 
@@ -48,6 +49,10 @@ def codec_from_export(path: str, sample_rate: int | None, seanet: SEANetConfig |
         if diff:
             raise ValueError(f"init_from: seanet differs from the export {path!r} ({diff}); leave seanet out to take "
                              "the export's architecture")
+    if latent is not None:
+        diff = _first_difference(plain(as_config(LatentConfig, latent)), arch.get("latent") or {})
+        if diff:
+            raise ValueError(f"init_from: latent differs from the export {path!r} ({diff})")
     if rvq is None:
         return loaded.train()
     given = plain(as_config(RVQConfig, rvq))
@@ -56,6 +61,6 @@ def codec_from_export(path: str, sample_rate: int | None, seanet: SEANetConfig |
         raise ValueError(f"init_from: rvq differs from the export {path!r} ({diff}); only {list(TRAINING_RVQ)} may "
                          "change when fine-tuning")
     merged = {**arch["rvq"], **{k: given[k] for k in TRAINING_RVQ}}
-    codec = SpeechCodec(arch["sample_rate"], arch["seanet"], merged)
+    codec = SpeechCodec(**{**arch, "rvq": merged})
     codec.load_state_dict(loaded.state_dict(), strict=True)
     return codec.train()

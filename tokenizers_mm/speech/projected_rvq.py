@@ -104,3 +104,58 @@ class ProjectedRVQ(nn.Module):
             out = layer.decode(idx.clamp_min(0)) * keep
             total = out if total is None else total + out
         return total
+
+
+class SplitRVQ(nn.Module):
+    """Mimi's split quantizer: a semantic ``ResidualVQ`` of the first ``semantic`` codebooks and an acoustic one of
+    the rest quantize the same input, each behind its own bias-free projection ``dim -> codebook_dim -> dim``;
+    the outputs add up. Ids are ``[semantic..., acoustic...]``, so any first ``n >= 1`` codebooks decode.
+
+    ``rvq_kwargs`` go to both library ``ResidualVQ`` s (Euclidean EMA codebooks of width ``codebook_dim``).
+    """
+
+    def __init__(self, dim: int, num_quantizers: int, semantic: int, codebook_dim: int, **rvq_kwargs) -> None:
+        super().__init__()
+        from vector_quantize_pytorch import ResidualVQ
+
+        if not 1 <= semantic < num_quantizers:
+            raise ValueError(f"rvq.semantic_quantizers must lie in [1, {num_quantizers - 1}], got {semantic}")
+        self.semantic_count, self.num_quantizers = semantic, num_quantizers
+        self.semantic_in = nn.Linear(dim, codebook_dim, bias=False)
+        self.semantic = ResidualVQ(dim=codebook_dim, num_quantizers=semantic, **rvq_kwargs)
+        self.semantic_out = nn.Linear(codebook_dim, dim, bias=False)
+        self.acoustic_in = nn.Linear(dim, codebook_dim, bias=False)
+        self.acoustic = ResidualVQ(dim=codebook_dim, num_quantizers=num_quantizers - semantic, **rvq_kwargs)
+        self.acoustic_out = nn.Linear(codebook_dim, dim, bias=False)
+        self.project_in = nn.Identity()
+        self.project_out = nn.Identity()
+
+    @property
+    def quantize_dropout(self) -> bool:
+        return self.acoustic.quantize_dropout
+
+    @quantize_dropout.setter
+    def quantize_dropout(self, value: bool) -> None:
+        # dropping codebooks from the acoustic part only: the semantic codebooks are always kept
+        self.acoustic.quantize_dropout = bool(value) and self.acoustic.num_quantizers > 1
+
+    def forward(self, x: torch.Tensor, return_all_codes: bool = False):
+        """``x [B, F, dim]`` -> ``(quantized, ids [B, F, n_q], losses [n_q])`` (+ per-codebook outputs in ``dim``)."""
+        qs, ids_s, loss_s, codes_s = self.semantic(self.semantic_in(x), return_all_codes=True)
+        qa, ids_a, loss_a, codes_a = self.acoustic(self.acoustic_in(x), return_all_codes=True)
+        quantized = self.semantic_out(qs) + self.acoustic_out(qa)
+        ids = torch.cat([ids_s, ids_a], dim=-1)
+        losses = torch.cat([loss_s.reshape(-1), loss_a.reshape(-1)])
+        if not return_all_codes:
+            return quantized, ids, losses
+        codes = torch.cat([self.semantic_out(codes_s), self.acoustic_out(codes_a)], dim=0)
+        return quantized, ids, losses, codes
+
+    def get_output_from_indices(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids ``[B, F, n_q]`` (-1: codebook not used) -> ``[B, F, dim]``."""
+        k = self.semantic_count
+        out = self.semantic_out(self.semantic.get_output_from_indices(ids[..., :k]))
+        acoustic = ids[..., k:]
+        if bool((acoustic >= 0).any()):
+            out = out + self.acoustic_out(self.acoustic.get_output_from_indices(acoustic))
+        return out

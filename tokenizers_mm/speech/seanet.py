@@ -42,8 +42,9 @@ class SEANetConfig:
         bottleneck: ``none``, ``lstm`` (2-layer LSTM with a skip, EnCodec) or ``transformer`` at the frame rate.
         bottleneck_layers: LSTM / transformer layers.
         weight_norm: weight-normalized convolutions (both anchors use it).
-        pad_mode: how convolutions pad their input, ``zeros`` or ``reflect`` (EnCodec); with ``reflect`` the codec
-            does not zero-pad the waveform to whole frames first, each convolution completes its last window itself.
+        pad_mode: how convolutions pad their input: ``zeros`` (the codec first zero-pads the waveform to whole
+            frames), ``constant`` (zeros, but each convolution completes its own last window, EnCodec / Mimi's
+            ``constant``) or ``reflect`` (reflection, each convolution completes its last window; EnCodec).
         shortcut: skip path of each residual unit, ``identity`` (DAC) or ``conv`` (a 1x1 convolution, EnCodec).
         decoder_last_kernel_size: the decoder's last convolution (``None``: ``last_kernel_size``; DAC: 3 in the
             encoder, 7 in the decoder).
@@ -63,6 +64,10 @@ class SEANetConfig:
             latent frame and STFT window (``None``: ``4 *`` the STFT hop) of the ``istft`` decoder.
         istft_phase / griffin_lim_iters: the ``istft`` decoder's phase, ``learned`` (Vocos) or ``griffin_lim``
             (magnitudes only; training uses the input's phase, decoding that many Griffin-Lim iterations).
+        istft_harmonics / istft_f0_range: source-filter magnitudes for the ``istft`` decoder: with ``K > 0`` f0
+            candidates log-spaced over ``istft_f0_range`` Hz, each frame's magnitude is a smooth envelope times a mix
+            of a harmonic comb (a softmax over the K candidates' combs) and a flat noise floor (per-bin voicing);
+            0: the head predicts every bin's magnitude directly.
     """
 
     channels: int = 32
@@ -97,14 +102,16 @@ class SEANetConfig:
     istft_upsample: int = 1
     istft_phase: str = "learned"
     griffin_lim_iters: int = 32
+    istft_harmonics: int = 0
+    istft_f0_range: list[float] = field(default_factory=lambda: [60.0, 420.0])
 
     def __post_init__(self) -> None:
         if self.encoder not in ("seanet", "spectral"):
             raise ValueError(f"encoder must be 'seanet' or 'spectral', got {self.encoder!r}")
         if self.decoder not in ("seanet", "istft"):
             raise ValueError(f"decoder must be 'seanet' or 'istft', got {self.decoder!r}")
-        if self.pad_mode not in ("zeros", "reflect"):
-            raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {self.pad_mode!r}")
+        if self.pad_mode not in ("zeros", "constant", "reflect"):
+            raise ValueError(f"pad_mode must be 'zeros', 'constant' or 'reflect', got {self.pad_mode!r}")
         if self.upsample_trim not in ("exact", "symmetric"):
             raise ValueError(f"upsample_trim must be 'exact' or 'symmetric', got {self.upsample_trim!r}")
         if self.shortcut not in ("identity", "conv"):
@@ -190,9 +197,9 @@ class PaddedConv1d(nn.Module):
     """Conv1d that keeps ``T_out = ceil(T / stride)``: left padding only when causal, else split evenly."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1,
-                 causal: bool = False, norm: bool = True, pad_mode: str = "zeros") -> None:
+                 causal: bool = False, norm: bool = True, pad_mode: str = "zeros", bias: bool = True) -> None:
         super().__init__()
-        conv = init_conv(nn.Conv1d(cin, cout, kernel, stride=stride, dilation=dilation), cin * kernel)
+        conv = init_conv(nn.Conv1d(cin, cout, kernel, stride=stride, dilation=dilation, bias=bias), cin * kernel)
         self.conv = weight_norm(conv) if norm else conv
         self.causal, self.stride, self.pad_mode = causal, stride, pad_mode
         self.pad_total = (kernel - 1) * dilation + 1 - stride
@@ -208,6 +215,8 @@ class PaddedConv1d(nn.Module):
             left, right = self.pad_total - right, right + extra
         if self.pad_mode == "reflect" and (left or right):
             return self.conv(_reflect_pad(x, left, right))
+        if self.pad_mode == "replicate" and (left or right):
+            return self.conv(nn.functional.pad(x, (left, right), mode="replicate"))
         return self.conv(nn.functional.pad(x, (left, right)))
 
 
@@ -226,10 +235,11 @@ class PaddedConvTranspose1d(nn.Module):
     """ConvTranspose1d with ``T_out = T * stride``: the overlap is trimmed on the right (causal) or both sides."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, causal: bool = False,
-                 norm: bool = True, symmetric: bool = False) -> None:
+                 norm: bool = True, symmetric: bool = False, groups: int = 1, bias: bool = True) -> None:
         super().__init__()
-        # each output sample sums kernel / stride taps of every input channel
-        conv = init_conv(nn.ConvTranspose1d(cin, cout, kernel, stride=stride), cin * max(1, kernel // stride))
+        # each output sample sums kernel / stride taps of every input channel (of its group)
+        conv = init_conv(nn.ConvTranspose1d(cin, cout, kernel, stride=stride, groups=groups, bias=bias),
+                         cin // groups * max(1, kernel // stride))
         self.conv = weight_norm(conv) if norm else conv
         self.causal, self.trim = causal, kernel - stride
         # DAC's ConvTranspose1d(padding=ceil(stride / 2)): that many samples off each side

@@ -26,6 +26,7 @@ from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups
 from .codec import RVQConfig, SpeechCodec
 from .discriminators import DiscriminatorConfig, WaveDiscriminator
+from .latent_transformer import LatentConfig
 from .losses import (
     LossBalancer,
     MultiScaleMelLoss,
@@ -48,6 +49,9 @@ class SpeechLossConfig:
         disc_lr: discriminator learning rate (``None``: the generator's).
         discriminator: which discriminators (``adv_weight: 0`` builds none).
         balancer / balancer_total_norm / balancer_decay: EnCodec's loss balancer on the waveform-side terms.
+        magnitude_weight / pitch_weight: the inverse-STFT decoder's own training terms with ``istft_phase:
+            griffin_lim`` (:class:`~tokenizers_mm.speech.istft_decoder.ISTFTDecoder`: log-magnitude L1 on its STFT
+            grid, and the harmonic head's pitch cross-entropy against the input's cepstral pitch).
     """
 
     mel_weight: float = 15.0
@@ -64,6 +68,8 @@ class SpeechLossConfig:
     balancer: bool = False
     balancer_total_norm: float = 1.0
     balancer_decay: float = 0.999
+    magnitude_weight: float = 0.0
+    pitch_weight: float = 0.0
 
 
 @dataclass
@@ -122,6 +128,7 @@ class SpeechTokenizer(TokenizerModule):
 
     Args:
         sample_rate: model rate in Hz (``None``: 16000, or the export's with ``init_from``).
+        latent: Mimi's latent stage (transformers around the quantizer, a lower token frame rate); ``None``: none.
         init_from: an export folder (``tokenizers-mm export`` / ``import``) to fine-tune: encoder, quantizer and
             decoder start from its weights and architecture (``seanet`` / ``sample_rate`` may be left out; ``rvq`` may
             change only training settings; see :mod:`~tokenizers_mm.speech.init_from`); discriminators start fresh.
@@ -136,13 +143,13 @@ class SpeechTokenizer(TokenizerModule):
                  loss: SpeechLossConfig | None = None, distill: DistillConfig | None = None,
                  val_quantizers: list[int] | None = None, write_clips: int = 2,
                  optimizer: OptimizerConfig | None = None, ema_decay: float | None = None,
-                 init_from: str | None = None) -> None:
+                 init_from: str | None = None, latent: LatentConfig | None = None) -> None:
         if init_from is not None:
             from .init_from import codec_from_export
 
-            codec = codec_from_export(init_from, sample_rate, seanet, rvq)
+            codec = codec_from_export(init_from, sample_rate, seanet, rvq, latent)
         else:
-            codec = SpeechCodec(16000 if sample_rate is None else sample_rate, seanet, rvq)
+            codec = SpeechCodec(16000 if sample_rate is None else sample_rate, seanet, rvq, latent)
         lcfg = as_config(SpeechLossConfig, loss)
         dcfg = as_config(DistillConfig, distill)
         lcfg.discriminator = as_config(DiscriminatorConfig, lcfg.discriminator)
@@ -227,13 +234,15 @@ class SpeechTokenizer(TokenizerModule):
             losses["feat"] = feature_matching_loss(real_feats, fake_feats)
         if "distill" in out:
             losses.update(self.distill_losses(batch, out["distill"]))
+        if self.training:
+            losses.update(getattr(self.codec.decoder, "training_terms", {}))
         return losses
 
     def weighted_total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         c, d = self.loss_cfg, self.distill_cfg
         weights = {"mel": c.mel_weight, "waveform": c.waveform_weight, "commit": c.commit_weight,
                    "adv": c.adv_weight, "feat": c.feat_weight, "distill_speech": d.speech_weight,
-                   "distill_lm": d.lm_weight}
+                   "distill_lm": d.lm_weight, "magnitude": c.magnitude_weight, "pitch": c.pitch_weight}
         return sum(weights[n] * v for n, v in losses.items() if n in weights)
 
     # ---- optimization -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Import published codecs in the ``transformers`` layout into :class:`~tokenizers_mm.speech.codec.SpeechCodec`
 and write them back (``tokenizers-mm import`` / ``export --format transformers``).
 
-One module per source architecture (``encodec``, ``dac``), each giving: ``MODEL_TYPE`` (``config.json``'s
+One module per source architecture (``encodec``, ``dac``, ``mimi``), each giving: ``MODEL_TYPE`` (``config.json``'s
 ``model_type``), ``codec_arch`` (reference config -> our constructor arguments), ``pairs`` (tensor correspondences,
 :mod:`.common`), ``codebook_tensors`` / ``reference_codebooks`` (the quantizer's codebooks each way) and
 ``reference_config`` (our arch -> reference config). Our codec runs its own modules with the mapped weights.
@@ -26,9 +26,10 @@ from .common import (
 )
 
 # name given to --from / --format -> module implementing it
-CONVERTERS = {"encodec": "tokenizers_mm.speech.convert.encodec", "dac": "tokenizers_mm.speech.convert.dac"}
+CONVERTERS = {"encodec": "tokenizers_mm.speech.convert.encodec", "dac": "tokenizers_mm.speech.convert.dac",
+              "mimi": "tokenizers_mm.speech.convert.mimi"}
 # architectures named in the issue that no converter covers yet
-PLANNED = ("mimi", "xcodec2")
+PLANNED = ("xcodec2",)
 
 
 def converter(name: str) -> ModuleType:
@@ -40,8 +41,6 @@ def converter(name: str) -> ModuleType:
     return importlib.import_module(CONVERTERS[name])
 
 
-def _pairs(conv: ModuleType, arch: dict[str, Any]) -> list:
-    return conv.pairs(arch["seanet"], arch["rvq"]["num_quantizers"])
 
 
 def import_reference(name: str, folder: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -50,12 +49,14 @@ def import_reference(name: str, folder: str) -> tuple[torch.nn.Module, dict[str,
 
     conv = converter(name)
     ref_cfg, state = read_reference(folder, conv.MODEL_TYPE)
+    if hasattr(conv, "normalize_reference_state"):
+        state = conv.normalize_reference_state(state)
     arch = conv.codec_arch(ref_cfg, folder)
     codec = SpeechCodec(**arch)
-    pairs = _pairs(conv, arch)
+    pairs = conv.pairs(arch)
     try:
         tensors = to_ours(pairs, state)
-        books, used = conv.codebook_tensors(state, arch["rvq"]["num_quantizers"])
+        books, used = conv.codebook_tensors(state, arch)
     except ConversionError as exc:
         raise ConversionError(f"{folder}: {exc}") from exc
     check_unused(state, used_names(pairs, state) | used, folder)
@@ -69,8 +70,8 @@ def reference_state(name: str, codec: torch.nn.Module) -> tuple[dict[str, Any], 
     arch = codec.arch
     ref_cfg = conv.reference_config(arch)
     ours = {k: v.detach().float() if v.is_floating_point() else v for k, v in codec.state_dict().items()}
-    tensors = to_reference(_pairs(conv, arch), ours)
-    tensors.update(conv.reference_codebooks(ours, arch["rvq"]["num_quantizers"]))
+    tensors = to_reference(conv.pairs(arch), ours)
+    tensors.update(conv.reference_codebooks(ours, arch))
     return ref_cfg, tensors
 
 

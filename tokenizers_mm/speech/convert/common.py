@@ -29,7 +29,8 @@ class Pair:
 
     kinds: ``tensor`` (copied as is), ``conv_wn`` (weight-normalized conv on both sides: ``.parametrizations.weight
     .original0/1`` and ``.bias``), ``conv_plain`` (our weight-normalized conv, the reference's plain ``.weight``
-    and ``.bias``), ``linear_conv`` (our ``nn.Linear``, the reference's 1x1 ``Conv1d``: weight ``[out, in, 1]``).
+    and ``.bias``), ``linear_conv`` (our ``nn.Linear``, the reference's 1x1 ``Conv1d``: weight ``[out, in, 1]``),
+    ``squeeze`` (full tensor names: our bias-free ``Linear`` weight, the reference's 1x1 conv weight).
     """
 
     ours: str
@@ -109,6 +110,11 @@ def to_ours(pairs: list[Pair], state: dict[str, torch.Tensor]) -> dict[str, torc
                 out[f"{p.ours}.parametrizations.weight.original0"] = _norm(w)
                 out[f"{p.ours}.parametrizations.weight.original1"] = w
             out[f"{p.ours}.bias"] = _take(state, f"{p.ref}.bias")
+        elif p.kind == "squeeze":
+            w = _take(state, p.ref)
+            if w.ndim != 3 or w.shape[-1] != 1:
+                raise ConversionError(f"the reference tensor {p.ref} is {list(w.shape)}; expected [out, in, 1]")
+            out[p.ours] = w[..., 0]
         elif p.kind == "linear_conv":
             w = _ref_weight(state, p.ref)
             if w.ndim != 3 or w.shape[-1] != 1:
@@ -136,6 +142,8 @@ def to_reference(pairs: list[Pair], ours: dict[str, torch.Tensor]) -> dict[str, 
             v = ours[f"{p.ours}.parametrizations.weight.original1"]
             out[f"{p.ref}.weight"] = v * (g / _norm(v))
             out[f"{p.ref}.bias"] = ours[f"{p.ours}.bias"]
+        elif p.kind == "squeeze":
+            out[p.ref] = ours[p.ours].unsqueeze(-1)
         elif p.kind == "linear_conv":
             out[f"{p.ref}.weight"] = ours[f"{p.ours}.weight"].unsqueeze(-1)
             out[f"{p.ref}.bias"] = ours[f"{p.ours}.bias"]
@@ -172,7 +180,7 @@ def used_names(pairs: list[Pair], state: dict[str, torch.Tensor]) -> set[str]:
     """Reference tensor names that ``pairs`` read from ``state``."""
     names: set[str] = set()
     for p in pairs:
-        if p.kind == "tensor":
+        if p.kind in ("tensor", "squeeze"):
             names.add(p.ref)
         else:
             names |= {k for k in state if k.startswith(p.ref + ".") and

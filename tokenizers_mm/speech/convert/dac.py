@@ -54,8 +54,9 @@ def codec_arch(ref_cfg: dict[str, Any], source: str) -> dict[str, Any]:
     return {"sample_rate": int(c["sampling_rate"]), "seanet": seanet, "rvq": rvq}
 
 
-def pairs(seanet: dict[str, Any], n_q: int) -> list[Pair]:
+def pairs(arch: dict[str, Any]) -> list[Pair]:
     """Tensor correspondences of encoder, decoder and the quantizer projections (codebooks: :func:`codebook_tensors`)."""
+    seanet, n_q = arch["seanet"], arch["rvq"]["num_quantizers"]
     out: list[Pair] = []
 
     def unit(ours: str, ref: str) -> None:
@@ -89,9 +90,9 @@ def pairs(seanet: dict[str, Any], n_q: int) -> list[Pair]:
     return out
 
 
-def codebook_tensors(state: dict[str, torch.Tensor], n_q: int) -> tuple[dict[str, torch.Tensor], set[str]]:
+def codebook_tensors(state: dict[str, torch.Tensor], arch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Our library-codebook buffers and ``code_norm`` from DAC's codebook rows; also the names read."""
-    out, used = {}, set()
+    out, used, n_q = {}, set(), arch["rvq"]["num_quantizers"]
     for q in range(n_q):
         name = f"quantizer.quantizers.{q}.codebook.weight"
         if name not in state:
@@ -108,8 +109,9 @@ def codebook_tensors(state: dict[str, torch.Tensor], n_q: int) -> tuple[dict[str
     return out, used
 
 
-def reference_codebooks(ours: dict[str, torch.Tensor], n_q: int) -> dict[str, torch.Tensor]:
+def reference_codebooks(ours: dict[str, torch.Tensor], arch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """DAC's codebook rows from ours: unit vectors times their lengths."""
+    n_q = arch["rvq"]["num_quantizers"]
     return {f"quantizer.quantizers.{q}.codebook.weight":
             (ours[f"rvq.layers.{q}.vq._codebook.embed"][0] * ours[f"rvq.layers.{q}.code_norm"][:, None]).clone()
             for q in range(n_q)}

@@ -64,7 +64,7 @@ def codec_arch(ref_cfg: dict[str, Any], source: str) -> dict[str, Any]:
               "residual_kernel_size": c["residual_kernel_size"], "num_residual": c["num_residual_layers"],
               "dilation_base": c["dilation_growth_rate"], "compress": c["compress"], "activation": "elu",
               "causal": bool(c["use_causal_conv"]), "bottleneck": "lstm", "bottleneck_layers": c["num_lstm_layers"],
-              "weight_norm": True, "pad_mode": "reflect" if c["pad_mode"] == "reflect" else "zeros",
+              "weight_norm": True, "pad_mode": "reflect" if c["pad_mode"] == "reflect" else "constant",
               "shortcut": "conv" if c["use_conv_shortcut"] else "identity"}
     rvq = {"num_quantizers": num_quantizers(c), "codebook_size": c["codebook_size"], "codebook_dim": None,
            "cosine": False, "decay": 0.99, "kmeans_init": False, "threshold_ema_dead_code": 2.0,
@@ -72,8 +72,9 @@ def codec_arch(ref_cfg: dict[str, Any], source: str) -> dict[str, Any]:
     return {"sample_rate": int(c["sampling_rate"]), "seanet": seanet, "rvq": rvq}
 
 
-def pairs(seanet: dict[str, Any], n_q: int) -> list[Pair]:
-    """Tensor correspondences of the encoder / decoder (the ``n_q`` codebooks: :func:`codebook_tensors`)."""
+def pairs(arch: dict[str, Any]) -> list[Pair]:
+    """Tensor correspondences of the encoder / decoder of our codec ``arch`` (codebooks: :func:`codebook_tensors`)."""
+    seanet = arch["seanet"]
     nres, shortcut, layers = seanet["num_residual"], seanet["shortcut"] == "conv", seanet["bottleneck_layers"]
     out: list[Pair] = []
 
@@ -112,9 +113,9 @@ def pairs(seanet: dict[str, Any], n_q: int) -> list[Pair]:
     return out
 
 
-def codebook_tensors(state: dict[str, torch.Tensor], n_q: int) -> tuple[dict[str, torch.Tensor], set[str]]:
+def codebook_tensors(state: dict[str, torch.Tensor], arch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Our ``ResidualVQ`` buffers from EnCodec's codebooks (``embed``, EMA statistics); also the names read."""
-    out, used = {}, set()
+    out, used, n_q = {}, set(), arch["rvq"]["num_quantizers"]
     for q in range(n_q):
         ref = f"quantizer.layers.{q}.codebook"
         for name in ("embed", "embed_avg", "cluster_size", "inited"):
@@ -129,9 +130,9 @@ def codebook_tensors(state: dict[str, torch.Tensor], n_q: int) -> tuple[dict[str
     return out, used
 
 
-def reference_codebooks(ours: dict[str, torch.Tensor], n_q: int) -> dict[str, torch.Tensor]:
+def reference_codebooks(ours: dict[str, torch.Tensor], arch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """EnCodec's codebook buffers from our ``ResidualVQ`` (inverse of :func:`codebook_tensors`)."""
-    out = {}
+    out, n_q = {}, arch["rvq"]["num_quantizers"]
     for q in range(n_q):
         src, ref = f"rvq.layers.{q}._codebook", f"quantizer.layers.{q}.codebook"
         out[f"{ref}.embed"] = ours[f"{src}.embed"][0].clone()

@@ -16,7 +16,8 @@ import torch
 from . import CONVERTERS, ConversionError, reference_state
 
 # converter name -> (config class, model class) in transformers
-REFERENCE_CLASSES = {"encodec": ("EncodecConfig", "EncodecModel"), "dac": ("DacConfig", "DacModel")}
+REFERENCE_CLASSES = {"encodec": ("EncodecConfig", "EncodecModel"), "dac": ("DacConfig", "DacModel"),
+                     "mimi": ("MimiConfig", "MimiModel")}
 
 
 def pick_architecture(codec: torch.nn.Module) -> str:

@@ -1,0 +1,156 @@
+"""Mimi's latent stage: causal transformers around the quantizer and a learned change of frame rate.
+
+Encoder side: SEANet latent ``[B, C, F]`` -> causal transformer -> strided convolution (``stride`` frames into one,
+Mimi: 25 Hz -> 12.5 Hz, replicate padding, no bias) -> ``[B, C, ceil(F / stride)]``. Decoder side: depthwise
+transposed convolution back to ``stride x`` frames -> causal transformer -> SEANet decoder.
+
+Each transformer layer: LayerNorm -> multi-head self-attention with rotary position embeddings (no biases), causal
+within a sliding window of ``sliding_window`` frames -> learned per-channel scale -> residual; LayerNorm -> GELU MLP
+(no biases) -> scale -> residual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .seanet import PaddedConv1d, PaddedConvTranspose1d
+
+
+@dataclass
+class LatentConfig:
+    """Mimi-style latent stage.
+
+    Args:
+        layers / heads / intermediate: transformer depth, attention heads and MLP width (each side).
+        head_dim: width of a head (``None``: channels / heads).
+        rope_theta: base of the rotary embedding's frequencies.
+        sliding_window: frames a position attends to (itself and the ``sliding_window - 1`` before it).
+        layer_scale: initial value of the per-channel output scales.
+        norm_eps: LayerNorm epsilon.
+        stride: SEANet frames per latent frame (1: no change of frame rate).
+    """
+
+    layers: int = 8
+    heads: int = 8
+    intermediate: int = 2048
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    sliding_window: int = 250
+    layer_scale: float = 0.01
+    norm_eps: float = 1e-5
+    stride: int = 2
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class Attention(nn.Module):
+    """Causal sliding-window self-attention with rotary embeddings over ``[B, T, C]``."""
+
+    def __init__(self, dim: int, cfg: LatentConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.head_dim = cfg.head_dim or dim // cfg.heads
+        inner = self.heads * self.head_dim
+        self.q_proj = nn.Linear(dim, inner, bias=False)
+        self.k_proj = nn.Linear(dim, inner, bias=False)
+        self.v_proj = nn.Linear(dim, inner, bias=False)
+        self.o_proj = nn.Linear(inner, dim, bias=False)
+        self.window = cfg.sliding_window
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        pos = torch.arange(t, device=x.device, dtype=torch.float)
+        freqs = pos[:, None] * self.inv_freq.to(x.device)[None]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        i = torch.arange(t, device=x.device)
+        gap = i[:, None] - i[None, :]
+        allowed = (gap >= 0) & (gap < self.window)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, dim: int, cfg: LatentConfig) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.self_attn = Attention(dim, cfg)
+        self.self_attn_layer_scale = LayerScale(dim, cfg.layer_scale)
+        self.post_attention_layernorm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.mlp = MLP(dim, cfg.intermediate)
+        self.mlp_layer_scale = LayerScale(dim, cfg.layer_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x)))
+        return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
+
+
+class CausalTransformer(nn.Module):
+    """Stack of :class:`TransformerLayer` over ``[B, C, T]`` frames (returns the same layout)."""
+
+    def __init__(self, dim: int, cfg: LatentConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([TransformerLayer(dim, cfg) for _ in range(cfg.layers)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.transpose(1, 2)
+        for layer in self.layers:
+            h = layer(h)
+        return h.transpose(1, 2)
+
+
+class LatentStage(nn.Module):
+    """The encoder-side (:meth:`encode`) and decoder-side (:meth:`decode`) latent stage of width ``dim``."""
+
+    def __init__(self, dim: int, cfg: LatentConfig, causal: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder_transformer = CausalTransformer(dim, cfg)
+        self.decoder_transformer = CausalTransformer(dim, cfg)
+        s = cfg.stride
+        self.downsample = (PaddedConv1d(dim, dim, 2 * s, stride=s, causal=causal, norm=False, pad_mode="replicate",
+                                        bias=False) if s > 1 else None)
+        self.upsample = (PaddedConvTranspose1d(dim, dim, 2 * s, s, causal=causal, norm=False, groups=dim, bias=False)
+                         if s > 1 else None)
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        """SEANet frames ``[B, C, F]`` -> latent frames ``[B, C, ceil(F / stride)]``."""
+        h = self.encoder_transformer(h)
+        return self.downsample(h) if self.downsample is not None else h
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent frames ``[B, C, F']`` -> SEANet frames ``[B, C, stride x F']``."""
+        h = self.upsample(z) if self.upsample is not None else z
+        return self.decoder_transformer(h)
