@@ -18,7 +18,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 from torch import nn
 
-from ..image.vit import Attention
+from ..nn import Attention, mlp
 
 TIME_SCALE = 1000.0  # sigma in [0, 1] -> the scheduler's timestep in [0, 1000]
 
@@ -41,8 +41,7 @@ class AdaLNZeroBlock(nn.Module):
         self.norm1 = AdaLayerNormZero(width)
         self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = mlp(width, mlp_ratio)
         nn.init.zeros_(self.norm1.linear.weight)  # adaLN-zero: every block starts as the identity
         nn.init.zeros_(self.norm1.linear.bias)
 

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import as_config, plain
+from ..nn import Transformer, TransformerConfig
 from ..quantize import Quantizer, QuantizerConfig
 from .first_stage import LatentAutoencoder
 from .ordering import build_ordering
-from .vit import PatchEmbed, PatchUnembed, Transformer, ViTConfig, sincos_2d
+from .vit import PatchEmbed, PatchUnembed, sincos_2d
 
 
 @dataclass
@@ -60,7 +61,7 @@ class RegisterEncoder(nn.Module):
     from the first step; ``'learned'`` uses learned registers only (TiTok / FlexTok).
     """
 
-    def __init__(self, image_size: int, patch_size: int, num_tokens: int, cfg: ViTConfig,
+    def __init__(self, image_size: int, patch_size: int, num_tokens: int, cfg: TransformerConfig,
                  patch_embed: str = "linear", stem_channels: int = 64, causal_registers: bool = False,
                  register_init: str = "learned", channels: int = 3) -> None:
         super().__init__()
@@ -111,7 +112,7 @@ class RegisterEncoder(nn.Module):
 class ViTTokenDecoder(nn.Module):
     """TiTok-style decoder: token prefix + learned image-patch queries -> transformer -> pixels."""
 
-    def __init__(self, image_size: int, patch_size: int, num_tokens: int, code_dim: int, cfg: ViTConfig,
+    def __init__(self, image_size: int, patch_size: int, num_tokens: int, code_dim: int, cfg: TransformerConfig,
                  patch_head: str = "linear", head_channels: int = 64, query_init: str = "learned",
                  channels: int = 3) -> None:
         super().__init__()
@@ -260,14 +261,14 @@ class OneDImageCodec(PrefixTokenizer):
     modality = "image"
 
     def __init__(self, image_size: int = 64, patch_size: int = 8, num_tokens: int = 32,
-                 encoder: ViTConfig | dict | None = None, decoder: ViTConfig | dict | None = None,
+                 encoder: TransformerConfig | dict | None = None, decoder: TransformerConfig | dict | None = None,
                  patch_embed: str = "linear", patch_head: str = "linear", stem_channels: int = 64,
                  causal_registers: bool = False, register_init: str = "learned", query_init: str = "learned",
                  quantizer: QuantizerConfig | dict | None = None,
                  ordering: OrderingConfig | dict | None = None, first_stage: dict | None = None) -> None:
         super().__init__()
-        enc = as_config(ViTConfig, encoder)
-        dec = as_config(ViTConfig, decoder)
+        enc = as_config(TransformerConfig, encoder)
+        dec = as_config(TransformerConfig, decoder)
         qcfg = as_config(QuantizerConfig, quantizer)
         ocfg = as_config(OrderingConfig, ordering)
         self.arch = plain({

@@ -28,10 +28,11 @@ from ..flow import (
     seeded_noise,
     velocity_target,
 )
+from ..nn import TransformerConfig
 from ..quantize import Quantizer, QuantizerConfig
 from .codec1d import OrderingConfig, PrefixTokenizer, RegisterEncoder, pyramid_cells_of_tokens
 from .ordering import build_ordering
-from .vit import ViTConfig, sincos_2d
+from .vit import sincos_2d
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -69,14 +70,14 @@ class FlowImageCodec(PrefixTokenizer):
     modality = "image"
 
     def __init__(self, image_size: int = 64, patch_size: int = 8, num_tokens: int = 32,
-                 encoder: ViTConfig | dict | None = None, denoiser: DenoiserConfig | dict | None = None,
+                 encoder: TransformerConfig | dict | None = None, denoiser: DenoiserConfig | dict | None = None,
                  decoder_patch_size: int = 4, patch_embed: str = "linear", stem_channels: int = 64,
                  causal_registers: bool = True, register_init: str = "learned",
                  quantizer: QuantizerConfig | dict | None = None, ordering: OrderingConfig | dict | None = None,
                  flow: FlowConfig | dict | None = None, vae: dict[str, Any] | None = None,
                  token_mix: str = "none") -> None:
         super().__init__()
-        enc = as_config(ViTConfig, encoder)
+        enc = as_config(TransformerConfig, encoder)
         dcfg = as_config(DenoiserConfig, denoiser)
         qcfg = as_config(QuantizerConfig, quantizer)
         ocfg = as_config(OrderingConfig, ordering or {"kind": "nested_dropout"})

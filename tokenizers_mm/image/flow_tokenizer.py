@@ -17,11 +17,11 @@ from torch import nn
 from ..config import as_config, plain
 from ..flow import DenoiserConfig, FlowConfig
 from ..harness import OptimizerConfig, TokenizerModule, psnr_db
+from ..nn import TransformerConfig
 from ..quantize import QuantizerConfig
 from .codec1d import OrderingConfig, eval_token_counts
 from .flow_codec import FlowImageCodec
 from .repa import RepaConfig, TorchvisionTeacher, alignment_loss
-from .vit import ViTConfig
 
 
 def load_vae_for_training(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -56,7 +56,7 @@ class FlowTokenizer(TokenizerModule):
     """
 
     def __init__(self, image_size: int = 64, patch_size: int = 8, num_tokens: int = 32,
-                 encoder: ViTConfig | None = None, denoiser: DenoiserConfig | None = None,
+                 encoder: TransformerConfig | None = None, denoiser: DenoiserConfig | None = None,
                  decoder_patch_size: int = 4, patch_embed: str = "linear", stem_channels: int = 64,
                  causal_registers: bool = True, register_init: str = "learned",
                  quantizer: QuantizerConfig | None = None, ordering: OrderingConfig | None = None,

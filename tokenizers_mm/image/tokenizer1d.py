@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups, psnr_db
+from ..nn import TransformerConfig
 from ..quantize import Quantizer, QuantizerConfig
 from .codec1d import (
     OneDImageCodec,
@@ -36,7 +37,6 @@ from .codec1d import (
     pyramid_cells_of_tokens,
 )
 from .first_stage import FirstStageConfig, LatentAutoencoder
-from .vit import ViTConfig
 
 __all__ = ["OneDTokenizer", "OneDImageCodec", "ImageLossConfig", "OrderingConfig", "RegisterEncoder",
            "TokenDecoder", "ViTTokenDecoder", "eval_token_counts", "pyramid_cells_of_tokens"]
@@ -96,7 +96,7 @@ class OneDTokenizer(TokenizerModule):
     """
 
     def __init__(self, image_size: int = 64, patch_size: int = 8, num_tokens: int = 32,
-                 encoder: ViTConfig | None = None, decoder: ViTConfig | None = None,
+                 encoder: TransformerConfig | None = None, decoder: TransformerConfig | None = None,
                  patch_embed: str = "linear", patch_head: str = "linear", stem_channels: int = 64,
                  causal_registers: bool = False, register_init: str = "learned", query_init: str = "learned",
                  quantizer: QuantizerConfig | None = None,

@@ -1,68 +1,14 @@
-"""Transformer building blocks of the image tokenizers: pre-norm blocks, patch (un)embedding, 2D positions."""
+"""Image-only parts of the ViT tokenizers: patch (un)embedding and fixed 2D grid positions.
+
+The transformer blocks they feed are shared with other modalities and live in :mod:`tokenizers_mm.nn`.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-
-@dataclass
-class ViTConfig:
-    """Width, depth and heads of one transformer stack (encoder or decoder)."""
-
-    width: int = 192
-    depth: int = 4
-    heads: int = 3
-    mlp_ratio: float = 4.0
-
-
-class Attention(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``[B, L, D]``; ``mask`` bool ``[L, L]`` or ``[B, 1, L, L]``, True where attention is allowed."""
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(LN(x)); x + MLP(LN(x))."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
-
-
-class Transformer(nn.Module):
-    def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.width)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.norm(x)
 
 
 def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:

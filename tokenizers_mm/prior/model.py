@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..image.vit import Block
+from ..nn import Block
 
 LAYOUTS = ("sequence", "rvq")
 

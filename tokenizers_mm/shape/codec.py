@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import as_config, plain
-from ..image.vit import Transformer, ViTConfig
+from ..nn import Transformer, TransformerConfig, mlp
 from ..quantize import Quantizer, QuantizerConfig
 
 
@@ -62,9 +62,8 @@ class CrossAttentionBlock(nn.Module):
         self.q, self.kv, self.proj = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
         self.mlp = None
         if mlp_ratio > 0:
-            hidden = int(width * mlp_ratio)
             self.norm2 = nn.LayerNorm(width)
-            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+            self.mlp = mlp(width, mlp_ratio)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``[B, n, width]`` attends to ``context`` ``[B, m, width]``; ``bias`` ``[B, heads, n, m]`` is added
@@ -321,14 +320,14 @@ class ShapeCodec(nn.Module):
     modality = "mesh"
 
     def __init__(self, num_latents: int = 64, latent_dim: int = 32, encoder: ShapeEncoderConfig | dict | None = None,
-                 decoder: ViTConfig | dict | None = None, bottleneck: str = "multiscale",
+                 decoder: TransformerConfig | dict | None = None, bottleneck: str = "multiscale",
                  scales: list[int] | None = None, num_quantizers: int = 4,
                  quantizer: QuantizerConfig | dict | None = None, probe: ShapeProbeConfig | dict | None = None
                  ) -> None:
         super().__init__()
         enc = as_config(ShapeEncoderConfig, encoder)
         pcfg = as_config(ShapeProbeConfig, probe)
-        dec = as_config(ViTConfig, decoder or {"width": 256, "depth": 4, "heads": 4})
+        dec = as_config(TransformerConfig, decoder or {"width": 256, "depth": 4, "heads": 4})
         qcfg = as_config(QuantizerConfig, quantizer or {"kind": "fsq", "levels": [8, 5, 5, 5]})
         scales = list(scales or [1, 4, 16, num_latents])
         if bottleneck == "multiscale" and scales[-1] != num_latents:
@@ -354,7 +353,7 @@ class ShapeCodec(nn.Module):
         self.point_in = nn.Linear(self.fourier.out_dim + 3, w)
         self.queries = nn.Parameter(torch.randn(num_latents, w) * 0.02)
         self.gather = CrossAttentionBlock(w, enc.heads)
-        self.encoder = Transformer(ViTConfig(w, enc.depth, enc.heads))
+        self.encoder = Transformer(TransformerConfig(w, enc.depth, enc.heads))
         if enc.zero_init:
             branch_outs = [self.gather.proj, self.gather.mlp[-1]]
             branch_outs += [m for blk in self.encoder.blocks for m in (blk.attn.proj, blk.mlp[-1])]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import as_config, plain
 from ..harness import OptimizerConfig, TokenizerModule
-from ..image.vit import ViTConfig
+from ..nn import TransformerConfig
 from ..quantize import QuantizerConfig
 from .codec import ShapeCodec, ShapeEncoderConfig, ShapeProbeConfig
 from .metrics import volume_iou
@@ -52,7 +52,7 @@ class ShapeTokenizer(TokenizerModule):
     """
 
     def __init__(self, num_latents: int = 64, latent_dim: int = 32, encoder: ShapeEncoderConfig | None = None,
-                 decoder: ViTConfig | None = None, bottleneck: str = "multiscale", scales: list[int] | None = None,
+                 decoder: TransformerConfig | None = None, bottleneck: str = "multiscale", scales: list[int] | None = None,
                  num_quantizers: int = 4, quantizer: QuantizerConfig | None = None,
                  loss: ShapeLossConfig | None = None, val_mesh_resolution: int = 48,
                  optimizer: OptimizerConfig | None = None, ema_decay: float | None = None,
