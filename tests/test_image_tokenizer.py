@@ -249,3 +249,28 @@ def test_first_stage_trains_alone_then_freezes_while_the_tokenizer_trains(tmp_pa
         OneDTokenizer(**{**LATENT, "first_stage": {**LATENT["first_stage"], "init_from": str(tmp_path / "empty.ckpt")}})
     with pytest.raises(ValueError, match="patch_embed and patch_head must be 'linear'"):
         OneDTokenizer(**LATENT, patch_embed="conv")
+
+
+def test_first_stage_stem_folds_pixels_before_the_convolutions():
+    """stem = 2 with one conv level: f = 4, so 32 px -> an 8 x 8 latent; no conv runs at full resolution."""
+    from tokenizers_mm.image.codec1d import OneDImageCodec
+    from tokenizers_mm.image.first_stage import FirstStageConfig, LatentAutoencoder
+
+    torch.manual_seed(0)
+    fs = {"base_channels": 8, "channel_mults": [2], "latent_channels": 4, "stem": 2, "train_steps": 3}
+    model = OneDTokenizer(**{**LATENT, "first_stage": fs})
+    first = model.codec.first_stage
+    assert first.downsample == 4 and model.codec.encoder.embed.net.in_channels == 4
+    convs = [m for m in first.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].in_channels == 12 and first.decoder.net[-2].out_channels == 12
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert first.encode(x).shape == (2, 4, 8, 8) and first(x).shape == (2, 3, 32, 32)
+    codec = model.inference_codec().eval()
+    copy = OneDImageCodec(**codec.arch)
+    copy.load_state_dict(codec.state_dict())
+    assert torch.equal(copy.decode(codec.encode(x)[:, :3]), codec.decode(codec.encode(x)[:, :3]))
+    # stem-less first stages keep the arguments (and state_dict keys) that their old exports hold
+    assert "stem" not in FirstStageConfig(channel_mults=[1, 2]).arch()
+    assert list(LatentAutoencoder(8, [1, 2], 4).state_dict())[0] == "encoder.net.0.weight"
+    with pytest.raises(ValueError, match="stem must be >= 1"):
+        LatentAutoencoder(8, [2], 4, stem=0)

@@ -24,7 +24,8 @@ class FirstStageConfig:
     """A conv autoencoder in front of the 1D tokenizer, and how it is trained.
 
     Args:
-        base_channels / channel_mults: conv widths; ``f = 2 ** len(channel_mults)`` is the downsampling.
+        base_channels / channel_mults: conv widths; ``f = stem * 2 ** len(channel_mults)`` is the downsampling.
+        stem: pixel-unshuffle factor in front of the convolutions (1: none); see ``ConvEncoder``.
         latent_channels: C, channels of the latent grid.
         train_steps: the first ``train_steps`` optimizer steps train only this autoencoder (pixel loss);
             afterwards it is frozen and the tokenizer learns to reproduce its latent. 0: it is frozen from
@@ -39,6 +40,7 @@ class FirstStageConfig:
     base_channels: int = 32
     channel_mults: list[int] = field(default_factory=lambda: [1, 2])
     latent_channels: int = 4
+    stem: int = 1
     train_steps: int = 300
     init_from: str | None = None
     latent_weight: float = 1.0
@@ -46,21 +48,24 @@ class FirstStageConfig:
 
     def arch(self) -> dict:
         """The constructor arguments of :class:`LatentAutoencoder` (what an export records)."""
-        return {"base_channels": self.base_channels, "channel_mults": list(self.channel_mults),
+        arch = {"base_channels": self.base_channels, "channel_mults": list(self.channel_mults),
                 "latent_channels": self.latent_channels}
+        if self.stem != 1:  # exports of stem-less first stages keep their old arguments
+            arch["stem"] = self.stem
+        return arch
 
 
 class LatentAutoencoder(nn.Module):
     """Conv encoder -> tanh latent ``[B, C, S/f, S/f]`` -> conv decoder (see the module docstring)."""
 
     def __init__(self, base_channels: int = 32, channel_mults: list[int] | None = None,
-                 latent_channels: int = 4) -> None:
+                 latent_channels: int = 4, stem: int = 1) -> None:
         super().__init__()
         mults = list(channel_mults or [1, 2])
-        self.downsample = 2 ** len(mults)
+        self.downsample = stem * 2 ** len(mults)
         self.latent_channels = latent_channels
-        self.encoder = ConvEncoder(base_channels, mults, latent_channels)
-        self.decoder = ConvDecoder(base_channels, mults, latent_channels)
+        self.encoder = ConvEncoder(base_channels, mults, latent_channels, stem)
+        self.decoder = ConvDecoder(base_channels, mults, latent_channels, stem)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in ``[-1, 1]`` -> latent ``[B, C, H/f, W/f]`` in ``(-1, 1)``."""

@@ -32,11 +32,18 @@ class ResBlock(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """``[B, 3, H, W]`` -> ``[B, latent_dim, H/f, W/f]`` with ``f = 2 ** len(channel_mults)``."""
+    """``[B, 3, H, W]`` -> ``[B, latent_dim, H/f, W/f]`` with ``f = stem * 2 ** len(channel_mults)``.
 
-    def __init__(self, base_channels: int, channel_mults: list[int], latent_dim: int) -> None:
+    ``stem > 1`` first folds each ``stem x stem`` pixel block into channels (pixel unshuffle), so no convolution
+    runs at full resolution: the full-resolution layers cost about half of a plain encoder and decoder's compute.
+    """
+
+    def __init__(self, base_channels: int, channel_mults: list[int], latent_dim: int, stem: int = 1) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, base_channels, 3, padding=1)]
+        if stem < 1:
+            raise ValueError(f"stem must be >= 1, got {stem}")
+        layers: list[nn.Module] = [nn.PixelUnshuffle(stem)] if stem > 1 else []
+        layers.append(nn.Conv2d(3 * stem * stem, base_channels, 3, padding=1))
         ch = base_channels
         for mult in channel_mults:
             out = base_channels * mult
@@ -51,10 +58,16 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """``[B, latent_dim, h, w]`` -> ``[B, 3, h*f, w*f]`` (no output squashing; the loss sees raw values)."""
+    """``[B, latent_dim, h, w]`` -> ``[B, 3, h*f, w*f]`` (no output squashing; the loss sees raw values).
 
-    def __init__(self, base_channels: int, channel_mults: list[int], latent_dim: int) -> None:
+    ``stem > 1`` ends with a pixel shuffle that unfolds channels into ``stem x stem`` pixel blocks (the mirror of
+    :class:`ConvEncoder`'s stem).
+    """
+
+    def __init__(self, base_channels: int, channel_mults: list[int], latent_dim: int, stem: int = 1) -> None:
         super().__init__()
+        if stem < 1:
+            raise ValueError(f"stem must be >= 1, got {stem}")
         ch = base_channels * channel_mults[-1]
         layers: list[nn.Module] = [nn.Conv2d(latent_dim, ch, 3, padding=1), ResBlock(ch, ch)]
         for mult in reversed(channel_mults):
@@ -62,7 +75,9 @@ class ConvDecoder(nn.Module):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, out, 3, padding=1),
                        ResBlock(out, out)]
             ch = out
-        layers += [nn.GroupNorm(min(32, ch // 4) or 1, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1)]
+        layers += [nn.GroupNorm(min(32, ch // 4) or 1, ch), nn.SiLU(), nn.Conv2d(ch, 3 * stem * stem, 3, padding=1)]
+        if stem > 1:
+            layers.append(nn.PixelShuffle(stem))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
