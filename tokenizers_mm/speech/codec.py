@@ -297,12 +297,16 @@ class SpeechCodec(nn.Module):
         A causal model gives exactly the tokens of one pass: each chunk is encoded with the left context its
         receptive field needs, the LSTM state is carried over, and the last convolution sees the previous
         chunk's frames. A non-causal model looks ahead, so its chunks differ from one pass near the edges;
-        a transformer bottleneck or latent stage (Mimi) attends to the whole past, so it is encoded in one pass.
+        a transformer bottleneck attends to the whole past, so it is encoded in one pass. A causal latent stage
+        (Mimi) streams: its transformers keep each layer's keys and values of the last ``sliding_window - 1``
+        frames and the downsampling convolution the last frames of the previous chunk.
         """
         self.check_wave(wave)
         hop = self.hop_length
         chunk = max(1, int(chunk_seconds * self.sample_rate) // hop) * hop
         enc = self.encoder
+        if self.latent is not None and self.causal and wave.shape[-1] > chunk:
+            return self._encode_chunked_latent(wave, chunk, num_tokens)
         if (wave.shape[-1] <= chunk or self.latent is not None
                 or (enc.bottleneck is not None and enc.bottleneck.kind == "transformer")):
             return self.encode(wave, num_tokens)
@@ -318,6 +322,26 @@ class SpeechCodec(nn.Module):
             joined = h if prev is None else torch.cat([prev, h], dim=-1)
             z = enc.back(joined)[..., joined.shape[-1] - h.shape[-1]:]
             prev = joined[..., -back_ctx:] if back_ctx else None
+            self.rvq.quantize_dropout = False
+            _, ids, _ = self.rvq(z.transpose(1, 2))
+            out.append(ids.transpose(1, 2))
+        n = self.num_quantizers if num_tokens is None else int(num_tokens)
+        return torch.cat(out, dim=-1)[:, :n].long()
+
+    def _encode_chunked_latent(self, wave: torch.Tensor, chunk: int, num_tokens: int | None) -> torch.Tensor:
+        """:meth:`encode_chunked` of a causal codec with a latent stage (``chunk``: samples, whole token frames)."""
+        enc, s = self.encoder, self.seanet_cfg
+        wave = self.pad_to_hop(wave)
+        ctx = math.ceil(receptive_field(s) / s.hop_length) * s.hop_length
+        back_ctx = s.last_kernel_size - 1
+        prev, state, out = None, {}, []
+        for start in range(0, wave.shape[-1], chunk):
+            lo = max(0, start - ctx)
+            h = enc.front(wave[..., lo:start + chunk])[..., (start - lo) // s.hop_length:]
+            joined = h if prev is None else torch.cat([prev, h], dim=-1)
+            z = enc.back(joined)[..., joined.shape[-1] - h.shape[-1]:]
+            prev = joined[..., -back_ctx:] if back_ctx else None
+            z = self.latent.encode(z, state)
             self.rvq.quantize_dropout = False
             _, ids, _ = self.rvq(z.transpose(1, 2))
             out.append(ids.transpose(1, 2))

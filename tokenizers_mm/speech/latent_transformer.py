@@ -66,21 +66,32 @@ class Attention(nn.Module):
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None, offset: int = 0
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``x [B, T, C]`` at stream positions ``offset .. offset + T - 1`` -> (``[B, T, C]``, cache).
+
+        ``cache``: rotated keys and values of the up to ``sliding_window - 1`` positions before ``offset`` (the
+        returned cache continues the stream), so a stream encoded in pieces attends exactly as in one pass.
+        """
         b, t, _ = x.shape
         q, k, v = (p(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        pos = torch.arange(t, device=x.device, dtype=torch.float)
+        pos = torch.arange(offset, offset + t, device=x.device, dtype=torch.float)
         freqs = pos[:, None] * self.inv_freq.to(x.device)[None]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        i = torch.arange(t, device=x.device)
-        gap = i[:, None] - i[None, :]
-        allowed = (gap >= 0) & (gap < self.window)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        past = k.shape[2] - t
+        i = torch.arange(t, device=x.device)[:, None] + past
+        j = torch.arange(k.shape[2], device=x.device)[None, :]
+        allowed = (i - j >= 0) & (i - j < self.window)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        keep = max(self.window - 1, 0)
+        new_cache = (k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]) if keep else (k[:, :, :0], v[:, :, :0])
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1)), new_cache
 
 
 class MLP(nn.Module):
@@ -112,9 +123,11 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(dim, cfg.intermediate)
         self.mlp_layer_scale = LayerScale(dim, cfg.layer_scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x)))
-        return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None, offset: int = 0
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, cache = self.self_attn(self.input_layernorm(x), cache, offset)
+        x = x + self.self_attn_layer_scale(a)
+        return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x))), cache
 
 
 class CausalTransformer(nn.Module):
@@ -124,10 +137,18 @@ class CausalTransformer(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([TransformerLayer(dim, cfg) for _ in range(cfg.layers)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """``[B, C, T]`` -> ``[B, C, T]``. ``state`` (a dict, updated in place) continues a stream: it holds each
+        layer's key / value cache and the stream position, so consecutive pieces give the frames of one pass."""
         h = x.transpose(1, 2)
-        for layer in self.layers:
-            h = layer(h)
+        offset = state.get("offset", 0) if state is not None else 0
+        caches = state.get("caches") if state is not None else None
+        new = []
+        for i, layer in enumerate(self.layers):
+            h, c = layer(h, caches[i] if caches else None, offset)
+            new.append(c)
+        if state is not None:
+            state["caches"], state["offset"] = new, offset + x.shape[-1]
         return h.transpose(1, 2)
 
 
@@ -145,10 +166,24 @@ class LatentStage(nn.Module):
         self.upsample = (PaddedConvTranspose1d(dim, dim, 2 * s, s, causal=causal, norm=False, groups=dim, bias=False)
                          if s > 1 else None)
 
-    def encode(self, h: torch.Tensor) -> torch.Tensor:
-        """SEANet frames ``[B, C, F]`` -> latent frames ``[B, C, ceil(F / stride)]``."""
-        h = self.encoder_transformer(h)
-        return self.downsample(h) if self.downsample is not None else h
+    def encode(self, h: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """SEANet frames ``[B, C, F]`` -> latent frames ``[B, C, ceil(F / stride)]``.
+
+        ``state`` (a dict, updated in place) continues a causal stream: pieces of whole latent frames (``F`` a
+        multiple of ``stride``, except the last) give exactly the frames of one pass.
+        """
+        h = self.encoder_transformer(h, state)
+        if self.downsample is None:
+            return h
+        if state is None:
+            return self.downsample(h)
+        prev = state.get("down_prev")
+        s = self.cfg.stride
+        state["down_prev"] = h[..., -s:] if h.shape[-1] >= s else None
+        if prev is None:
+            return self.downsample(h)
+        # the previous piece's last ``stride`` frames stand in for the left padding; drop the output they make alone
+        return self.downsample(torch.cat([prev, h], dim=-1))[..., 1:]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent frames ``[B, C, F']`` -> SEANet frames ``[B, C, stride x F']``."""
