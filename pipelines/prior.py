@@ -19,9 +19,11 @@ from tokenizers_mm.prior.coding import (
     SHA_BYTES,
     CompressedFileError,
     Header,
+    coded_payload,
     decode_frames,
-    encode_frames,
     ids_crc,
+    raw_bytes,
+    unpack_raw,
 )
 from tokenizers_mm.prior.ordering import from_frames, to_frames
 
@@ -68,15 +70,19 @@ class TokenPriorPipeline(TokenizerPipeline):
 
     # ---- coding -------------------------------------------------------------------------------------
     def compress(self, tok: TokenizerPipeline, ids: Any, extra: int = 0) -> bytes:
-        """One sample's ids (``[k]`` or ``[n_q, F]``) -> the bytes of a compressed file."""
+        """One sample's ids (``[k]`` or ``[n_q, F]``) -> the bytes of a compressed file: the header and the
+        range-coded ids, or the ids stored plainly when that is shorter (never more than the nominal bytes)."""
+        return self.compress_with_bits(tok, ids, extra)[0]
+
+    def compress_with_bits(self, tok: TokenizerPipeline, ids: Any, extra: int = 0) -> tuple[bytes, float]:
+        """:meth:`compress` plus the ideal code length of the ids under the prior in bits."""
         self.check_tokenizer(tok)
         t = torch.as_tensor(np.asarray(ids)).long()
-        frames = to_frames(t[None], self.layout)[0]
-        words, _ = encode_frames(self.codec, frames)
+        payload, bits, raw = coded_payload(self.codec, t)
         arr = t.numpy()
         head = Header(tok.config["modality"], bytes.fromhex(tok.model_id), bytes.fromhex(self.model_id),
-                      tuple(int(s) for s in arr.shape), int(extra), ids_crc(arr))
-        return head.pack() + np.asarray(words, dtype="<u4").tobytes()
+                      tuple(int(s) for s in arr.shape), int(extra), ids_crc(arr), raw=raw)
+        return head.pack() + payload, bits
 
     def read_header(self, data: bytes, name: str = "compressed data") -> tuple[Header, int]:
         return Header.unpack(data, name)
@@ -99,10 +105,11 @@ class TokenPriorPipeline(TokenizerPipeline):
             raise CompressedFileError(f"{name} was compressed with another prior (weights {head.prior_sha.hex()}..., "
                                       f"this one is {self.model_id[:16]}...)")
         payload = data[off:]
-        if len(payload) % 4 or not payload:
-            raise CompressedFileError(f"{name} is truncated: its payload of {len(payload)} bytes is not whole "
-                                      "32-bit words")
-        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        if head.version == 1:
+            if len(payload) % 4 or not payload:
+                raise CompressedFileError(f"{name} is truncated: its payload of {len(payload)} bytes is not whole "
+                                          "32-bit words")
+            payload = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         shape = head.shape
         if self.layout == "rvq":
             if len(shape) != 2:
@@ -114,13 +121,23 @@ class TokenPriorPipeline(TokenizerPipeline):
             n, f = 1, shape[0]
         if n > self.codec.depth_codes:
             raise CompressedFileError(f"{name} holds {n} codebooks; the prior models {self.codec.depth_codes}")
-        try:
-            frames = decode_frames(self.codec, words, f, n)
-        except CompressedFileError as exc:
-            raise CompressedFileError(f"{name} is corrupt or truncated: {exc}") from exc
-        except (ValueError, RuntimeError, AssertionError) as exc:
-            raise CompressedFileError(f"{name} is corrupt or truncated: the range decoder failed ({exc})") from exc
-        ids = from_frames(frames[None], self.layout)[0]
+        if head.raw:
+            want = raw_bytes(head.num_tokens, self.codec.codebook_size)
+            if len(payload) != want:
+                raise CompressedFileError(f"{name} is corrupt or truncated: its raw payload has {len(payload)} bytes, "
+                                          f"{want} expected for {head.num_tokens} ids")
+            try:
+                ids = torch.from_numpy(unpack_raw(payload, shape, self.codec.codebook_size))
+            except CompressedFileError as exc:
+                raise CompressedFileError(f"{name} is corrupt: {exc}") from exc
+        else:
+            try:
+                frames = decode_frames(self.codec, payload, f, n)
+            except CompressedFileError as exc:
+                raise CompressedFileError(f"{name} is corrupt or truncated: {exc}") from exc
+            except (ValueError, RuntimeError, AssertionError) as exc:
+                raise CompressedFileError(f"{name} is corrupt or truncated: the range decoder failed ({exc})") from exc
+            ids = from_frames(frames[None], self.layout)[0]
         if ids_crc(ids.numpy()) != head.crc:
             raise CompressedFileError(f"{name} is corrupt or truncated (or was written by a prior whose numbers "
                                       "differ on this machine): the decoded ids fail the header's CRC")

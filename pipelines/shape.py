@@ -39,26 +39,57 @@ class ShapeTokenizer(TokenizerPipeline):
         return t
 
     # ---- inputs -------------------------------------------------------------------------------------
-    def surface_of(self, mesh: trimesh.Trimesh, name: str = "mesh") -> torch.Tensor:
-        """Prepare (as ``data build`` does), normalize and sample one mesh -> ``[N, 6]``."""
-        inp = self.config["inputs"]
+    def prepared(self, mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+        """Prepare one mesh as ``data build`` does and normalize it into the model's frame."""
         mesh, _ = prepare_mesh(mesh.copy(), MeshBuildOptions())
-        mesh, _, _ = normalize_mesh(mesh, padding=float(inp["normalize"]["padding"]))
-        pts, face = trimesh.sample.sample_surface(mesh, int(inp["num_surface"]), seed=0)
+        mesh, _, _ = normalize_mesh(mesh, padding=float(self.config["inputs"]["normalize"]["padding"]))
+        return mesh
+
+    def sample_surface(self, mesh: trimesh.Trimesh) -> torch.Tensor:
+        """Area-uniform surface points of a prepared mesh (seed 0) -> ``[N, 6]`` (xyz + unit normal)."""
+        pts, face = trimesh.sample.sample_surface(mesh, int(self.config["inputs"]["num_surface"]), seed=0)
         return torch.from_numpy(np.concatenate([pts, mesh.face_normals[face]], axis=1).astype(np.float32))
 
-    def _one(self, item: Any) -> torch.Tensor:
-        if isinstance(item, (str, os.PathLike)):
-            path = self.input_file(item, MESH_EXTENSIONS, "a mesh")
-            ext = os.path.splitext(path)[1].lower().lstrip(".")
-            try:
-                with open(path, "rb") as f:
-                    mesh = load_mesh(f.read(), ext)
-                return self.surface_of(mesh, path)
-            except ValueError as exc:  # MeshError included: name the file it came from
-                raise ValueError(f"{path!r}: {exc}") from exc
+    def surface_of(self, mesh: trimesh.Trimesh, name: str = "mesh") -> torch.Tensor:
+        """Prepare (as ``data build`` does), normalize and sample one mesh -> ``[N, 6]``."""
+        return self.sample_surface(self.prepared(mesh))
+
+    def read_mesh(self, item: Any) -> trimesh.Trimesh:
+        """A mesh file or ``trimesh.Trimesh`` -> the prepared, normalized mesh (``ValueError`` naming the file)."""
         if isinstance(item, trimesh.Trimesh):
-            return self.surface_of(item)
+            return self.prepared(item)
+        path = self.input_file(item, MESH_EXTENSIONS, "a mesh")
+        ext = os.path.splitext(path)[1].lower().lstrip(".")
+        try:
+            with open(path, "rb") as f:
+                return self.prepared(load_mesh(f.read(), ext))
+        except ValueError as exc:  # MeshError included: name the file it came from
+            raise ValueError(f"{path!r}: {exc}") from exc
+
+    # ---- rate control -------------------------------------------------------------------------------
+    def labeled_points(self, mesh: trimesh.Trimesh, num_points: int = 8192, seed: int = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference of ``--target-iou``: ``num_points`` points uniform in the normalized cube ``[-1, 1]^3``
+        (seeded) and their inside / outside labels for the prepared ``mesh`` (generalized winding number, as
+        ``data build`` labels training points) -> ``points [Q, 3]`` float32, ``labels [Q]`` bool."""
+        from tokenizers_mm.data.mesh_occupancy import label_occupancy
+
+        pts = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(num_points, 3))
+        return torch.from_numpy(pts.astype(np.float32)), torch.from_numpy(label_occupancy(mesh, pts))
+
+    @torch.inference_mode()
+    def iou(self, ids: Any, points: torch.Tensor, labels: torch.Tensor) -> float:
+        """Volume IoU of the shape decoded from one row of ``ids`` against ``labels`` at ``points`` ``[Q, 3]``."""
+        from tokenizers_mm.shape.metrics import volume_iou
+
+        t = self.check_ids(ids)[:1].to(self.device)
+        with self.autocast():
+            logits = self.codec.occupancy(self.codec.decode(t), points[None].to(self.device))
+        return float(volume_iou(logits.float().cpu(), labels[None].cpu())[0])
+
+    def _one(self, item: Any) -> torch.Tensor:
+        if isinstance(item, (str, os.PathLike, trimesh.Trimesh)):
+            return self.sample_surface(self.read_mesh(item))
         raise TypeError(f"cannot read a shape from {type(item).__name__}")
 
     def to_model_input(self, x: Any) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Pre-tokenization: stream webdataset shards through an exported tokenizer into token shards.
 
 Every input shard ``NAME.tar`` becomes an output shard ``OUT/NAME.tar`` with one sample per readable input
-sample: ``__key__`` (the input key), ``ids.npy`` (``[k]`` ids, uint16 or int32) and ``json`` (the source
-shard and the number of tokens). Because names carry over, ``train-*.tar`` / ``val-*.tar`` splits stay
+sample: ``__key__`` (the input key), ``ids.npy`` (uint16 or int32: ``[k]`` ids of an image or of a shape, scales
+coarse first; ``[n, F]`` of a speech clip taken whole, ``n`` codebooks by ``F`` frames) and ``json`` (the source
+shard, the number of tokens or codebooks, and a clip's frames). Because names carry over, ``train-*.tar`` / ``val-*.tar`` splits stay
 splits, and :class:`~tokenizers_mm.data.ShardDataModule` with ``modality: tokens`` reads the folder back.
 
 - Parallel: input shards are dealt round-robin to ranks (``RANK`` / ``WORLD_SIZE`` from torchrun or SLURM,
@@ -51,18 +52,55 @@ PROGRESS_DIR = ".tokenize"
 COMMIT_LOCK = ".commit-lock"
 
 
+class WholeClipDecoder:
+    """Audio sample -> the whole clip ``{"audio": [1, T]}`` as the codec takes it: mono, resampled to its rate,
+    loudness-normalized when its export's preprocessing says so."""
+
+    def __init__(self, sample_rate: int, loudness_lufs: float | None) -> None:
+        self.sample_rate, self.loudness_lufs = sample_rate, loudness_lufs
+
+    def __call__(self, raw: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        from tokenizers_mm.data.audio import (
+            AUDIO_EXTENSIONS,
+            decode_audio,
+            loudness_normalize,
+            resample,
+            to_mono,
+        )
+
+        ext = next((e for e in AUDIO_EXTENSIONS if e in raw), None)
+        if ext is None:
+            raise ValueError(f"sample has no audio file: expected one of {list(AUDIO_EXTENSIONS)}")
+        wave, sr = decode_audio(raw[ext])
+        clip = resample(to_mono(wave), sr, self.sample_rate)
+        if self.loudness_lufs is not None:
+            clip = loudness_normalize(clip, self.sample_rate, self.loudness_lufs)
+        return {"audio": clip.clamp(-1, 1)}
+
+
 def _sample_decoder(pipeline: TokenizerPipeline):
+    """The decoder that turns a raw shard sample into the tokenizer's input: images center-cropped as in
+    evaluation, whole audio clips, the first ``num_surface`` precomputed surface points of a mesh sample."""
+    inp = pipeline.config["inputs"]
     if pipeline.modality == "image":
-        inp = pipeline.config["inputs"]
         return make_decoder("image", train=False, image=ImageOptions(
             size=int(inp["image_size"]), val_resize=int(inp["preprocess"]["resize_shorter_side"]), flip=False))
-    raise ValueError(f"tokenize does not handle {pipeline.modality} tokenizers yet")
+    if pipeline.modality == "audio":
+        return WholeClipDecoder(int(inp["sample_rate"]), (inp.get("preprocess") or {}).get("loudness_lufs"))
+    if pipeline.modality == "mesh":
+        return make_decoder("mesh", train=False, mesh={"num_surface": int(inp["num_surface"]), "num_volume": 0,
+                                                       "num_near": 0})
+    raise ValueError(f"tokenize does not handle {pipeline.modality} tokenizers")
+
+
+INPUT_KEYS = {"image": "image", "audio": "audio", "mesh": "surface"}
 
 
 class ShardBatches(IterableDataset):
     """Decoded batches of whole shards, never mixing two shards in one batch.
 
-    Yields ``{"shard", "keys", "x"}`` batches and, after each shard, ``{"shard", "end": True, "skipped"}``.
+    Yields ``{"shard", "keys", "x"}`` batches (``x`` stacked, or a list when the inputs differ in shape, as
+    audio clips do) and, after each shard, ``{"shard", "end": True, "skipped"}``.
     Worker ``w`` of ``n`` takes shards ``w, w + n, ...`` of the list.
     """
 
@@ -88,11 +126,15 @@ class ShardBatches(IterableDataset):
                 keys.append(raw["__key__"])
                 xs.append(x)
                 if len(xs) == self.batch_size:
-                    yield {"shard": url, "keys": keys, "x": torch.stack(xs), "end": False}
+                    yield {"shard": url, "keys": keys, "x": _batch(xs), "end": False}
                     keys, xs = [], []
             if xs:
-                yield {"shard": url, "keys": keys, "x": torch.stack(xs), "end": False}
+                yield {"shard": url, "keys": keys, "x": _batch(xs), "end": False}
             yield {"shard": url, "end": True, "skipped": counter.total, "reasons": counter.reasons}
+
+
+def _batch(xs: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    return torch.stack(xs) if len({tuple(x.shape) for x in xs}) == 1 else xs
 
 
 def output_name(url: str) -> str:
@@ -141,10 +183,15 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
     if num_workers < 0:
         raise ValueError(f"--workers must be >= 0, got {num_workers}")
     k = tok.num_tokens if num_tokens is None else num_tokens
+    what = "codebooks" if tok.modality == "audio" else "tokens"
     if not 1 <= k <= tok.num_tokens or (not tok.prefix_decodable and k != tok.num_tokens):
-        raise ValueError(f"--num-tokens must be in 1..{tok.num_tokens} for this tokenizer"
+        raise ValueError(f"--num-tokens ({what}) must be in 1..{tok.num_tokens} for this tokenizer"
                          + ("" if tok.prefix_decodable else f" (exactly {tok.num_tokens}: it is not prefix-decodable)")
                          + f", got {num_tokens}")
+    prefixes = tok.config["tokens"].get("prefix_lengths")
+    if tok.modality == "mesh" and prefixes and k not in prefixes:
+        raise ValueError(f"--num-tokens must be a whole number of scales for this shape tokenizer: one of {prefixes}, "
+                         f"got {num_tokens}")
     try:
         urls = expand_urls(data, split=split)
     except (FileNotFoundError, ValueError) as exc:
@@ -174,7 +221,7 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
     if len(todo) < len(mine):
         log.warning("resuming: %d of this rank's %d shards are already tokenized", len(mine) - len(todo), len(mine))
     total = sum(count_samples(u) for u in todo) if todo and not any(is_remote(u) for u in todo) else None
-    input_key = tok.modality
+    input_key = INPUT_KEYS[tok.modality]
     loader = DataLoader(ShardBatches(todo, _sample_decoder(tok), batch_size, input_key), batch_size=None,
                         num_workers=min(num_workers, len(todo)))
     meta = token_meta(tok, k)
@@ -192,12 +239,14 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
                                    "reasons": item["reasons"]})
                 tar.commit()
                 continue
-            ids = tok.encode(item["x"], num_tokens=k, batch_size=batch_size).numpy().astype(dtype_np)
+            ids = tok.encode(item["x"], num_tokens=k, batch_size=batch_size)  # [B, k], [B, n, F] or a list of [n, F_i]
             tar = writers.get(url)
             if tar is None:
                 tar = writers[url] = AtomicTarFile(os.path.join(stage, name))
             for key, row in zip(item["keys"], ids, strict=True):
-                tar.write({"__key__": key, "ids.npy": row, "json": {"source_shard": name, "num_tokens": k}})
+                row = row.numpy().astype(dtype_np)
+                info = {"source_shard": name, "num_tokens": k, **({"frames": row.shape[-1]} if row.ndim == 2 else {})}
+                tar.write({"__key__": key, "ids.npy": row, "json": info})
             bar.update(len(ids))
     except BaseException:
         for tar in writers.values():

@@ -110,23 +110,25 @@ def test_real_bytes_at_most_nominal_plus_header_and_round_trip(image_setup):
     ids = torch.from_numpy(_val_ids(image_setup["shards"]))
     nominal = int(np.ceil(8 * np.log2(1000) / 8))
     payload = 0
-    for row in ids:
-        blob = prior.compress(tok, row)
-        assert len(blob) <= nominal + HEADER_BYTES + 4  # the range coder ends on a whole 32-bit word
+    bits = prior.bits(ids)
+    for row, b in zip(ids, bits):
+        blob, coded_bits = prior.compress_with_bits(tok, row)
+        head = Header.unpack(blob, "x")[0]
+        assert len(blob) <= nominal + HEADER_BYTES  # never above the nominal code: the raw code is the fallback
+        assert abs(coded_bits - float(b)) < 0.02 * len(row)  # integer tables: next to no cost over the float model
+        if not head.raw:  # a range code cut to its shortest decodable bytes: at most two bytes over the ideal size
+            assert len(blob) - HEADER_BYTES <= np.ceil(coded_bits / 8) + 2
         payload += len(blob) - HEADER_BYTES
         back, head = prior.decompress(tok, blob)
         assert torch.equal(back, row) and head.shape == (8,)
     assert payload <= nominal * len(ids)  # in all, the prior's code is shorter than the nominal code
-    # ideal code lengths agree with the range coder (which adds at most one word per file)
-    bits = prior.bits(ids)
-    assert abs(payload * 8 - float(bits.sum())) <= 32 * len(ids) + 1
     # what `evaluate --prior` reports per budget: file bytes with the header, never above nominal + header + a word
     from tokenizers_mm.prior.evaluate import real_bytes_per_budget
 
-    rows = real_bytes_per_budget(image_setup["prior"], ids, [1, 4, 8], 1000)
-    assert [r["k"] for r in rows] == [1, 4, 8] and rows[-1]["header_bytes"] == HEADER_BYTES
-    for r in rows:
-        assert r["file_bytes"] <= r["nominal_bytes"] + HEADER_BYTES + 4
+    rows = real_bytes_per_budget(image_setup["prior"], ids, list(range(1, 9)), 1000)
+    assert [r["k"] for r in rows] == list(range(1, 9)) and rows[-1]["header_bytes"] == HEADER_BYTES
+    for r in rows:  # at every budget, k = 1 and 2 included (no 4-byte coder words)
+        assert r["file_bytes"] <= r["nominal_bytes"] + HEADER_BYTES, r
     assert rows[-1]["file_bytes"] == pytest.approx(HEADER_BYTES + payload / len(ids), abs=0.01)
 
 
@@ -216,10 +218,11 @@ def test_bad_files_give_one_line_errors_naming_the_file(image_setup, tmp_path, c
     blob = prior.compress(tok, row)
     other = TokenPrior(1000, 1, 8, "sequence", width=32, layers=1, heads=2, tokenizer={"sha256": tok.model_id})
     other_dir = _export_prior(other, str(tmp_path / "other_prior"))
-    # (the corrupt byte is the most significant one of the first coder word: the first ids change; a flipped low bit
-    # may leave every id intact, and the CRC then rightly accepts the file)
-    bad = {"not_ours.tmmc": b"PK\x03\x04" + blob[4:], "truncated.tmmc": blob[:-4], "short.tmmc": blob[:20],
-           "corrupt.tmmc": blob[:HEADER_BYTES + 3] + bytes([blob[HEADER_BYTES + 3] ^ 0x5A]) + blob[HEADER_BYTES + 4:],
+    # (the corrupt byte is the first, most significant byte of the range code: the first ids change; a flipped low
+    # bit may leave every id intact, and the CRC then rightly accepts the file)
+    assert not Header.unpack(blob, "x")[0].raw
+    bad = {"not_ours.tmmc": b"PK\x03\x04" + blob[4:], "truncated.tmmc": blob[:-3], "short.tmmc": blob[:20],
+           "corrupt.tmmc": blob[:HEADER_BYTES] + bytes([blob[HEADER_BYTES] ^ 0x5A]) + blob[HEADER_BYTES + 1:],
            "other_prior.tmmc": _compress_with(other_dir, tok, row)}
     for name, data in bad.items():
         path = tmp_path / name
@@ -305,3 +308,230 @@ def test_tokens_report(image_setup, tmp_path, capsys):
     assert len(rep["per_position_entropy_bits"]) == 8 and rep["zipf_exponent"] > 0
     assert rep["prior_bits_per_token"] < rep["uniform_bits"]
     assert (out / "tokens.png").is_file()
+
+
+def test_raw_fallback_keeps_files_at_most_nominal_and_round_trips(image_setup):
+    """An untrained prior codes worse than log2 V bits per id: the file then stores the ids plainly (flagged)."""
+    tok = pipelines.load(image_setup["tok"])
+    torch.manual_seed(1)
+    bad = TokenPrior(1000, 1, 8, "sequence", width=32, layers=1, heads=2, tokenizer={"sha256": tok.model_id})
+    with torch.no_grad():
+        bad.heads.bias[:] = torch.linspace(0, 12, 1000)  # very confident in the high ids: the data's ids cost more
+    from pipelines.prior import TokenPriorPipeline
+
+    pp = TokenPriorPipeline.from_module(bad)
+    for k in (1, 2, 5, 8):
+        row = torch.ones(k, dtype=torch.long)  # about the least likely id (id 0 would cost nothing: a zero-padded
+        # range code decodes to the bottom of every interval)
+        blob = pp.compress(tok, row)
+        head = Header.unpack(blob, "x")[0]
+        nominal = int(np.ceil(k * np.log2(1000) / 8))
+        assert head.raw and len(blob) == HEADER_BYTES + nominal
+        back, _ = pp.decompress(tok, blob)
+        assert torch.equal(back, row)
+    with pytest.raises(CompressedFileError, match="raw payload has"):
+        pp.decompress(tok, blob[:-1], "cut.tmmc")
+
+
+def test_padded_frames_do_not_count_in_the_loss():
+    torch.manual_seed(0)
+    prior = TokenPrior(16, 4, 12, "rvq", width=32, layers=1, heads=2, depth_layers=1).eval()
+    frames = torch.randint(0, 16, (2, 12, 4))
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, :7], mask[1, :12] = True, True
+    padded = frames.clone()
+    padded[0, 7:] = 0
+    whole = prior.loss(frames[1:2])
+    short = prior.loss(frames[:1, :7])
+    both = prior.loss(padded, frame_mask=mask)
+    assert torch.allclose(both, (short * 7 * 4 + whole * 12 * 4) / (19 * 4), atol=1e-5)
+    # what the padding holds does not matter (causal context, masked loss)
+    assert torch.allclose(prior.loss(frames, frame_mask=mask), both, atol=1e-6)
+
+
+def _one_step_checkpoint(model, dm, path):
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def _fit_prior(config, tok_dir, shards, run, steps, extra=()):
+    assert main(["fit", "--config", os.path.join(ROOT, config), "--model.init_args.tokenizer", tok_dir,
+                 "--data.train_urls", shards, "--data.val_urls", shards, "--data.batches_per_epoch", str(steps),
+                 "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
+                 "--trainer.default_root_dir", run, "--trainer.enable_progress_bar", "false",
+                 "--trainer.accelerator", "cpu", *extra]) == 0
+    return os.path.join(run, "checkpoints", "last.ckpt")
+
+
+@pytest.fixture(scope="module")
+def speech_shape_setup(embedded, tmp_path_factory):
+    """Tiny speech and shape tokenizers (one training step: checkpoint + export), their token shards written by
+    `tokenize`, and priors trained on them through `tokenizers-mm fit` with the shipped configs."""
+    from pipelines.tokenize import tokenize_shards
+    from tokenizers_mm.data import ShardDataModule
+    from tokenizers_mm.shape.tokenizer import ShapeTokenizer
+    from tokenizers_mm.speech.tokenizer import SpeechTokenizer
+
+    root = tmp_path_factory.mktemp("prior_mm")
+    pl.seed_everything(0)
+    speech = SpeechTokenizer(sample_rate=16000, seanet={"channels": 8, "dim": 32, "ratios": [8, 5, 4, 2],
+                                                        "causal": True, "decoder": "istft", "istft_channels": 64,
+                                                        "istft_layers": 4},
+                             rvq={"num_quantizers": 4, "codebook_size": 16},
+                             loss={"adv_weight": 0.0, "mel_windows": [64, 128, 256, 512], "mel_bins": [10, 20, 40, 64]},
+                             val_quantizers=[1, 2, 4])
+    adm = ShardDataModule(modality="audio", train_urls=os.path.join(embedded, "audio"), val_urls=None, batch_size=4,
+                          num_workers=0, audio={"sample_rate": 16000, "seconds": 0.5, "loudness_lufs": -23.0})
+    shape = ShapeTokenizer(num_latents=16, latent_dim=16, encoder={"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
+                           decoder={"width": 64, "depth": 1, "heads": 2}, scales=[1, 4, 16],
+                           quantizer={"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True})
+    mdm = ShardDataModule(modality="mesh", train_urls=os.path.join(embedded, "mesh"), val_urls=None, batch_size=4,
+                          num_workers=0, mesh={"num_surface": 512, "num_volume": 256, "num_near": 128})
+    out = {"root": root}
+    for name, model, dm, data, config, steps in (
+            ("speech", speech, adm, "audio", "configs/prior/codec_tiny_prior.yaml", 300),
+            ("shape", shape, mdm, "mesh", "configs/prior/vat_tiny_prior.yaml", 10)):
+        ckpt = _one_step_checkpoint(model, dm, root / f"{name}.ckpt")
+        tok_dir = str(root / f"{name}_tok")
+        export_checkpoint(ckpt, tok_dir)
+        shards = str(root / f"{name}_tokens")
+        manifest = tokenize_shards(tok_dir, os.path.join(embedded, data), shards, num_workers=0, progress=False)
+        extra = ["--model.init_args.width=64", "--model.init_args.layers=2", "--model.init_args.optimizer.lr=0.003"]
+        if name == "speech":
+            extra += ["--data.tokens.frames=64", "--model.init_args.max_frames=64", "--data.batch_size=16"]
+        run = str(root / f"{name}_prior_run")
+        prior_ckpt = _fit_prior(config, tok_dir, shards, run, steps, extra)
+        prior_dir = str(root / f"{name}_prior")
+        export_checkpoint(prior_ckpt, prior_dir)
+        out[name] = {"ckpt": ckpt, "tok": tok_dir, "shards": shards, "manifest": manifest, "prior": prior_dir,
+                     "run": run, "data": os.path.join(embedded, data)}
+    return out
+
+
+def _history(run, key):
+    import csv
+
+    with open(os.path.join(run, "metrics.csv")) as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def test_tokenize_writes_speech_and_shape_token_shards(speech_shape_setup, embedded):
+    from pipelines.tokenize import read_token_ids, tokenize_shards
+    from tokenizers_mm.data.urls import expand_urls
+
+    sp, sh = speech_shape_setup["speech"], speech_shape_setup["shape"]
+    assert sp["manifest"]["counts"] == {"train": 131, "val": 15} and sp["manifest"]["source_modality"] == "audio"
+    assert sh["manifest"]["counts"] == {"train": 59, "val": 10} and sh["manifest"]["source_modality"] == "mesh"
+    tok = pipelines.load(sp["tok"])
+    clips = list(read_token_ids(expand_urls(sp["shards"], split="val")))
+    assert all(ids.ndim == 2 and ids.shape[0] == 4 for _, ids in clips)
+    assert len({ids.shape[1] for _, ids in clips}) > 1  # whole clips: their lengths differ
+    # a clip's ids are what the codec gives the loudness-normalized whole clip
+    from tokenizers_mm.speech.evaluate import load_clips
+
+    key, clip = load_clips(sp["data"], 16000, max_clips=1, loudness_lufs=-23.0)[0]
+    want = dict(clips)[key]
+    assert np.array_equal(tok.encode(clip[None])[0].numpy(), want)
+    shapes = list(read_token_ids(expand_urls(sh["shards"])))
+    assert all(ids.shape == (21,) for _, ids in shapes)
+    # the same rules as image token shards: a rerun finds the output done, another setting is refused by name
+    again = tokenize_shards(sp["tok"], sp["data"], sp["shards"], num_workers=0, progress=False)
+    assert again["counts"] == sp["manifest"]["counts"]
+    with pytest.raises(ValueError, match="whole number of scales"):
+        tokenize_shards(sh["tok"], sh["data"], str(speech_shape_setup["root"] / "x"), num_tokens=3, progress=False)
+    # the loader windows whole clips and masks the padding
+    from tokenizers_mm.data import ShardDataModule
+
+    dm = ShardDataModule(modality="tokens", train_urls=sp["shards"], val_urls=sp["shards"], batch_size=15,
+                         num_workers=0, tokens={"frames": 200})
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["ids"].shape == (15, 4, 200) and batch["ids_mask"].shape == (15, 200)
+    lengths = sorted(int(m.sum()) for m in batch["ids_mask"])
+    assert lengths == sorted(min(200, ids.shape[1]) for _, ids in clips)
+
+
+def test_speech_prior_trained_from_token_shards_beats_the_unigram_code(speech_shape_setup):
+    from pipelines.tokenize import read_token_ids
+    from tokenizers_mm.data.urls import expand_urls
+
+    sp = speech_shape_setup["speech"]
+    val = [ids.astype(np.int64) for _, ids in read_token_ids(expand_urls(sp["shards"], split="val"))]
+    # per-codebook unigram entropy of the val tokens themselves: the best a context-blind code does
+    unigram = 0.0
+    for q in range(4):
+        c = np.bincount(np.concatenate([v[q] for v in val]), minlength=16)
+        p = c[c > 0] / c.sum()
+        unigram += float(-(p * np.log2(p)).sum()) / 4
+    bits = _history(sp["run"], "val/bits_per_token")
+    assert bits[-1] < unigram - 0.1, (bits, unigram)
+    # and the exported prior codes whole clips of every bitrate, bit-exact
+    tok = pipelines.load(sp["tok"])
+    prior = pipelines.load(sp["prior"], modality="prior")
+    for n in (1, 4):
+        blob = prior.compress(tok, torch.from_numpy(val[0][:n]), extra=1234)
+        ids, head = prior.decompress(tok, blob)
+        assert np.array_equal(ids.numpy(), val[0][:n]) and head.extra == 1234 and len(blob) <= 31 + int(
+            np.ceil(val[0][:n].size * 4 / 8))
+
+
+def test_evaluate_prior_for_speech_and_shapes(speech_shape_setup, tmp_path, capsys):
+    sp, sh = speech_shape_setup["speech"], speech_shape_setup["shape"]
+    out = tmp_path / "speech"
+    assert main(["evaluate", "--ckpt", sp["ckpt"], "--data", sp["data"], "--out", str(out), "--max-samples", "3",
+                 "--no-baselines", "--no-pesq", "--prior", sp["prior"]]) == 0
+    rep = json.load(open(out / "report.json"))
+    for r in rep["per_quantizers"]:
+        assert {"file_bytes", "payload_bytes", "nominal_bytes", "prior_bits_per_token", "file_kbps"} <= set(r)
+        assert r["file_bytes"] <= r["nominal_bytes"] + 31 and r["payload_bytes"] <= r["nominal_bytes"]
+        assert r["prior_bits_per_token"] > 0
+    assert rep["per_quantizers"][-1]["file_bytes"] > rep["per_quantizers"][0]["file_bytes"]
+    assert (out / "rate_quality.png").is_file()
+    out = tmp_path / "shape"
+    assert main(["evaluate", "--ckpt", sh["ckpt"], "--data", sh["data"], "--out", str(out), "--max-samples", "2",
+                 "--resolution", "16", "--chamfer-points", "2000", "--prior", sh["prior"]]) == 0
+    rep = json.load(open(out / "report.json"))
+    assert [r["tokens"] for r in rep["per_scale"]] == [1, 5, 21]
+    for r in rep["per_scale"]:
+        assert r["file_bytes"] <= r["bytes"] + HEADER_BYTES and r["prior_bits_per_token"] > 0
+    assert "real files with the prior" in capsys.readouterr().out
+    # a prior of another modality's tokens is refused by name
+    with pytest.raises(ValueError, match="models"):
+        from tokenizers_mm.shape.evaluate import evaluate_shape_checkpoint
+
+        evaluate_shape_checkpoint(sh["ckpt"], sh["data"], str(tmp_path / "x"), max_samples=1, resolution=16,
+                                  chamfer_points=100, prior=sp["prior"])
+
+
+def test_target_iou_meets_its_target_on_every_reported_shape(speech_shape_setup, mesh_dir, tmp_path, capsys):
+    from tokenizers_mm.prior.rate import TargetError, choose_shape
+
+    sh = speech_shape_setup["shape"]
+    tok = pipelines.load(sh["tok"])
+    files = [os.path.join(mesh_dir, f) for f in ("ant.ply", "nut.ply", "sphere.ply")]
+    loose = choose_shape(tok, files, 0.0, files)
+    assert all(c.budget == 1 for c in loose)
+    best = [max(c.qualities.values()) for c in loose]
+    target = min(best) - 1e-4
+    rc = tmp_path / "rc"
+    assert main(["compress", "--model", sh["tok"], "--prior", sh["prior"], *files, "--out", str(rc),
+                 "--target-iou", f"{target:.5f}"]) == 0
+    summary = json.load(open(rc / "summary.json"))
+    dec = tmp_path / "dec"
+    assert main(["decompress", "--model", sh["tok"], "--prior", sh["prior"], str(rc), "--out", str(dec),
+                 "--resolution", "16"]) == 0
+    for r in summary["files"]:
+        assert r["quality"] >= target and r["budget"] in (1, 5, 21)
+        ids = torch.from_numpy(np.load(dec / (r["out"][:-5] + ".ids.npy")))
+        mesh = tok.read_mesh(r["file"])
+        assert len(ids) == r["budget"] and tok.iou(ids[None], *tok.labeled_points(mesh)) >= target
+    assert summary["rate_control"]["budgets"] == [r["budget"] for r in summary["files"]]
+    capsys.readouterr()
+    with pytest.raises(TargetError, match="no budget reaches volume IoU 1.01"):
+        choose_shape(tok, files[:1], 1.01, files[:1])
+    assert main(["compress", "--model", sh["tok"], "--prior", sh["prior"], *files, "--out", str(tmp_path / "no"),
+                 "--target-psnr", "20"]) == 2
+    assert "--target-psnr applies to image tokenizers" in capsys.readouterr().err

@@ -298,15 +298,12 @@ def _finish_report(report: dict[str, Any], folder: Any) -> dict[str, Any]:
 def _evaluate_into(a: argparse.Namespace, ckpt: str, modality: str, folder: Any) -> int:
     from .evaluate import evaluate_checkpoint, format_table
 
-    if a.prior and modality != "image":
-        raise ValueError(f"--prior: real compressed bytes are reported for image tokenizers so far; {ckpt!r} is a "
-                         f"{modality} tokenizer")
     if modality == "mesh":
         from .shape.evaluate import evaluate_shape_checkpoint, format_shape_table
 
         report = _finish_report(evaluate_shape_checkpoint(
             ckpt, a.data, folder.path, resolution=a.resolution, max_samples=a.max_samples,
-            chamfer_points=a.chamfer_points), folder)
+            chamfer_points=a.chamfer_points, prior=a.prior), folder)
         print(f"{report['model']}: {report['shapes']} shapes, {report['bits_per_token']} bits per token")
         print(format_shape_table(report))
         print("report files:")
@@ -318,7 +315,7 @@ def _evaluate_into(a: argparse.Namespace, ckpt: str, modality: str, folder: Any)
 
         report = _finish_report(evaluate_speech_checkpoint(
             ckpt, a.data, folder.path, max_clips=a.max_samples, baselines=not a.no_baselines,
-            pesq=not a.no_pesq), folder)
+            pesq=not a.no_pesq, prior=a.prior), folder)
         print(f"{report['model']}: {report['clips']} clips ({report['seconds']} s) at {report['sample_rate']} Hz, "
               f"{report['num_quantizers']} codebooks x {report['codebook_size']} codes at {report['frame_rate']:g} Hz")
         print(format_speech_table(report))
@@ -577,7 +574,8 @@ def _cmd_tokenize(a: argparse.Namespace) -> int:
                         device=a.device, dtype="bf16" if a.bf16 else None, overwrite=a.overwrite)
     state = "complete" if m["complete"] else f"partial ({sum(map(len, m['shards'].values()))} of {m['input_shards']} shards)"
     print(f"token shards in {a.out}: {m['counts']} samples, {m['skipped_samples']} skipped, {state}; "
-          f"{m['tokens']['num_tokens']} tokens per sample (dataset.json)")
+          f"{m['tokens']['num_tokens']} {'codebooks per frame' if m['source_modality'] == 'audio' else 'tokens per sample'}"
+          " (dataset.json)")
     return 0
 
 
@@ -672,7 +670,8 @@ def _project_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=at_least(1), nargs="+", default=None,
                    help="rectified-flow decoders: Euler steps to evaluate (e.g. 1 2 4 8 25; default: the model's)")
     e.add_argument("--cfg-scale", type=float, default=None, help="rectified-flow decoders: guidance scale")
-    e.add_argument("--prior", default=None, help="images: a token prior export; adds real compressed bytes per k")
+    e.add_argument("--prior", default=None, help="a token prior export of this tokenizer's tokens: adds real compressed file bytes "
+                   "and bits per token at every budget (k, codebooks or scales)")
     e.add_argument("--resolution", type=at_least(8), default=64, help="shapes: marching-cubes grid resolution")
     e.add_argument("--chamfer-points", type=at_least(1), default=100_000, help="shapes: surface samples per mesh")
     e.add_argument("--overwrite", action="store_true",

@@ -181,8 +181,7 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, batch_size: 
 
         real = real_bytes_per_budget(prior, torch.cat(all_ids), [r["k"] for r in per_k], model.codebook_size)
         for r, rr in zip(per_k, real):
-            r.update(file_bytes=rr["file_bytes"], payload_bytes=rr["payload_bytes"],
-                     prior_bits_per_token=rr["prior_bits_per_token"])
+            r.update({k: rr[k] for k in ("file_bytes", "payload_bytes", "prior_bits_per_token", "raw_files")})
 
     os.makedirs(out, exist_ok=True)
     files = {"report": os.path.join(out, "report.json")}

@@ -80,9 +80,13 @@ class TokenOptions:
     Args:
         num_tokens: keep the first ``num_tokens`` ids of every sample (prefix-decodable tokenizers); ``None``
             keeps all. Samples with fewer ids are an error.
+        frames: speech ids ``[n_q, F]`` of clips of any length: a window of ``frames`` frames (random start in
+            training, the first frames in evaluation); shorter clips are padded with id 0 and batches gain
+            ``ids_mask`` bool ``[frames]`` (True on real frames). ``None`` keeps whole clips (equal lengths only).
     """
 
     num_tokens: int | None = None
+    frames: int | None = None
 
 
 class SampleDecoder(Protocol):
@@ -208,6 +212,8 @@ def decode_ids_npy(data: bytes) -> np.ndarray:
 @dataclass
 class TokenSampleDecoder:
     num_tokens: int | None = None
+    frames: int | None = None
+    train: bool = False
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
         if "ids.npy" not in sample:
@@ -220,7 +226,17 @@ class TokenSampleDecoder:
                 raise ValueError(f"sample holds {ids.shape[-1]} tokens, fewer than data.tokens.num_tokens="
                                  f"{self.num_tokens}")
             ids = ids[..., : self.num_tokens]
-        return {"ids": ids}
+        if self.frames is None:
+            return {"ids": ids}
+        if ids.ndim != 2:
+            raise ValueError(f"data.tokens.frames windows speech ids [n_q, F]; this sample holds ids of shape "
+                             f"{tuple(ids.shape)}")
+        f = ids.shape[-1]
+        start = rng.randrange(f - self.frames + 1) if self.train and f > self.frames else 0
+        ids = ids[:, start:start + self.frames]
+        mask = torch.zeros(self.frames, dtype=torch.bool)
+        mask[: ids.shape[-1]] = True
+        return {"ids": torch.nn.functional.pad(ids, (0, self.frames - ids.shape[-1])), "ids_mask": mask}
 
 
 def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None = None,
@@ -244,5 +260,8 @@ def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None =
         return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train,
                                                num_sharp=o.num_sharp))
     if modality == "tokens":
-        return TokenSampleDecoder(as_config(TokenOptions, tokens).num_tokens)
+        o = as_config(TokenOptions, tokens)
+        if o.frames is not None and o.frames < 1:
+            raise ValueError(f"data.tokens.frames must be >= 1, got {o.frames}")
+        return TokenSampleDecoder(o.num_tokens, o.frames, train)
     raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")

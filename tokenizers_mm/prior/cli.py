@@ -64,9 +64,6 @@ def _target(a: argparse.Namespace, modality: str) -> tuple[str, float] | None:
     metric, value = given[0]
     from .rate import TARGETS
 
-    if metric not in TARGETS:
-        raise ValueError(f"--target-{metric} is not supported yet: rate control covers --target-psnr (images) and "
-                         "--target-mel / --target-stoi (speech)")
     if TARGETS[metric][0] != modality:
         raise ValueError(f"--target-{metric} applies to {TARGETS[metric][0]} tokenizers; {a.model!r} is a "
                          f"{modality} tokenizer")
@@ -76,7 +73,7 @@ def _target(a: argparse.Namespace, modality: str) -> tuple[str, float] | None:
 def encode_with_target(tok: Any, files: list[str], keys: list[str], num_tokens: int | None,
                        target: tuple[str, float] | None, chunk_seconds: float = 30.0) -> tuple[list, list, list]:
     """ids per file (``[k]`` / ``[n, F]``), the modality extra per file, and the rate-control choices (or Nones)."""
-    from .rate import choose_audio, choose_image
+    from .rate import choose_audio, choose_image, choose_shape
 
     if tok.modality == "image":
         images = tok.to_model_input(files)
@@ -93,6 +90,9 @@ def encode_with_target(tok: Any, files: list[str], keys: list[str], num_tokens: 
             return [c.ids for c in choices], extra, choices
         ids = [tok.encode(w, num_tokens=num_tokens, chunk_seconds=chunk_seconds)[0] for w in waves]
         return ids, extra, [None] * len(files)
+    if target:
+        choices = choose_shape(tok, files, target[1], files)
+        return [c.ids for c in choices], [0] * len(files), choices
     ids = tok.encode(files, num_tokens=num_tokens)
     return list(ids), [0] * len(files), [None] * len(files)
 
@@ -307,7 +307,9 @@ def add_parsers(sub: Any, inference_flags: Any, at_least: Any) -> None:
     c.add_argument("--target-psnr", type=float, default=None, help="images: fewest tokens reaching this PSNR (dB)")
     c.add_argument("--target-mel", type=float, default=None, help="speech: fewest codebooks at most this mel distance")
     c.add_argument("--target-stoi", type=float, default=None, help="speech: fewest codebooks reaching this STOI")
-    c.add_argument("--target-iou", type=float, default=None, help="shapes (not supported yet)")
+    c.add_argument("--target-iou", type=float, default=None,
+                   help="shapes: fewest scales whose decoded occupancy reaches this volume IoU against the input's own "
+                        "inside / outside labels (8192 points uniform in the normalized cube)")
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help="decode .tmmc files back to ids (bit-exact) and to images / WAV / meshes")

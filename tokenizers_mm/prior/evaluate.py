@@ -1,46 +1,74 @@
-"""Real compressed sizes of a tokenizer's ids under a prior, per token budget (for ``evaluate --prior``)."""
+"""Real compressed sizes of a tokenizer's ids under a prior, per token budget (for ``evaluate --prior``).
+
+A budget ``b`` keeps the first ``b`` entries of each sample's ids along their first axis: the first ``b`` tokens
+of 1D image ids ``[K]``, the first ``b`` tokens (whole scales) of shape ids ``[n]``, the first ``b`` codebooks of
+speech ids ``[n_q, F]``. Every sample at every budget is coded as ``compress`` codes it (header + payload).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .coding import Header, encode_frames
-from .ordering import to_frames
+from .coding import Header, coded_payload
 
 
-def header_bytes(ndim: int) -> int:
-    """Bytes of a compressed file's header for ids of ``ndim`` dimensions."""
-    return len(Header("image", b"\0" * 4, b"\0" * 4, (1,) * ndim).pack())
+def header_bytes(modality: str, ndim: int) -> int:
+    """Bytes of a compressed file's header for ids of ``ndim`` dimensions of ``modality``."""
+    return len(Header(modality, b"\0" * 4, b"\0" * 4, (1,) * ndim).pack())
 
 
-def real_bytes_per_budget(prior_dir: str, ids: torch.Tensor, budgets: list[int], codebook_size: int
-                          ) -> list[dict[str, Any]]:
-    """Per budget ``k``: mean file bytes per sample (header + range-coded ids of the first ``k`` tokens), mean
-    payload bytes, the ideal bits per token under the prior, and the nominal bytes ``ceil(k log2 V / 8)``.
+def nominal_bytes(num_tokens: int, codebook_size: int) -> int:
+    """``ceil(num_tokens * log2(V) / 8)``: the ids at ``log2 V`` bits each."""
+    return math.ceil(num_tokens * math.log2(codebook_size) / 8)
 
-    ``ids``: ``[N, K]`` (1D / multi-scale tokens) of the samples.
-    """
+
+def load_prior_for(prior_dir: str, codebook_size: int, modality: str) -> Any:
+    """The prior pipeline of ``prior_dir``, checked against the tokenizer's codebook size and modality."""
     import pipelines
 
     prior = pipelines.load(prior_dir, modality="prior")
     if prior.prior.codebook_size != codebook_size:
         raise ValueError(f"--prior {prior_dir!r} models {prior.prior.codebook_size} codes; the tokenizer has "
                          f"{codebook_size}")
+    made_for = (prior.prior.tokenizer or {}).get("modality")
+    if made_for and made_for != modality:
+        raise ValueError(f"--prior {prior_dir!r} models the tokens of a {made_for} tokenizer; this one is a "
+                         f"{modality} tokenizer")
+    return prior
+
+
+def real_bytes_per_budget(prior_dir: str, ids: torch.Tensor | Sequence[torch.Tensor], budgets: list[int],
+                          codebook_size: int, modality: str = "image") -> list[dict[str, Any]]:
+    """Per budget ``k`` (see the module docstring): mean file bytes per sample (header + payload), mean payload
+    bytes, mean nominal bytes ``ceil(tokens log2 V / 8)``, the ideal bits per token under the prior, how many
+    files fell back to the raw code, and the header's size.
+
+    ``ids``: ``[N, K]`` or a list of per-sample ids (``[K]`` / ``[n_q, F_i]``).
+    """
+    prior = load_prior_for(prior_dir, codebook_size, modality)
+    samples = list(ids)
+    if not samples:
+        raise ValueError("no samples to code")
+    head = header_bytes(modality, samples[0].ndim)
     rows = []
-    head = header_bytes(1)
     for k in budgets:
-        payload, bits = [], 0.0
-        for row in ids[:, :k]:
-            words, b = encode_frames(prior.prior, to_frames(row[None], prior.layout)[0])
-            payload.append(4 * len(words))
+        payload, nominal, raw, bits, tokens = [], [], 0, 0.0, 0
+        for sample in samples:
+            cut = sample[:k]
+            data, b, is_raw = coded_payload(prior.prior, cut)
+            payload.append(len(data))
+            nominal.append(nominal_bytes(int(cut.numel()), codebook_size))
+            raw += int(is_raw)
             bits += b
-        n = len(ids)
-        rows.append({"k": k, "nominal_bytes": math.ceil(k * math.log2(codebook_size) / 8),
+            tokens += int(cut.numel())
+        rows.append({"k": k, "nominal_bytes": round(float(np.mean(nominal)), 2),
                      "file_bytes": round(head + float(np.mean(payload)), 2),
                      "payload_bytes": round(float(np.mean(payload)), 2),
-                     "prior_bits_per_token": round(bits / (n * k), 4), "header_bytes": head})
+                     "prior_bits_per_token": round(bits / max(tokens, 1), 4), "raw_files": raw,
+                     "header_bytes": head})
     return rows

@@ -139,16 +139,20 @@ class TokenPrior(nn.Module):
         h = self.context(frames, num_codes)
         return self.depth_logits(h.reshape(b * f, -1), frames.reshape(b * f, d)).view(b, f, d, -1)
 
-    def loss(self, frames: torch.Tensor, num_codes: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, frames: torch.Tensor, num_codes: torch.Tensor | None = None,
+             frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy (nats per token) of frames ``[B, F, d]``; with ``num_codes`` ``[B]`` only the codes
-        each stream keeps count."""
+        each stream keeps count, with ``frame_mask`` bool ``[B, F]`` only the real (not padded) frames."""
         logits = self(frames, num_codes)
         nll = F.cross_entropy(logits.flatten(0, 2).float(), frames.flatten(), reduction="none").view(frames.shape)
-        if num_codes is None:
+        if num_codes is None and frame_mask is None:
             return nll.mean()
-        keep = (torch.arange(frames.shape[2], device=frames.device)[None] < num_codes[:, None]).to(nll.dtype)
-        keep = keep[:, None].expand_as(nll)
-        return (nll * keep).sum() / keep.sum()
+        keep = torch.ones_like(nll)
+        if num_codes is not None:
+            keep = keep * (torch.arange(frames.shape[2], device=frames.device)[None] < num_codes[:, None])[:, None]
+        if frame_mask is not None:
+            keep = keep * frame_mask[:, :, None].to(nll.dtype)
+        return (nll * keep).sum() / keep.sum().clamp_min(1)
 
     # ---- step-by-step use (coding, sampling) ------------------------------------------------------------
     def window(self, frames: torch.Tensor, t: int) -> torch.Tensor:

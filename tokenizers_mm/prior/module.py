@@ -73,25 +73,28 @@ class PriorModule(TokenizerModule):
                                                                   ("modality", "architecture", "sha256")})
         self.ema = None
 
-    def frames_of(self, ids: torch.Tensor, train: bool) -> torch.Tensor:
-        """Batch ids -> frames ``[B, F, D]`` cropped to the context (a random window while training)."""
+    def frames_of(self, ids: torch.Tensor, train: bool, mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Batch ids -> frames ``[B, F, D]`` cropped to the context (a random window while training), and the
+        frame mask ``[B, F]`` (``ids_mask`` of padded speech windows) cropped alike."""
         frames = to_frames(ids, self.layout)
         f, cap = frames.shape[1], self.codec.max_frames
         if f > cap:
             start = int(torch.randint(0, f - cap + 1, ()).item()) if train else 0
             frames = frames[:, start:start + cap]
+            mask = mask[:, start:start + cap] if mask is not None else None
         if frames.shape[2] > self.codec.depth_codes:
             raise ValueError(f"token batch has {frames.shape[2]} codes per frame; the prior models "
                              f"{self.codec.depth_codes}")
-        return frames
+        return frames, mask
 
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        frames = self.frames_of(batch["ids"], self.training)
+        frames, mask = self.frames_of(batch["ids"], self.training, batch.get("ids_mask"))
         num_codes = None
         d = frames.shape[2]
         if self.training and d > 1 and self.codebook_dropout > 0:
             drop = torch.rand(frames.shape[0], device=frames.device) < self.codebook_dropout
             random_n = torch.randint(1, d + 1, (frames.shape[0],), device=frames.device)
             num_codes = torch.where(drop, random_n, torch.full_like(random_n, d))
-        loss = self.codec.loss(frames, num_codes)
+        loss = self.codec.loss(frames, num_codes, mask)
         return {"loss": loss, "bits_per_token": loss.detach() / math.log(2)}, {"ids": batch["ids"]}

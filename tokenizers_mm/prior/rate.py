@@ -1,7 +1,7 @@
 """Rate control: per sample, the smallest token budget whose decoded result meets a quality target.
 
 Every prefix a tokenizer decodes is a candidate (1D image tokens: ``1..K``; speech: the first ``1..n_q``
-codebooks); all candidates of a sample are decoded and measured, so the choice does not rely on quality rising
+codebooks; shapes: whole scales, coarse first); all candidates of a sample are decoded and measured, so the choice does not rely on quality rising
 monotonically with the budget. A sample that no budget brings to the target is a :class:`TargetError` naming
 it and the best quality reached.
 """
@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
+from ..eval.image_metrics import psnr_db
+
 # flag -> (modality, metric name, True when higher is better)
 TARGETS = {"psnr": ("image", "PSNR (dB)", True), "mel": ("audio", "mel distance", False),
-           "stoi": ("audio", "STOI", True)}
+           "stoi": ("audio", "STOI", True), "iou": ("mesh", "volume IoU", True)}
 
 
 class TargetError(ValueError):
@@ -42,8 +44,7 @@ def image_psnr(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """PSNR (dB) per image of ``[B, 3, H, W]`` batches in ``[-1, 1]``, on 8-bit-rounded pixels (what a PNG keeps)."""
     r = ((recon.clamp(-1, 1) + 1) * 127.5).round()
     t = ((x.clamp(-1, 1) + 1) * 127.5).round()
-    mse = (r - t).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
+    return psnr_db(r, t, data_range=255.0, per_image=True)
 
 
 def choose_image(tok: Any, images: torch.Tensor, target_psnr: float, names: list[str]) -> list[Choice]:
@@ -78,6 +79,21 @@ def choose_audio(tok: Any, wave: torch.Tensor, target: float, metric: str, name:
 
             q.append(float(stoi(ref.reshape(-1).numpy(), est.reshape(-1).numpy(), tok.sample_rate)))
     return _pick(name, budgets, q, target, metric != "mel", TARGETS[metric][1], full)
+
+
+def choose_shape(tok: Any, items: list[Any], target_iou: float, names: list[str]) -> list[Choice]:
+    """Per mesh (file or ``trimesh.Trimesh``), the fewest whole scales whose decoded occupancy reaches
+    ``target_iou`` volume IoU against the input's own labels: points uniform in the normalized cube, labeled inside
+    or outside the prepared input mesh (:meth:`pipelines.shape.ShapeTokenizer.labeled_points`)."""
+    out = []
+    for item, name in zip(items, names, strict=True):
+        mesh = tok.read_mesh(item)
+        full = tok.encode(tok.sample_surface(mesh)[None])[0]
+        points, labels = tok.labeled_points(mesh)
+        budgets = [n for n in tok.prefix_lengths if n <= full.shape[0]]
+        q = [tok.iou(full[None, :n], points, labels) for n in budgets]
+        out.append(_pick(name, budgets, q, target_iou, True, "volume IoU", full))
+    return out
 
 
 def _pick(name: str, budgets: list[int], q: list[float], target: float, higher: bool, what: str,

@@ -73,8 +73,13 @@ def _ground_truth(raw: dict[str, Any], padding: float) -> trimesh.Trimesh:
 def evaluate_shape_checkpoint(ckpt: str, data: str | list[str], out: str, resolution: int = 64,
                               max_samples: int | None = None, chamfer_points: int = 100_000,
                               baseline_bits: int = 10, num_surface: int = 2048, padding: float = 0.05,
-                              device: str | None = None) -> dict[str, Any]:
-    """Evaluate a shape tokenizer checkpoint on evaluation shards; returns the report (see module docstring)."""
+                              device: str | None = None, prior: str | None = None) -> dict[str, Any]:
+    """Evaluate a shape tokenizer checkpoint on evaluation shards; returns the report (see module docstring).
+
+    ``prior``: a token prior export; every per-scale row then gains the real compressed file bytes (header
+    included), the payload bytes and the prior's bits per token, drawn on the rate-quality plot as a curve of its
+    own.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_tokenizer(ckpt, map_location=device)
     codec = model.inference_codec()
@@ -88,6 +93,7 @@ def evaluate_shape_checkpoint(ckpt: str, data: str | list[str], out: str, resolu
     os.makedirs(os.path.join(out, "renders"), exist_ok=True)
     urls = expand_urls(data, split="val")
     seen = 0
+    all_ids: list[torch.Tensor] = []
     for raw in tqdm(iter_raw_samples(urls, errors), desc="evaluate shapes", unit="shape", total=max_samples):
         if max_samples is not None and seen >= max_samples:
             break
@@ -103,6 +109,7 @@ def evaluate_shape_checkpoint(ckpt: str, data: str | list[str], out: str, resolu
         t0 = time.perf_counter()
         ids = codec.encode(surface)
         times["encode_s"].append(time.perf_counter() - t0)
+        all_ids.append(ids[0].cpu())
         views = [("ground truth", gt)]
         for s, n in enumerate(prefixes, start=1):
             t0 = time.perf_counter()
@@ -143,6 +150,12 @@ def evaluate_shape_checkpoint(ckpt: str, data: str | list[str], out: str, resolu
                               **{k: mean(b, k) for k in ("chamfer_l1", "fscore", "normal_consistency")}}
                              if b else {"shapes": 0, "note": "no decimated mesh fits this budget"})
         per_scale.append(row)
+    if prior:
+        from ..prior.evaluate import real_bytes_per_budget
+
+        real = real_bytes_per_budget(prior, all_ids, prefixes, codec.codebook_size, "mesh")
+        for r, rr in zip(per_scale, real):
+            r.update({k: rr[k] for k in ("file_bytes", "payload_bytes", "prior_bits_per_token", "raw_files")})
     report = {
         "checkpoint": os.path.abspath(ckpt), "model": type(model).__name__, "shapes": seen,
         "codebook_size": codec.codebook_size, "bits_per_token": round(bits, 3), "grid_resolution": resolution,
@@ -172,6 +185,10 @@ def rate_quality_plot(per_scale: list[dict[str, Any]], out_png: str) -> str:
     for ax, key, label in zip(axes, ("iou", "chamfer_l1", "fscore"), ("volume IoU", "Chamfer-L1", "F-score@0.02")):
         xs = [r["bytes"] for r in per_scale if r.get(key) is not None]
         ax.plot(xs, [r[key] for r in per_scale if r.get(key) is not None], marker="o", color="black", label="ours")
+        real = [(r["file_bytes"], r[key]) for r in per_scale if "file_bytes" in r and r.get(key) is not None]
+        if real:
+            ax.plot(*zip(*real), marker="o", color="black", linestyle="--", markerfacecolor="none",
+                    label="ours, real file bytes (prior)")
         base = [(r["decimation"]["bytes"], r["decimation"].get(key)) for r in per_scale
                 if r["decimation"].get(key) is not None]
         if base:
@@ -201,6 +218,11 @@ def format_shape_table(report: dict[str, Any]) -> str:
                      f"{f(r['chamfer_l1'], '.4f')} | {f(r['fscore'], '.3f')} | {f(r['normal_consistency'], '.3f')} | "
                      f"{f(d.get('chamfer_l1'), '.4f')} | {f(d.get('fscore'), '.3f')} | "
                      f"{f(d.get('normal_consistency'), '.3f')} |")
+    real = [r for r in report["per_scale"] if "file_bytes" in r]
+    if real:
+        lines.append("real files with the prior: " + "; ".join(
+            f"{r['scales']} scales {r['file_bytes']:.1f} B ({r['bytes']} B nominal, {r['prior_bits_per_token']:.2f} "
+            "bits/token)" for r in real))
     t = report["seconds_per_shape"]
     lines.append(f"per shape on {report['grid_resolution']}^3: encode {t.get('encode_s', 0) * 1000:.1f} ms, "
                  f"decode {t.get('decode_s', 0) * 1000:.1f} ms, mesh extraction {t.get('mesh_s', 0):.2f} s")

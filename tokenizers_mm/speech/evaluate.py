@@ -56,8 +56,13 @@ def load_clips(data: str | list[str], sample_rate: int, max_clips: int | None = 
 @torch.no_grad()
 def evaluate_speech_checkpoint(ckpt: str, data: str | list[str], out: str, max_clips: int | None = None,
                                baselines: bool = True, wav_clips: int = 3, pesq: bool = True,
-                               device: str | None = None) -> dict[str, Any]:
-    """Evaluate a speech codec checkpoint on evaluation shards; returns the report (see the module docstring)."""
+                               device: str | None = None, prior: str | None = None) -> dict[str, Any]:
+    """Evaluate a speech codec checkpoint on evaluation shards; returns the report (see the module docstring).
+
+    ``prior``: a token prior export; every per-codebooks row then gains the real compressed file bytes per clip
+    (header included), the payload bytes, the nominal bytes, the prior's bits per token and ``file_kbps`` (all
+    files' bits over all clips' seconds), drawn on the rate-quality plot as a curve of its own.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     raw = read_checkpoint(ckpt)
     model = build_tokenizer(raw, ckpt, map_location=device)
@@ -95,6 +100,15 @@ def evaluate_speech_checkpoint(ckpt: str, data: str | list[str], out: str, max_c
         row = {"num_quantizers": n, "kbps": round(codec.bitrate_kbps(n), 4)}
         row.update({k: round(v, 4) for k, v in metrics[n].compute().items()})
         per_q.append(row)
+    if prior:
+        from ..prior.evaluate import real_bytes_per_budget
+
+        real = real_bytes_per_budget(prior, all_ids, [r["num_quantizers"] for r in per_q], codec.codebook_size,
+                                     "audio")
+        for r, rr in zip(per_q, real):
+            r.update({k: rr[k] for k in ("file_bytes", "payload_bytes", "nominal_bytes", "prior_bits_per_token",
+                                         "raw_files")},
+                     file_kbps=round(rr["file_bytes"] * 8 * len(clips) / total_s / 1000, 4))
 
     def rtf(pairs: list[tuple[float, float]]) -> float:
         return round(sum(t for t, _ in pairs) / max(1e-9, sum(s for _, s in pairs)), 5)
@@ -168,6 +182,11 @@ def rate_quality_plot(report: dict[str, Any], out_png: str) -> str:
         pts = [(r["kbps"], r.get(key)) for r in rows if r.get(key) is not None and np.isfinite(r[key])]
         if pts:
             ax.plot(*zip(*pts), marker="o", color="black", label="ours (1..n_q codebooks)")
+        real = [(r["file_kbps"], r.get(key)) for r in rows if "file_kbps" in r and r.get(key) is not None
+                and np.isfinite(r[key])]
+        if real:
+            ax.plot(*zip(*real), marker="o", color="black", linestyle="--", markerfacecolor="none",
+                    label="ours, real file bytes (prior)")
         for codec, marker in (("opus", "s"), ("mp3", "^")):
             b = sorted((r["kbps"], r.get(key)) for r in base if r["codec"] == codec and r.get(key) is not None
                        and np.isfinite(r[key]))
@@ -200,6 +219,11 @@ def format_speech_table(report: dict[str, Any]) -> str:
         lines.append(f"| {r['codec']} | - | {r['kbps']:.2f} (target {r['target_kbps']:g}) | "
                      f"{f(r['mel_distance'], '.3f')} | {f(r['stft_distance'], '.3f')} | {f(r['si_sdr'], '.2f')} | "
                      f"{f(r.get('stoi'), '.3f')} | {f(r.get('pesq'), '.2f')} |")
+    real = [r for r in report["per_quantizers"] if "file_bytes" in r]
+    if real:
+        lines.append("real files with the prior, per clip: " + "; ".join(
+            f"{r['num_quantizers']} cb {r['file_bytes']:.1f} B ({r['nominal_bytes']:.1f} B nominal, "
+            f"{r['prior_bits_per_token']:.2f} bits/token, {r['file_kbps']:.2f} kbps)" for r in real))
     t = report["real_time_factor"]
     lines.append(f"real-time factor on {t['device']}: encode {t['encode']:.4f}, decode {t['decode']:.4f} "
                  f"({report['clips']} clips, {report['seconds']} s)")
