@@ -324,6 +324,7 @@ def train_from_scratch(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import pipelines
+    from tokenizers_mm.eval.image_metrics import psnr_db
     from tokenizers_mm.export import export_checkpoint
     from tokenizers_mm.visual import image_grid, save_png
 
@@ -383,10 +384,9 @@ def train_from_scratch(a: argparse.Namespace) -> dict[str, Any]:
     recon = tok.decode(tok.encode(images.to(device))).float().cpu()
     if device == "cuda":
         torch.cuda.synchronize()
-    mse = torch.mean((recon.clamp(-1, 1) - images) ** 2).item()
     result["decode"] = {"images": int(images.shape[0]), "size": int(images.shape[-1]), "dtype": "bfloat16",
                         "seconds": round(time.perf_counter() - t1, 3),
-                        "psnr_db": round(10 * math.log10(4.0 / max(mse, 1e-12)), 2)}
+                        "psnr_db": round(float(psnr_db(recon.clamp(-1, 1), images, mse_floor=1e-12)), 2)}
     result["decode"]["png"] = save_png(image_grid([images, recon.clamp(-1, 1)]),
                                        os.path.join(a.out, "train_flextok_b_decode.png"))
     return result

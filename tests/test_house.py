@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import ast
+import math
+import re
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +101,60 @@ def test_shared_block_keeps_checkpoint_keys():
     stack = Transformer(TransformerConfig(width=16, depth=2, heads=2))
     assert {k.split(".")[0] for k in stack.state_dict()} == {"blocks", "norm"}
 
+
+
+# ---- one PSNR -------------------------------------------------------------------------------------------------------
+def reference_db(mse: torch.Tensor, peak2: float, floor: float) -> torch.Tensor:
+    """The closed form every PSNR in the project had before it was written once: 10 log10(peak^2 / max(mse, floor))."""
+    return 10 * torch.log10(peak2 / mse.double().clamp_min(floor))
+
+
+def fixed_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
+    pairs = [(x, x)]  # identical: the floor decides
+    for noise in (0.003, 0.05, 0.4):  # 0.4 pushes values outside [-1, 1]: clamping matters
+        pairs.append((x + noise * torch.randn(x.shape, generator=g) * torch.arange(1, 7).view(6, 1, 1, 1), x))
+    return pairs
+
+
+def test_psnr_callers_keep_their_semantics():
+    """Each caller keeps its reduction, range, rounding and floor; values match the closed form to float32 rounding."""
+    import numpy as np
+
+    from tokenizers_mm.eval.baselines import psnr_uint8
+    from tokenizers_mm.eval.image_metrics import psnr, psnr_db
+    from tokenizers_mm.prior.rate import image_psnr
+
+    for recon, x in fixed_pairs():
+        rc, xc = recon.clamp(-1, 1), x.clamp(-1, 1)
+        # evaluator: per image, inputs clamped to [-1, 1], floor 1e-10 (106 dB)
+        want = reference_db((rc - xc).pow(2).flatten(1).mean(1), 4.0, 1e-10)
+        assert psnr(recon, x).shape == (6,)
+        torch.testing.assert_close(psnr(recon, x).double(), want, atol=2e-5, rtol=0)
+        # training logs: one value from the whole batch's mse, no clamping
+        want = reference_db((recon - x).pow(2).mean(), 4.0, 1e-10)
+        torch.testing.assert_close(psnr_db(recon, x).double(), want, atol=2e-5, rtol=0)
+        # rate control: per image on 8-bit-rounded pixels, in 0..255 units
+        r, t = ((rc + 1) * 127.5).round(), ((xc + 1) * 127.5).round()
+        want = reference_db((r - t).pow(2).flatten(1).mean(1), 255.0**2, 1e-10)
+        torch.testing.assert_close(image_psnr(recon, x).double(), want, atol=2e-5, rtol=0)
+        # JPEG / WebP baselines: one uint8 image, float64, floor equal to the evaluator's
+        a = r[1].permute(1, 2, 0).numpy().astype(np.uint8)
+        b = t[1].permute(1, 2, 0).numpy().astype(np.uint8)
+        want = float(reference_db((r[1] - t[1]).pow(2).mean(), 255.0**2, 1e-10 * 127.5**2))
+        assert psnr_uint8(a, b) == pytest.approx(want, abs=2e-5)
+    # per image and per batch differ when the images' errors differ (the semantics are not interchangeable)
+    recon, x = fixed_pairs()[2]
+    assert abs(float(psnr(recon, x).mean()) - float(psnr_db(recon, x))) > 1.0
+    assert float(psnr(x, x)[0]) == pytest.approx(10 * math.log10(4 / 1e-10), abs=1e-3)
+
+
+def test_psnr_is_written_once():
+    """No module computes a PSNR by hand: every ``log10(peak / mse)`` goes through eval.image_metrics.psnr_db."""
+    pattern = re.compile(r"(torch|math|np|numpy)\.log10\(\s*(4(\.0)?|255(\.0)?\s*\*\*\s*2|255\.0\*\*2)\s*/")
+    found = [f"{p.relative_to(ROOT)}:{i}" for folder in ("tokenizers_mm", "pipelines", "scripts")
+             for p in sorted((ROOT / folder).rglob("*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []
+    assert pattern.search("10 * torch.log10(4.0 / mse)") and pattern.search("math.log10(255.0**2 / mse)")

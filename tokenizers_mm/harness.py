@@ -88,12 +88,6 @@ def compile_targets(module: nn.Module) -> list[nn.Module]:
 NO_DECAY_NAMES = ("registers", "queries", "token_pos", "mask_token", "pos_embed")
 
 
-def psnr_db(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB) of a whole batch from its mean squared error, images in ``[-1, 1]`` (peak-to-peak 2)."""
-    mse = torch.nn.functional.mse_loss(recon, x)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
-
-
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Split parameters into decayed (weight matrices, conv kernels) and non-decayed (biases, norms,
     learned tokens and positions: names in ``NO_DECAY_NAMES``)."""

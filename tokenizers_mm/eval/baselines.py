@@ -8,14 +8,14 @@ so codec numbers are directly comparable with a tokenizer's reconstructions.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
-from .image_metrics import ssim_uint8
+from .image_metrics import psnr_db, ssim_uint8
 
 #: Default JPEG qualities (Pillow accepts 1..95 as meaningful, higher values disable some quantisation).
 JPEG_QUALITIES: tuple[int, ...] = (1, 2, 3, 5, 7, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95)
@@ -29,10 +29,12 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 
     Equal to :func:`~tokenizers_mm.eval.image_metrics.psnr` on the ``[-1, 1]`` versions of the images.
     """
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR needs equal shapes, got {a.shape} vs {b.shape}")
     # Same floor as image_metrics.psnr: mse_[-1,1] >= 1e-10 <=> mse_uint8 >= 1e-10 * 127.5^2.
-    mse = max(mse, 1e-10 * 127.5**2)
-    return 10.0 * math.log10(255.0**2 / mse)
+    value = psnr_db(torch.from_numpy(a.astype(np.float64)), torch.from_numpy(b.astype(np.float64)),
+                    data_range=255.0, mse_floor=1e-10 * 127.5**2)
+    return float(value)
 
 
 def encode_decode(image: np.ndarray, fmt: str, quality: int) -> tuple[int, np.ndarray]:

@@ -8,6 +8,7 @@ for it in :class:`FIDAccumulator`.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -15,14 +16,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_SIZE = 299
 
 
+def psnr_db(preds: torch.Tensor, target: torch.Tensor, *, data_range: float = 2.0, per_image: bool = False,
+            mse_floor: float = 1e-10) -> torch.Tensor:
+    """PSNR in dB, ``10 log10(data_range^2 / max(mse, mse_floor))``: the project's one PSNR (torchmetrics').
+
+    Args:
+        preds, target: same shape; ``[B, ...]`` when ``per_image``. Half precision is computed in float32.
+        data_range: peak-to-peak range of the values (2 for ``[-1, 1]``, 255 for 8-bit pixels); no clamping here.
+        per_image: False: one scalar from the mean squared error of the whole batch; True: ``[B]``, each sample's
+            own mean squared error over all but the first dimension.
+        mse_floor: the mean squared error is floored here, so identical inputs give a finite value.
+    """
+    if preds.shape != target.shape:
+        raise ValueError(f"PSNR needs equal shapes, got {tuple(preds.shape)} vs {tuple(target.shape)}")
+    dtype = torch.promote_types(torch.promote_types(preds.dtype, target.dtype), torch.float32)
+    dim = tuple(range(1, preds.ndim)) if per_image else None
+    value = peak_signal_noise_ratio(preds.to(dtype), target.to(dtype), data_range=data_range, dim=dim,
+                                    reduction="none" if per_image else "elementwise_mean")
+    return value.clamp(max=10.0 * math.log10(data_range**2 / mse_floor))
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in ``[-1, 1]``.
+    """Per-image PSNR in dB of images in ``[-1, 1]`` (the evaluator's).
 
     Args:
         x, y: ``[B, 3, H, W]`` float, clamped to ``[-1, 1]`` (peak-to-peak 2).
@@ -32,10 +54,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     if x.shape != y.shape:
         raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
-    x = x.detach().float().clamp(-1, 1)
-    y = y.detach().float().clamp(-1, 1)
-    mse = (x - y).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))
+    return psnr_db(x.detach().float().clamp(-1, 1), y.detach().float().clamp(-1, 1), per_image=True)
 
 
 def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from ..config import plain
+from ..eval.image_metrics import psnr_db
 from ..flow import interpolate, sample_flow, velocity_target
-from ..harness import OptimizerConfig, TokenizerModule, psnr_db
+from ..harness import OptimizerConfig, TokenizerModule
 from .codec1d import eval_token_counts
 from .flow_codec import FlowImageCodec
 

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ..config import as_config, plain
+from ..eval.image_metrics import psnr_db
 from ..flow import DenoiserConfig, FlowConfig
-from ..harness import OptimizerConfig, TokenizerModule, psnr_db
+from ..harness import OptimizerConfig, TokenizerModule
 from ..nn import TransformerConfig
 from ..quantize import QuantizerConfig
 from .codec1d import OrderingConfig, eval_token_counts

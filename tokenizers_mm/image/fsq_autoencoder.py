@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import plain
+from ..eval.image_metrics import psnr_db
 from ..harness import OptimizerConfig, TokenBatch, TokenizerModule
 from ..quantize import QuantizerConfig
 from .grid_codec import ConvDecoder, ConvEncoder, GridImageCodec, ResBlock
@@ -59,8 +59,7 @@ class FSQAutoencoder(TokenizerModule):
         diff = out["recon"] - x
         pixel = diff.abs().mean() if self.pixel_loss == "l1" else diff.pow(2).mean()
         with torch.no_grad():
-            mse = F.mse_loss(out["recon"].clamp(-1, 1), x)
-            psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # peak-to-peak range of [-1, 1] is 2
+            psnr = psnr_db(out["recon"].clamp(-1, 1), x)
         losses = {"loss": pixel + out["aux_loss"], "pixel": pixel, "psnr": psnr}
         return losses, out
 

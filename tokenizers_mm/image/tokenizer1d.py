@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..config import as_config, plain
-from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups, psnr_db
+from ..eval.image_metrics import psnr_db
+from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups
 from ..nn import TransformerConfig
 from ..quantize import Quantizer, QuantizerConfig
 from .codec1d import (
