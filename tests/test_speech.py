@@ -188,7 +188,7 @@ def test_griffin_lim_decoder_trains_on_the_input_phase_and_decodes_deterministic
     torch.testing.assert_close(dec.head.bias.detach(), true_log.mean(dim=(0, 2)))
     assert bool(dec.head_initialized)
     true_mag = true_log.exp()
-    dec.head_output = lambda _z: (true_mag, None)  # an oracle head: the decoder's own grid, exact magnitudes
+    dec.head_outputs = lambda _z: (true_mag, None, None)  # an oracle head: the decoder's own grid, exact magnitudes
     own_phase = dec(z, reference=x)
     torch.testing.assert_close(own_phase[..., 400:-400], x[..., 400:-400], atol=2e-3, rtol=0)
     dec.eval()
@@ -202,6 +202,75 @@ def test_griffin_lim_decoder_trains_on_the_input_phase_and_decodes_deterministic
         ISTFTDecoder(SEANetConfig(ratios=[4, 4], decoder="istft", istft_phase="zero"))
     with pytest.raises(ValueError, match="istft_upsample must be a positive divisor of the hop"):
         ISTFTDecoder(SEANetConfig(ratios=[4, 4], decoder="istft", istft_upsample=3))
+
+
+def nn_one_hot(index: torch.Tensor, classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(index, classes).float()
+
+
+def test_harmonic_head_plays_the_pitch_it_picks():
+    """``istft_harmonics: K``: a head that picks one of the K pitches, fully voiced, decodes (Griffin-Lim) to a
+    waveform whose spectrum peaks at that pitch's harmonics; unvoiced, to the flat envelope alone."""
+    from tokenizers_mm.speech.istft_decoder import ISTFTDecoder, harmonic_combs
+    from tokenizers_mm.speech.seanet import SEANetConfig
+
+    combs = harmonic_combs(torch.tensor([100.0, 250.0]), 640, 16000)
+    assert combs.shape == (2, 321)
+    torch.testing.assert_close(combs.mean(1), torch.ones(2))
+    assert combs[1].argmax() % 10 == 0 and float(combs[1, 5]) == 0.0  # 250 Hz = every 10 bins of 25 Hz
+    cfg = SEANetConfig(dim=8, ratios=[8, 5, 4, 2], decoder="istft", istft_channels=16, istft_layers=1,
+                       istft_upsample=2, istft_n_fft=640, istft_phase="griffin_lim", istft_harmonics=24,
+                       istft_f0_range=[80.0, 320.0])
+    dec = ISTFTDecoder(cfg, 16000).eval()
+    assert dec.head.out_features == 321 + 321 + 24  # envelope, voicing, pitch logits
+    pick = 17
+    f0 = float(torch.logspace(math.log10(80.0), math.log10(320.0), 24)[pick])
+    with torch.no_grad():
+        dec.head.weight.zero_()
+        dec.head.bias.zero_()
+        dec.head.bias[:321] = -4.0  # flat envelope
+        dec.head.bias[321:642] = 12.0  # voiced in every bin
+        dec.head.bias[642 + pick] = 30.0
+        mag, _ = dec.head_output(torch.randn(1, 8, 25))
+        wave = dec(torch.randn(1, 8, 25))[0, 0, 1280:-1280]
+        dec.head.bias[321:642] = -12.0  # unvoiced
+        flat, _ = dec.head_output(torch.randn(1, 8, 25))
+    torch.testing.assert_close(flat, torch.full_like(flat, math.exp(-4.0)), rtol=1e-3, atol=0)
+    frame = mag[0, :, 10]
+    peaks = [round(h * f0 / 25) for h in range(1, 9)]  # the first 8 harmonics' bins
+    valleys = [round((h + 0.5) * f0 / 25) for h in range(1, 8)]
+    assert float(frame[peaks].min()) > 100 * float(frame[valleys].max())
+    spectrum = torch.fft.rfft(wave * torch.hann_window(wave.numel())).abs()
+    hz = torch.arange(spectrum.numel()) * 16000 / wave.numel()
+    band = (hz > 0.5 * f0) & (hz < 1.5 * f0)
+    assert abs(float(hz[band][spectrum[band].argmax()]) - f0) < 10.0  # the fundamental sounds at the chosen pitch
+    # training terms: the pitch target is the input's cepstral pitch, on voiced frames only
+    from tokenizers_mm.speech.istft_decoder import cepstral_pitch
+
+    t = torch.arange(16000) / 16000
+    tone = sum(torch.cos(2 * math.pi * 180.0 * h * t) / h for h in range(1, 20))[None, None] * 0.05
+    f0_hat, strength = cepstral_pitch(dec.reference_spectrum(tone, 100).abs(), 16000, (80.0, 320.0))
+    assert torch.allclose(f0_hat[0, 5:-5], torch.full((90,), 180.0), rtol=0.02) and bool((strength[0, 5:-5] > 0.1).all())
+    x = speech(1.0, n=2)
+    _, strength = cepstral_pitch(dec.reference_spectrum(x, 100).abs(), 16000, (80.0, 320.0))
+    assert 0.1 < float((strength > dec.voicing_threshold).float().mean()) < 0.9  # speech: voiced and unvoiced frames
+    dec.train()
+    dec(torch.randn(2, 8, 50), reference=x)
+    assert set(dec.training_terms) == {"pitch"} and dec.training_terms["pitch"].requires_grad
+    f0, _ = cepstral_pitch(dec.reference_spectrum(x, 100).abs(), 16000, (80.0, 320.0))
+    target = (f0.log()[..., None] - dec.pitches.log()).abs().argmin(-1)
+    mag = dec.reference_spectrum(x, 100).abs()
+    right = dec.training_losses(10.0 * nn_one_hot(target, 24), mag)["pitch"]
+    wrong = dec.training_losses(10.0 * nn_one_hot((target + 12) % 24, 24), mag)["pitch"]
+    assert float(right) < 0.01 < 5.0 < float(wrong)
+    dec.eval()
+    dec(torch.randn(2, 8, 50), reference=x)
+    assert dec.training_terms == {}
+    with pytest.raises(ValueError, match="istft_harmonics must be >= 0"):
+        ISTFTDecoder(SEANetConfig(ratios=[8, 5, 4, 2], decoder="istft", istft_harmonics=-1))
+    with pytest.raises(ValueError, match=r"istft_f0_range must be \[low, high\] Hz"):
+        ISTFTDecoder(SEANetConfig(ratios=[8, 5, 4, 2], decoder="istft", istft_harmonics=8,
+                                  istft_f0_range=[300.0, 100.0]))
 
 
 def test_memory_efficient_snake_matches_the_composed_ops():

@@ -93,7 +93,7 @@ class SpeechCodec(nn.Module):
                            **({"latent": self.latent_cfg} if self.latent_cfg is not None else {})})
         s, q = self.seanet_cfg, self.rvq_cfg
         self.encoder = SpectralEncoder(s, self.sample_rate) if s.encoder == "spectral" else SEANetEncoder(s)
-        self.decoder = ISTFTDecoder(s) if s.decoder == "istft" else SEANetDecoder(s)
+        self.decoder = ISTFTDecoder(s, self.sample_rate) if s.decoder == "istft" else SEANetDecoder(s)
         # Mimi: transformers around the quantizer and a change of frame rate (None: the SEANet latent is quantized)
         self.latent = LatentStage(s.dim, self.latent_cfg, s.causal) if self.latent_cfg is not None else None
         self.rvq = self._build_rvq(s.dim, q)

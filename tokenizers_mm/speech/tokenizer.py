@@ -49,9 +49,9 @@ class SpeechLossConfig:
         disc_lr: discriminator learning rate (``None``: the generator's).
         discriminator: which discriminators (``adv_weight: 0`` builds none).
         balancer / balancer_total_norm / balancer_decay: EnCodec's loss balancer on the waveform-side terms.
-        magnitude_weight / pitch_weight: the inverse-STFT decoder's own training terms with ``istft_phase:
-            griffin_lim`` (:class:`~tokenizers_mm.speech.istft_decoder.ISTFTDecoder`: log-magnitude L1 on its STFT
-            grid, and the harmonic head's pitch cross-entropy against the input's cepstral pitch).
+        pitch_weight: weight of the harmonic inverse-STFT decoder's pitch cross-entropy against the input's cepstral
+            pitch (``istft_harmonics > 0`` with ``istft_phase: griffin_lim``;
+            :class:`~tokenizers_mm.speech.istft_decoder.ISTFTDecoder`).
     """
 
     mel_weight: float = 15.0
@@ -68,7 +68,6 @@ class SpeechLossConfig:
     balancer: bool = False
     balancer_total_norm: float = 1.0
     balancer_decay: float = 0.999
-    magnitude_weight: float = 0.0
     pitch_weight: float = 0.0
 
 
@@ -242,7 +241,7 @@ class SpeechTokenizer(TokenizerModule):
         c, d = self.loss_cfg, self.distill_cfg
         weights = {"mel": c.mel_weight, "waveform": c.waveform_weight, "commit": c.commit_weight,
                    "adv": c.adv_weight, "feat": c.feat_weight, "distill_speech": d.speech_weight,
-                   "distill_lm": d.lm_weight, "magnitude": c.magnitude_weight, "pitch": c.pitch_weight}
+                   "distill_lm": d.lm_weight, "pitch": c.pitch_weight}
         return sum(weights[n] * v for n, v in losses.items() if n in weights)
 
     # ---- optimization -------------------------------------------------------------------------------
