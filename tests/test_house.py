@@ -158,3 +158,49 @@ def test_psnr_is_written_once():
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == []
     assert pattern.search("10 * torch.log10(4.0 / mse)") and pattern.search("math.log10(255.0**2 / mse)")
+
+
+# ---- one atomic write -------------------------------------------------------------------------------------------------
+def test_temp_then_rename_lives_in_io_only():
+    """Only tokenizers_mm/io.py renames a temporary file into place; callbacks.archive_previous renames a finished
+    file aside (keeps an earlier run's config), which is not a temporary write."""
+    allowed = {"tokenizers_mm/io.py", "tokenizers_mm/callbacks.py"}
+    pattern = re.compile(r"os\.(replace|rename)\(|tempfile\.mkstemp\(|\.tmp\{")
+    found = [f"{p.relative_to(ROOT)}:{i}" for folder in ("tokenizers_mm", "pipelines", "scripts")
+             for p in sorted((ROOT / folder).rglob("*.py")) if str(p.relative_to(ROOT)) not in allowed
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []
+
+
+def test_file_writers_leave_only_the_final_file(tmp_path):
+    """PNG, figure, WAV and mesh writers go through io.atomic_path: the file is complete, readable, in the format
+    of its writer, and nothing temporary is left beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import soundfile as sf
+    import trimesh
+    from PIL import Image
+
+    from tokenizers_mm.eval.plots import save_figure
+    from tokenizers_mm.shape.mesh_out import save_mesh
+    from tokenizers_mm.speech.audio_io import write_wav
+    from tokenizers_mm.visual import save_png
+
+    img = (np.arange(8 * 8 * 3) % 256).astype(np.uint8).reshape(8, 8, 3)
+    save_png(img, str(tmp_path / "a" / "grid.png"))
+    assert (np.asarray(Image.open(tmp_path / "a" / "grid.png")) == img).all()
+    fig = plt.figure(figsize=(1, 1))
+    save_figure(fig, tmp_path / "b" / "plot.png")
+    plt.close(fig)
+    assert Image.open(tmp_path / "b" / "plot.png").format == "PNG"
+    wave = torch.sin(torch.linspace(0, 100, 800))[None] * 0.5
+    write_wav(str(tmp_path / "c" / "clip.wav"), wave, 8000)
+    data, sr = sf.read(tmp_path / "c" / "clip.wav")
+    assert sr == 8000 and data.shape == (800,) and np.abs(data - wave[0].numpy()).max() < 1e-4
+    save_mesh(trimesh.creation.box(), str(tmp_path / "d" / "box.ply"))
+    assert len(trimesh.load(tmp_path / "d" / "box.ply").faces) == 12
+    names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert names == ["a/grid.png", "b/plot.png", "c/clip.wav", "d/box.ply"]

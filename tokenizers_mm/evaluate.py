@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from .checkpointing import build_tokenizer, read_checkpoint
 from .data.samples import ImageOptions, make_decoder
-from .data.shards import write_json_atomic
 from .data.stream import EvalStream
 from .data.urls import expand_urls
 from .eval.image_metrics import FIDAccumulator, InceptionFeatures, psnr, ssim, to_uint8_hwc
+from .io import atomic_path, write_json_atomic
 from .quantize import bytes_for, stats_from_counts
 from .visual import image_grid, save_png
 
@@ -57,10 +57,8 @@ def plot_loss_curves(csv_path: str, out_png: str) -> str | None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    tmp = f"{out_png}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return out_png
 
 

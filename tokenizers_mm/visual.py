@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from PIL import Image
 
 from .data.image import tensor_to_uint8
+from .io import atomic_path
 
 
 def image_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
@@ -29,8 +29,6 @@ def image_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
 
 def save_png(array: np.ndarray, path: str) -> str:
     """Write ``[H, W, 3]`` uint8 to ``path`` atomically (temp file + rename); returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
     return path

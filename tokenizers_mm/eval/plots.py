@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
+
+from ..io import atomic_path
 
 #: Axis labels of the supported metrics.
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
@@ -18,7 +19,7 @@ def rate_distortion_plot(ours: list[dict], baselines: dict[str, list[dict]], out
             ``k`` (a label, e.g. tokens per image or codebook size, annotated next to the point).
         baselines: codec name -> curve from :func:`tokenizers_mm.eval.baselines.codec_rd_curve`
             (points with ``bytes_per_image`` and the metric; ``bytes`` is accepted too).
-        out_png: output path; parent folders are created. Written to a temp file then ``os.replace``d.
+        out_png: output path; parent folders are created. Written atomically (:func:`save_figure`).
         metric: ``"psnr"`` or ``"ssim"``; points without it are skipped.
         title: figure title.
     Returns:
@@ -61,20 +62,11 @@ def rate_distortion_plot(ours: list[dict], baselines: dict[str, list[dict]], out
 
 
 def save_figure(fig, out_png: str | os.PathLike) -> str:
-    """Write a matplotlib figure as PNG atomically (temp file in the same folder, then ``os.replace``); creates
-    the parent folders; returns the path."""
+    """Write a matplotlib figure as PNG atomically (:func:`tokenizers_mm.io.atomic_path`); creates the parent
+    folders; returns the path."""
     out_png = os.fspath(out_png)
-    folder = os.path.dirname(os.path.abspath(out_png))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".fig-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, out_png)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     return out_png
 
 

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from ..checkpointing import load_tokenizer
 from ..data.mesh import MESH_EXTENSIONS, decode_mesh_npz, load_mesh, normalize_mesh
 from ..data.mesh_prep import MeshBuildOptions, prepare_mesh
-from ..data.shards import iter_raw_samples, write_json_atomic
+from ..data.shards import iter_raw_samples
 from ..data.urls import expand_urls
+from ..io import write_json_atomic
 from ..quantize import bytes_for
 from .mesh_out import marching_cubes_mesh, occupancy_grid
 from .metrics import surface_metrics, volume_iou

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import trimesh
 
+from ..io import atomic_path
+
 MESH_FORMATS = ("ply", "obj", "glb")
 
 
@@ -56,8 +58,6 @@ def save_mesh(mesh: trimesh.Trimesh, path: str) -> str:
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     if ext not in MESH_FORMATS:
         raise ValueError(f"mesh files are written as {', '.join(MESH_FORMATS)}, got {path!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.{ext}"
-    mesh.export(tmp, file_type=ext)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        mesh.export(tmp, file_type=ext)
     return path

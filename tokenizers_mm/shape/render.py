@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import trimesh
+
+from ..io import atomic_path
 
 VIEWS = ((20, 30), (20, 150), (70, 60))  # (elevation, azimuth) in degrees
 
@@ -43,8 +43,6 @@ def render_views(meshes: list[tuple[str, trimesh.Trimesh]], out_png: str, title:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)) or ".", exist_ok=True)
-    tmp = f"{out_png}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     return out_png

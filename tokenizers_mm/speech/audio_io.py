@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from ..data.audio import resample, to_mono
+from ..io import atomic_path
 
 
 def read_audio(path: str, sample_rate: int) -> torch.Tensor:
@@ -28,11 +29,9 @@ def read_audio(path: str, sample_rate: int) -> torch.Tensor:
 
 def write_wav(path: str, wave: torch.Tensor, sample_rate: int) -> str:
     """Write ``[1, T]`` or ``[T]`` in [-1, 1] as 16-bit PCM WAV (written beside ``path`` and renamed)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = wave.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy()
-    tmp = path + ".tmp.wav"
-    sf.write(tmp, data, sample_rate, subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, data, sample_rate, format="WAV", subtype="PCM_16")
     return path
 
 

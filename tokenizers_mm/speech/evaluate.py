@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from ..checkpointing import build_tokenizer, read_checkpoint
 from ..data.audio import decode_audio, loudness_normalize, resample, to_mono
-from ..data.shards import iter_raw_samples, write_json_atomic
+from ..data.shards import iter_raw_samples
 from ..data.urls import expand_urls
 from ..eval.audio_metrics import AudioMetrics, codebook_usage
+from ..io import write_json_atomic
 from .audio_io import write_wav
 
 AUDIO_KEYS = ("flac", "wav", "ogg")

@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 
 from ..data.audio import AUDIO_EXTENSIONS, decode_audio, to_mono
 from ..data.samples import TEACHER_FIELDS, TEACHER_META
-from ..data.shards import AtomicTarFile, write_json_atomic
 from ..data.stream import SkipCounter, count_samples
 from ..data.urls import expand_urls, is_remote
+from ..io import AtomicTarFile, write_json_atomic
 from .teachers import LMTeacher, SpeechTeacher
 
 log = logging.getLogger("tokenizers_mm.speech")
