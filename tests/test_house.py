@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
+import os
 import re
 from pathlib import Path
 
@@ -204,3 +205,53 @@ def test_file_writers_leave_only_the_final_file(tmp_path):
     assert len(trimesh.load(tmp_path / "d" / "box.ply").faces) == 12
     names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert names == ["a/grid.png", "b/plot.png", "c/clip.wav", "d/box.ply"]
+
+
+# ---- quiet console ----------------------------------------------------------------------------------------------------
+NOISE = ("litlogger", "LeafSpec", "`IterableDataset` has `__len__`")
+
+
+def test_tiny_fit_prints_no_third_party_noise(embedded, tmp_path):
+    """A CLI fit shows Lightning's INFO lines and its warning about the user's settings, but none of the three
+    third-party lines (tip, torch deprecation, IterableDataset length)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tokenizers_mm.cli", "fit", "--config", str(ROOT / "configs/image/fsq_ae_tiny.yaml"),
+           "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+           "--trainer.default_root_dir", str(tmp_path / "run"), "--data.train_urls", f"{embedded}/image",
+           "--data.val_urls", f"{embedded}/image", "--data.batch_size", "2", "--data.val_batch_size", "2",
+           "--data.batches_per_epoch", "2", "--data.num_workers", "0"]
+    env = {**os.environ, "TOKENIZERS_MM_LOG": "INFO", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "`Trainer.fit` stopped" in out  # INFO records are shown: the tip would be too
+    assert "log_every_n_steps" in out  # Lightning's advice about the user's own settings is kept
+    assert [line for line in out.splitlines() if any(n in line for n in NOISE)] == []
+
+
+def test_quiet_keeps_the_users_warnings(caplog):
+    """After install(): the exact third-party messages are dropped, a user's warning and other Lightning INFO
+    records are not."""
+    import logging
+    import warnings
+
+    from tokenizers_mm import quiet
+
+    quiet.install()
+    quiet.install()
+    log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    assert sum(isinstance(f, quiet._DropMessages) for f in log.filters) == 1
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning.utilities.rank_zero"):
+        log.info("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/project/litlogger/)")
+        log.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()  # no filter but the project's: every other warning is shown once per place
+        quiet.install()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        warnings.warn("Your `IterableDataset` has `__len__` defined. In combination ...", UserWarning, stacklevel=1)
+        warnings.warn("my own deprecation", FutureWarning, stacklevel=1)
+        warnings.warn("Your `IterableDataset` has `__len__` defined.", RuntimeWarning, stacklevel=1)  # another category: kept
+    assert [str(w.message) for w in seen] == ["my own deprecation", "Your `IterableDataset` has `__len__` defined."]

@@ -797,6 +797,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("TOKENIZERS_MM_LOG", "INFO"),
                         format="%(levelname)s %(name)s: %(message)s")
     from . import io as tio
+    from . import quiet
+
+    quiet.install()
 
     tio.COMMAND_LINE = ["tokenizers-mm", *argv]
     try:

@@ -24,9 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import quiet
 from .checkpointing import CLASS_KEY
 from .config import as_config
 from .quantize import stats_from_counts
+
+quiet.install()  # before any Trainer exists: its construction prints the first of the filtered lines
 
 
 class TokenBatch(NamedTuple):
