@@ -74,6 +74,7 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech
 		--out reports/flextok_tiny/roundtrip && \
 	printf 'round trip (tokenize, decode)\t%s\n' $$(( $$(date +%s) - t0 )) >> $(TIMES)
 	$(BIN)/python scripts/write_results.py --reports reports --times $(TIMES) --out docs/results.md
+	$(BIN)/python scripts/write_index.py --reports reports --times $(TIMES) --out reports/index.html
 	@echo
 	@echo "== phase times (also in docs/results.md) =="
 	@awk -F'\t' '{ printf "  %-36s %dm%02ds\n", $$1, $$2 / 60, $$2 % 60; t += $$2 } END { printf "  %-36s %dm%02ds\n", "total", t / 60, t % 60 }' $(TIMES)
@@ -168,6 +169,27 @@ wheels: $(STAMP) ## download the wheels a bare GPU machine lacks (cp312, x86-64)
 
 gpu-check: ## on one H100 / H200 (~10 min): B configs' samples/s, MFU, memory vs reference codecs, a flextok_b run (reports/gpu/)
 	bash scripts/gpu_check.sh --out reports/gpu
+
+# reports/index.html in a real browser: Debian's chromium, installed with apt-get (as root or with sudo) when missing
+SCREENSHOT ?= reports/index.png
+SCREENSHOT_SIZE ?= 1280,8000
+.PHONY: report-screenshot
+report-screenshot: ## screenshot reports/index.html with headless Chromium into reports/index.png (after make demo)
+	@test -f reports/index.html || { echo "make report-screenshot needs reports/index.html: run make demo first"; exit 2; }
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if ! command -v apt-get >/dev/null 2>&1; then \
+			echo "report-screenshot: skipped: chromium is not on PATH and there is no apt-get to install it"; exit 0; \
+		elif [ "$$(id -u)" = 0 ]; then sudo=""; \
+		elif sudo -n true 2>/dev/null; then sudo=sudo; \
+		else echo "report-screenshot: skipped: chromium is missing and installing it needs root (sudo apt-get install chromium)"; exit 0; fi; \
+		echo ">> installing Debian's chromium with apt-get"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null || exit 1; \
+	fi; \
+	rm -f $(SCREENSHOT); \
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=$(SCREENSHOT_SIZE) \
+		--screenshot=$(abspath $(SCREENSHOT)) file://$(abspath reports/index.html) >/dev/null 2>&1; \
+	test -s $(SCREENSHOT) || { echo "report-screenshot: chromium wrote no $(SCREENSHOT)"; exit 1; }; \
+	echo "wrote $(SCREENSHOT) (reports/index.html at $(SCREENSHOT_SIZE) px)"
 
 clean: ## remove built data, runs, reports and exports (keeps .venv)
 	rm -rf data runs reports exports .pytest_cache .ruff_cache

@@ -255,3 +255,110 @@ def test_quiet_keeps_the_users_warnings(caplog):
         warnings.warn("my own deprecation", FutureWarning, stacklevel=1)
         warnings.warn("Your `IterableDataset` has `__len__` defined.", RuntimeWarning, stacklevel=1)  # another category: kept
     assert [str(w.message) for w in seen] == ["my own deprecation", "Your `IterableDataset` has `__len__` defined."]
+
+
+# ---- reports/index.html -----------------------------------------------------------------------------------------------
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_reports(root: Path) -> dict[str, list[str]]:
+    """A small reports folder as ``make demo`` leaves it: an image and a speech report.json with their PNGs and WAVs,
+    a folder with pictures only, a staging folder and a hidden folder (both must not be shown). Returns the media
+    files (relative to ``root``) that the page must show, by kind."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    def png(rel: str) -> str:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(root / rel)
+        return rel
+
+    def wav(rel: str) -> str:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, np.zeros(800, np.float32), 8000)
+        return rel
+
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "report.json").write_text(json.dumps({"per_k": [
+        {"k": 1, "bytes": 1, "psnr": 17.5, "ssim": 0.41}, {"k": 8, "bytes": 5, "psnr": 19.25, "ssim": 0.5}],
+        "baselines": {}}))
+    (root / "voice").mkdir()
+    (root / "voice" / "report.json").write_text(json.dumps({
+        "per_quantizers": [{"num_quantizers": 1, "kbps": 0.2, "mel_distance": 1.4, "stft_distance": 2.7,
+                            "si_sdr": -20.0}],
+        "real_time_factor": {"device": "cpu", "encode": 0.01, "decode": 0.03}, "clips": 1, "seconds": 0.1}))
+    images = [png("img/reconstructions.png"), png("img/rate distortion #1.png"), png("img/roundtrip/_grid.png"),
+              *[png(f"img/roundtrip/tile_{i}.png") for i in range(14)], png("voice/rate_quality.png"),
+              png("only_pictures/renders/a.png")]
+    audio = [wav("voice/wav/clip_original.wav"), wav("voice/wav/clip_q1_0.20kbps.wav")]
+    png(".img.partial/hidden.png")
+    png("img/.cache/hidden.png")
+    wav("img/roundtrip.partial/x.wav")
+    return {"img": images, "audio": audio}
+
+
+def test_index_page_links_every_picture_and_clip(tmp_path):
+    """The page holds one table per report.json and one <img> / <audio controls> per PNG / WAV of the reports
+    (none from hidden or staging folders); every link is relative and resolves from the page's folder."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+
+    reports = tmp_path / "reports"
+    want = fake_reports(reports)
+    write_index = load_script("write_index")
+    assert write_index.main(["--reports", str(reports), "--out", str(reports / "index.html")]) == 0
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: dict[str, list[str]] = {"img": [], "audio": [], "a": []}
+            self.tables = 0
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "img":
+                self.found["img"].append(a["src"])
+            elif tag == "audio":
+                assert "controls" in a
+                self.found["audio"].append(a["src"])
+            elif tag == "a" and not a["href"].startswith("#"):
+                self.found["a"].append(a["href"])
+            elif tag == "table":
+                self.tables += 1
+
+    page = (reports / "index.html").read_text()
+    parser = Links()
+    parser.feed(page)
+    for kind in ("img", "audio"):
+        assert sorted(unquote(u) for u in parser.found[kind]) == sorted(want[kind])
+    for url in parser.found["img"] + parser.found["audio"] + parser.found["a"]:
+        assert "://" not in url and not url.startswith("/"), url
+        assert (reports / unquote(url)).is_file(), url
+    assert parser.tables == 2
+    assert "19.25" in page and "-20.00" in page  # the tables' numbers, through the evaluators' formatters
+    assert "real-time factor on cpu" in page  # the note under the speech table
+    # the folder can be moved: the page only points inside it
+    moved = tmp_path / "elsewhere"
+    reports.rename(moved)
+    assert all((moved / unquote(u)).is_file() for u in parser.found["img"] + parser.found["audio"])
+
+
+def test_results_and_index_share_one_reader(tmp_path):
+    """docs/results.md and the index read the same reports through write_results.read_reports."""
+    reports = tmp_path / "reports"
+    fake_reports(reports)
+    write_results = load_script("write_results")
+    entries = write_results.read_reports(str(reports))
+    assert [(e["model"], e["title"]) for e in entries] == [("img", "Image"), ("voice", "Speech")]
+    text = write_results.render(str(reports), [("image", 61.0)])
+    assert "| image | 1m01s |" in text and "## Image: `img`" in text and "## Speech: `voice`" in text
