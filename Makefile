@@ -112,9 +112,13 @@ demo-flow: $(DATA)/.built ## train the rectified-flow decoder (flextok_flow_tiny
 # held-out photos of the embedded image split (whole photos are held out), for the prior demo's compress runs
 PRIOR_DEMO_IMAGES ?= $(DATA)/_src/image/ColdRipple $(DATA)/_src/image/DarkestHour $(DATA)/_src/image/Volna
 PRIOR_DEMO_PSNR ?= 16
-demo-prior: $(DATA)/.built ## after `make demo`: a token prior on flextok_tiny's tokens; real bytes, rate control, samples
+# held-out meshes of the embedded mesh split, for the shape prior's rate-controlled compress run
+PRIOR_DEMO_MESHES ?= $(DATA)/_src/mesh/pyvista/nut.ply $(DATA)/_src/mesh/pymeshlab/bunny.ply $(DATA)/_src/mesh/primitives/prim_011.ply
+PRIOR_DEMO_IOU ?= 0.5
+demo-prior: $(DATA)/.built ## after `make demo`: token priors on flextok_tiny's and vat_tiny's tokens; real bytes, rate control, samples
 	@test -f exports/flextok_tiny/config.json || { echo "make demo-prior needs exports/flextok_tiny: run make demo first"; exit 2; }
-	rm -rf runs/flextok_tiny_prior reports/flextok_tiny_prior
+	@test -f exports/vat_tiny/config.json || { echo "make demo-prior needs exports/vat_tiny: run make demo first"; exit 2; }
+	rm -rf runs/flextok_tiny_prior reports/flextok_tiny_prior runs/vat_tiny_prior reports/vat_tiny_prior
 	$(BIN)/tokenizers-mm tokenize --model exports/flextok_tiny --device cpu --data $(DATA)/image \
 		--out data/tokens/flextok_tiny --overwrite
 	$(BIN)/tokenizers-mm fit --config configs/prior/flextok_tiny_prior.yaml
@@ -132,8 +136,15 @@ demo-prior: $(DATA)/.built ## after `make demo`: a token prior on flextok_tiny's
 	test ! -f runs/flextok_tiny/checkpoints/last.ckpt || $(BIN)/tokenizers-mm evaluate \
 		--ckpt runs/flextok_tiny/checkpoints/last.ckpt --data $(DATA)/image --prior exports/flextok_tiny_prior \
 		--out reports/flextok_tiny_prior/evaluate
+	$(BIN)/tokenizers-mm tokenize --model exports/vat_tiny --device cpu --data $(DATA)/mesh \
+		--out data/tokens/vat_tiny --overwrite
+	$(BIN)/tokenizers-mm fit --config configs/prior/vat_tiny_prior.yaml
+	$(BIN)/tokenizers-mm export --ckpt runs/vat_tiny_prior/checkpoints/last.ckpt --out exports/vat_tiny_prior --overwrite
+	$(BIN)/tokenizers-mm compress --model exports/vat_tiny --prior exports/vat_tiny_prior $(PRIOR_DEMO_MESHES) \
+		--target-iou $(PRIOR_DEMO_IOU) --out reports/vat_tiny_prior/rate_controlled
 	@echo "== reports/flextok_tiny_prior/: tokens/ (report.json, tokens.png), compressed/ and rate_controlled/ (summary.json),"
-	@echo "   samples/grid.png, evaluate/rate_distortion.png (real file bytes beside nominal, JPEG and WebP) =="
+	@echo "   samples/grid.png, evaluate/rate_distortion.png (real file bytes beside nominal, JPEG and WebP)"
+	@echo "   reports/vat_tiny_prior/rate_controlled/summary.json: scales chosen per mesh for IoU $(PRIOR_DEMO_IOU), file bytes =="
 
 test: $(DATA)/.built ## run the default test suite (creates .venv if missing)
 	$(BIN)/python -m pytest -q

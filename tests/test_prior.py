@@ -468,6 +468,13 @@ def test_speech_prior_trained_from_token_shards_beats_the_unigram_code(speech_sh
         unigram += float(-(p * np.log2(p)).sum()) / 4
     bits = _history(sp["run"], "val/bits_per_token")
     assert bits[-1] < unigram - 0.1, (bits, unigram)
+    # the token report pools clips of every length: one position per codebook
+    out = speech_shape_setup["root"] / "speech_report"
+    assert main(["tokens", "report", "--data", sp["shards"], "--split", "val", "--prior", sp["prior"],
+                 "--out", str(out)]) == 0
+    rep = json.load(open(out / "report.json"))
+    assert len(rep["per_position_entropy_bits"]) == 4 and rep["id_shape"] == [4, "frames"]
+    assert rep["prior_bits_per_token"] < rep["unigram_entropy_bits"]
     # and the exported prior codes whole clips of every bitrate, bit-exact
     tok = pipelines.load(sp["tok"])
     prior = pipelines.load(sp["prior"], modality="prior")

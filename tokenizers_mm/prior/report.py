@@ -1,5 +1,7 @@
 """Token-language statistics of token shards: per-position entropy and codebook usage, the rank-frequency
-(Zipf) curve with its fitted exponent, the unigram entropy, and a prior's cross-entropy on the same tokens."""
+(Zipf) curve with its fitted exponent, the unigram entropy, and a prior's cross-entropy on the same tokens.
+
+Speech clips differ in length: their ids ``[n_q, F_i]`` are pooled over frames, so a "position" is a codebook."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from typing import Any
 import numpy as np
 
 
-def read_ids(data: list[str], limit: int | None = None, split: str | None = None) -> np.ndarray:
-    """Token ids ``[N, k]`` (or ``[N, n_q, F]``) of the samples in token shards ``data`` (equal shapes needed)."""
+def read_ids(data: list[str], limit: int | None = None, split: str | None = None) -> np.ndarray | list[np.ndarray]:
+    """Token ids ``[N, k]`` (or ``[N, n_q, F]``) of the samples in token shards ``data``; a list of ``[n_q, F_i]``
+    for speech clips of different lengths (every other mix of shapes is a ``ValueError``)."""
     from pipelines.tokenize import read_token_ids
     from tokenizers_mm.data.urls import expand_urls
 
@@ -26,6 +29,8 @@ def read_ids(data: list[str], limit: int | None = None, split: str | None = None
     if not rows:
         raise ValueError(f"--data {data}: no token samples found (write token shards with `tokenizers-mm tokenize`)")
     shapes = {r.shape for r in rows}
+    if len(shapes) > 1 and len({r.shape[:-1] for r in rows}) == 1 and rows[0].ndim == 2:
+        return [r.astype(np.int64) for r in rows]
     if len(shapes) > 1:
         raise ValueError(f"--data {data}: samples hold ids of different shapes {sorted(shapes)[:3]}; the report "
                          "needs one shape")
@@ -60,13 +65,20 @@ def token_report(data: list[str], out: str, prior: Any = None, limit: int | None
     from ..io import write_json_atomic
 
     ids = read_ids(data, limit, split)
-    v = int(prior.prior.codebook_size) if prior is not None else int(ids.max()) + 1
-    flat = ids.reshape(len(ids), -1)  # positions in storage order
-    per_pos = [np.bincount(flat[:, j], minlength=v) for j in range(flat.shape[1])]
-    counts = np.bincount(flat.reshape(-1), minlength=v)
+    clips = isinstance(ids, list)
+    v = int(prior.prior.codebook_size) if prior is not None else int(max(int(r.max()) for r in ids)) + 1
+    if clips:  # positions are codebooks, pooled over every frame of every clip
+        per_pos = [np.bincount(np.concatenate([r[q] for r in ids]), minlength=v) for q in range(ids[0].shape[0])]
+        num_tokens = sum(r.size for r in ids)
+    else:
+        flat = ids.reshape(len(ids), -1)  # positions in storage order
+        per_pos = [np.bincount(flat[:, j], minlength=v) for j in range(flat.shape[1])]
+        num_tokens = flat.size
+    counts = np.sum(per_pos, axis=0)
     exponent, intercept, freq = zipf_fit(counts)
     report: dict[str, Any] = {
-        "samples": int(len(ids)), "split": split or "all", "id_shape": list(ids.shape[1:]), "codebook_size": v,
+        "samples": int(len(ids)), "split": split or "all",
+        "id_shape": [ids[0].shape[0], "frames"] if clips else list(ids.shape[1:]), "codebook_size": v,
         "uniform_bits": round(float(np.log2(v)), 4),
         "unigram_entropy_bits": round(entropy_bits(counts), 4),
         "per_position_entropy_bits": [round(entropy_bits(c), 4) for c in per_pos],
@@ -75,17 +87,18 @@ def token_report(data: list[str], out: str, prior: Any = None, limit: int | None
         "prior_bits_per_token": None,
     }
     if prior is not None:
-        bits = prior.bits(ids)
-        report["prior_bits_per_token"] = round(float(bits.sum()) / flat.size, 4)
+        bits = sum(float(prior.bits(r[None]).sum()) for r in ids) if clips else float(prior.bits(ids).sum())
+        report["prior_bits_per_token"] = round(bits / num_tokens, 4)
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     ax[0].plot(report["per_position_entropy_bits"], label="per-position entropy")
     ax[0].axhline(report["unigram_entropy_bits"], color="gray", ls="--", label="unigram entropy")
     if report["prior_bits_per_token"] is not None:
         ax[0].axhline(report["prior_bits_per_token"], color="red", ls=":", label="prior cross-entropy")
-    ax[0].set(xlabel="position", ylabel="bits", title=f"{len(ids)} samples, V = {v}")
+    where = "codebook" if clips else "position"
+    ax[0].set(xlabel=where, ylabel="bits", title=f"{len(ids)} samples, V = {v}")
     ax[0].legend(fontsize=8)
     ax[1].plot(report["per_position_usage"])
-    ax[1].set(xlabel="position", ylabel="share of codes used", ylim=(0, 1.05), title="codebook usage per position")
+    ax[1].set(xlabel=where, ylabel="share of codes used", ylim=(0, 1.05), title=f"codebook usage per {where}")
     ranks = np.arange(1, len(freq) + 1)
     ax[2].loglog(ranks, freq, ".", ms=3, label="codes")
     ax[2].loglog(ranks, np.exp(intercept) * ranks ** -exponent, "r-", lw=1, label=f"fit s = {exponent:.2f}")
