@@ -542,3 +542,25 @@ def test_target_iou_meets_its_target_on_every_reported_shape(speech_shape_setup,
     assert main(["compress", "--model", sh["tok"], "--prior", sh["prior"], *files, "--out", str(tmp_path / "no"),
                  "--target-psnr", "20"]) == 2
     assert "--target-psnr applies to image tokenizers" in capsys.readouterr().err
+
+
+def test_version_1_files_of_whole_coder_words_still_decode(image_setup):
+    import constriction
+
+    from tokenizers_mm.prior.coding import ids_crc, walk
+
+    tok = pipelines.load(image_setup["tok"])
+    prior = pipelines.load(image_setup["prior"], modality="prior")
+    row = torch.from_numpy(_val_ids(image_setup["shards"])[1])
+    enc = constriction.stream.queue.RangeEncoder()
+
+    def step(t, q, freq):
+        enc.encode(int(row[t]), constriction.stream.model.Categorical(freq, perfect=False))
+        return int(row[t])
+
+    walk(prior.prior, len(row), 1, step)
+    head = Header("image", bytes.fromhex(tok.model_id), bytes.fromhex(prior.model_id), (len(row),), 0,
+                  ids_crc(row.numpy()), version=1)
+    blob = head.pack() + np.asarray(enc.get_compressed(), dtype="<u4").tobytes()
+    back, got = prior.decompress(tok, blob)
+    assert got.version == 1 and torch.equal(back, row)
