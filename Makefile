@@ -113,8 +113,8 @@ demo-flow: $(DATA)/.built ## train the rectified-flow decoder (flextok_flow_tiny
 PRIOR_DEMO_IMAGES ?= $(DATA)/_src/image/ColdRipple $(DATA)/_src/image/DarkestHour $(DATA)/_src/image/Volna
 PRIOR_DEMO_PSNR ?= 16
 # held-out meshes of the embedded mesh split, for the shape prior's rate-controlled compress run
-PRIOR_DEMO_MESHES ?= $(DATA)/_src/mesh/pyvista/nut.ply $(DATA)/_src/mesh/pymeshlab/bunny.ply $(DATA)/_src/mesh/primitives/prim_011.ply
-PRIOR_DEMO_IOU ?= 0.5
+PRIOR_DEMO_MESHES ?= $(addprefix $(DATA)/_src/mesh/primitives/,prim_013.ply prim_034.ply prim_043.ply prim_057.ply)
+PRIOR_DEMO_IOU ?= 0.6
 demo-prior: $(DATA)/.built ## after `make demo`: token priors on flextok_tiny's and vat_tiny's tokens; real bytes, rate control, samples
 	@test -f exports/flextok_tiny/config.json || { echo "make demo-prior needs exports/flextok_tiny: run make demo first"; exit 2; }
 	@test -f exports/vat_tiny/config.json || { echo "make demo-prior needs exports/vat_tiny: run make demo first"; exit 2; }
