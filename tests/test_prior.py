@@ -284,6 +284,14 @@ def test_cli_compress_decompress_rate_control_and_sample(image_setup, photo_dir,
         assert float(image_psnr(tok.decode(ids[None]), x[i:i + 1])) >= target - 1e-3
     r = rcs["rate_control"]
     assert r["fixed_mean_quality"] >= r["mean_quality"] - 1e-6 or not r["fixed_reaches_mean_quality"]
+    # encode --target-psnr chooses the same budgets and writes rows of those lengths, which decode
+    npz = tmp_path / "rc.npz"
+    assert main(["encode", "--model", tok_dir, *files, "--out", str(npz), "--target-psnr", f"{target:.3f}"]) == 0
+    from pipelines.files import load_tokens
+
+    rows, _, meta = load_tokens(str(npz))
+    assert meta["budgets"] == [r["budget"] for r in rcs["files"]] == [len(i) for i in rows]
+    assert main(["decode", "--model", tok_dir, str(npz), "--out", str(tmp_path / "rcpng")]) == 0
     capsys.readouterr()
     # a target no budget reaches: one line naming a file, nothing written
     assert main(["compress", "--model", tok_dir, "--prior", prior_dir, *files, "--out", str(tmp_path / "no"),
@@ -564,3 +572,27 @@ def test_version_1_files_of_whole_coder_words_still_decode(image_setup):
     blob = head.pack() + np.asarray(enc.get_compressed(), dtype="<u4").tobytes()
     back, got = prior.decompress(tok, blob)
     assert got.version == 1 and torch.equal(back, row)
+
+
+def test_encode_with_a_target_writes_rows_of_chosen_lengths_that_decode(speech_shape_setup, mesh_dir, tmp_path, capsys):
+    sh = speech_shape_setup["shape"]
+    tok = pipelines.load(sh["tok"])
+    files = [os.path.join(mesh_dir, f) for f in ("ant.ply", "sphere.ply")]
+    from tokenizers_mm.prior.rate import choose_shape
+
+    target = min(max(c.qualities.values()) for c in choose_shape(tok, files, 0.0, files)) - 1e-4
+    out = tmp_path / "t.npz"
+    assert main(["encode", "--model", sh["tok"], *files, "--out", str(out), "--target-iou", f"{target:.5f}"]) == 0
+    from pipelines.files import load_tokens
+
+    ids, keys, meta = load_tokens(str(out))
+    assert keys == ["ant", "sphere"] and [len(i) for i in ids] == meta["budgets"]
+    assert all(q >= target for q in meta["qualities"])
+    for f, i in zip(files, ids):
+        assert tok.iou(i[None], *tok.labeled_points(tok.read_mesh(f))) >= target
+    dec = tmp_path / "dec"
+    assert main(["decode", "--model", sh["tok"], str(out), "--out", str(dec), "--resolution", "16"]) == 0
+    assert {"ant.ply", "sphere.ply"} <= set(os.listdir(dec))
+    capsys.readouterr()
+    assert main(["encode", "--model", sh["tok"], *files, "--out", str(tmp_path / "u.npz"), "--target-iou", "1.5"]) == 2
+    assert "no budget reaches volume IoU 1.5" in capsys.readouterr().err

@@ -422,6 +422,8 @@ def _check_tokens_out(path: str, overwrite: bool, inputs: list[str]) -> None:
 
 
 def _cmd_encode(a: argparse.Namespace) -> int:
+    import numpy as np
+
     import pipelines
     from pipelines.files import save_tokens, token_meta
 
@@ -450,6 +452,24 @@ def _cmd_encode(a: argparse.Namespace) -> int:
         clash = [f for f in files if os.path.splitext(os.path.basename(f))[0] in str(exc)][:2]
         raise ValueError(f"inputs {clash} share the key of their file name; decode would write them to one file: "
                          "encode them in separate runs or rename one") from exc
+    from .prior.cli import _target
+
+    target = _target(a, tok.modality)
+    if target:  # rate control: per file the fewest tokens / scales reaching the target; rows of different lengths
+        from .prior.cli import encode_with_target
+
+        if a.num_tokens is not None:
+            raise ValueError("give --num-tokens or a --target-*, not both")
+        ids, _, choices = encode_with_target(tok, files, keys, None, target)
+        meta = token_meta(tok, max(int(i.shape[0]) for i in ids))
+        meta.update(target={"metric": target[0], "value": target[1]}, budgets=[c.budget for c in choices],
+                    qualities=[round(c.quality, 4) for c in choices])
+        save_tokens(a.out, [i.reshape(-1) for i in ids], keys, meta)
+        for f, c in zip(files, choices):
+            print(f"{f}: {c.budget} tokens -> {target[0]} {c.quality:.4f}")
+        print(f"encoded {len(files)} {tok.modality} file(s) to {target[0]} {target[1]:g} with "
+              f"{np.mean([c.budget for c in choices]):.2f} tokens on average -> {a.out}")
+        return 0
     if tok.modality == "audio":
         waves = [tok.read(f) for f in files]
         ids = [tok.encode(w, num_tokens=a.num_tokens, chunk_seconds=a.chunk_seconds)[0] for w in waves]
@@ -528,6 +548,7 @@ def _cmd_decode(a: argparse.Namespace) -> int:
 
 def _decode_into(a: argparse.Namespace, tok: Any, ids: Any, keys: list[str], meta: dict[str, Any], out: str) -> str:
     """Decode ``ids`` into files in ``out`` (the staging folder); returns the line to print."""
+    import numpy as np
     import torch
 
     if tok.modality == "audio":
@@ -545,11 +566,20 @@ def _decode_into(a: argparse.Namespace, tok: Any, ids: Any, keys: list[str], met
         return f"decoded {len(paths)} clip(s) with {n_q} codebooks ({tok.bitrate_kbps(n_q):.3f} kbps) into {a.out}/ (WAV)"
     options = {name: getattr(a, name) for name in ("steps", "cfg_scale", "seed", "resolution")
                if getattr(a, name) is not None}
-    if a.num_tokens:  # a prefix of each sample's tokens (check_ids refuses what the model cannot decode)
-        if a.num_tokens > ids.shape[1]:
-            raise ValueError(f"--num-tokens {a.num_tokens}: the samples hold {ids.shape[1]} tokens")
-        ids = ids[:, : a.num_tokens]
-    samples = tok.decode(ids, batch_size=a.batch_size, **options)
+    if isinstance(ids, list):  # rate-controlled rows of different lengths (encode --target-*): one at a time
+        if a.num_tokens:
+            ids = [i[: a.num_tokens] for i in ids]
+        decoded = [tok.decode(np.asarray(i)[None], batch_size=1, **options) for i in ids]
+        samples = torch.cat(decoded) if tok.modality == "image" else [m for d in decoded for m in d]
+        lengths = sorted({len(i) for i in ids})
+        each = f"{lengths[0]}..{lengths[-1]}" if len(lengths) > 1 else str(lengths[0])
+    else:
+        if a.num_tokens:  # a prefix of each sample's tokens (check_ids refuses what the model cannot decode)
+            if a.num_tokens > ids.shape[1]:
+                raise ValueError(f"--num-tokens {a.num_tokens}: the samples hold {ids.shape[1]} tokens")
+            ids = ids[:, : a.num_tokens]
+        samples = tok.decode(ids, batch_size=a.batch_size, **options)
+        each = str(ids.shape[1])
     if tok.modality == "image":
         from .visual import image_grid, save_png
 
@@ -561,9 +591,9 @@ def _decode_into(a: argparse.Namespace, tok: Any, ids: Any, keys: list[str], met
             rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
         save_png(image_grid(rows), os.path.join(out, "_grid.png"))
         grid = os.path.join(a.out, "_grid.png")
-        return f"decoded {len(paths)} image(s) from {ids.shape[1]} tokens each into {a.out}/ (overview: {grid})"
+        return f"decoded {len(paths)} image(s) from {each} tokens each into {a.out}/ (overview: {grid})"
     paths = tok.save(samples, out, keys, fmt=a.mesh_format)
-    return f"decoded {len(paths)} mesh(es) from {ids.shape[1]} tokens each into {a.out}/ ({a.mesh_format})"
+    return f"decoded {len(paths)} mesh(es) from {each} tokens each into {a.out}/ ({a.mesh_format})"
 
 
 def _cmd_tokenize(a: argparse.Namespace) -> int:
@@ -708,6 +738,11 @@ def _project_parser() -> argparse.ArgumentParser:
     en.add_argument("--overwrite", action="store_true", help="replace an --out file that is not a tokens file")
     en.add_argument("--chunk-seconds", type=at_least(0.1, float), default=30.0,
                     help="audio: encode long files in chunks of this length (causal models: same tokens as one pass)")
+    en.add_argument("--target-psnr", type=float, default=None,
+                    help="images: per file the fewest tokens whose decode reaches this PSNR (dB)")
+    en.add_argument("--target-iou", type=float, default=None,
+                    help="shapes: per file the fewest scales whose decoded occupancy reaches this volume IoU against "
+                         "the input's own inside / outside labels (8192 points uniform in the normalized cube)")
     en.set_defaults(func=_cmd_encode)
 
     de = sub.add_parser("decode", help="decode tokens.npz or token shards into files (images: PNG; meshes: ply / obj / "
