@@ -42,7 +42,7 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech
 	@mkdir -p reports
 	@echo ">> image: the 1D tokenizer on the embedded photos"
 	t0=$$(date +%s) && \
-	$(BIN)/tokenizers-mm fit --config configs/image/flextok_tiny.yaml && \
+	$(BIN)/tokenizers-mm fit --config configs/image/base_1d_tiny.yaml --config configs/image/flextok_tiny.yaml && \
 	for m in $(DEMO_MODELS); do \
 		$(BIN)/tokenizers-mm evaluate --ckpt runs/$$m/checkpoints/last.ckpt --data $(DATA)/image \
 			--out reports/$$m --csv-log runs/$$m/metrics.csv || exit 1; \
@@ -52,7 +52,7 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech
 	printf 'image (fit, evaluate, export)\t%s\n' $$(( $$(date +%s) - t0 )) >> $(TIMES)
 	@echo ">> 3D: the shape tokenizer on the embedded meshes"
 	t0=$$(date +%s) && \
-	$(BIN)/tokenizers-mm fit --config configs/shape/vat_tiny.yaml --trainer.max_steps $(SHAPE_DEMO_STEPS) && \
+	$(BIN)/tokenizers-mm fit --config configs/shape/base_vat.yaml --config configs/shape/vat_tiny.yaml --trainer.max_steps $(SHAPE_DEMO_STEPS) && \
 	$(BIN)/tokenizers-mm evaluate --ckpt runs/vat_tiny/checkpoints/last.ckpt --data $(DATA)/mesh --out reports/vat_tiny \
 		--max-samples $(SHAPE_DEMO_SHAPES) --resolution 48 && \
 	$(BIN)/tokenizers-mm export --ckpt runs/vat_tiny/checkpoints/last.ckpt --out exports/vat_tiny \
@@ -98,8 +98,8 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech
 FLOW_STEPS ?= 1 2 4 8 25
 demo-flow: $(DATA)/.built ## train the rectified-flow decoder (flextok_flow_tiny) + its 1-step reflow student, evaluate per steps (~10 min)
 	rm -rf runs/flextok_flow_tiny runs/flextok_flow_reflow_tiny reports/flextok_flow_tiny reports/flextok_flow_reflow_tiny
-	$(BIN)/tokenizers-mm fit --config configs/image/flextok_flow_tiny.yaml
-	$(BIN)/tokenizers-mm fit --config configs/image/flextok_flow_reflow_tiny.yaml
+	$(BIN)/tokenizers-mm fit --config configs/image/base_flow_tiny.yaml --config configs/image/flextok_flow_tiny.yaml
+	$(BIN)/tokenizers-mm fit --config configs/image/base_flow_tiny.yaml --config configs/image/flextok_flow_reflow_tiny.yaml
 	for m in flextok_flow_tiny flextok_flow_reflow_tiny; do \
 		$(BIN)/tokenizers-mm evaluate --ckpt runs/$$m/checkpoints/last.ckpt --data $(DATA)/image --out reports/$$m \
 			--csv-log runs/$$m/metrics.csv --steps $(FLOW_STEPS) || exit 1; \

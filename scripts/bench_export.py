@@ -2,7 +2,7 @@
 
     python scripts/bench_export.py [--model exports/flextok_tiny] [--threads 2] [--out reports/bench/export.json]
 
-Without ``--model`` it exports an untrained model of ``configs/image/flextok_tiny.yaml`` into a temporary folder
+Without ``--model`` it exports an untrained model of the ``flextok_tiny`` recipe into a temporary folder
 (latency does not depend on the weights' values). CPU, fp32, ``--threads`` intra-op threads. Reported:
 
 - the size of each export file;
@@ -37,14 +37,16 @@ def _median_seconds(fn, repeats: int, warmup: int = 2) -> float:
 
 
 def _untrained_export(out: str) -> str:
-    import yaml
-
+    from tokenizers_mm import recipes
+    from tokenizers_mm.config import as_config
     from tokenizers_mm.export import INPUT_SPECS, export_codec
     from tokenizers_mm.image.codec1d import OneDImageCodec
+    from tokenizers_mm.image.first_stage import FirstStageConfig
 
-    with open(os.path.join(ROOT, "configs/image/flextok_tiny.yaml")) as f:
-        args = yaml.safe_load(f)["model"]["init_args"]
+    args = recipes.resolve(recipes.files("flextok_tiny", os.path.join(ROOT, "configs")))["model"]["init_args"]
     arch = {k: v for k, v in args.items() if k in OneDImageCodec.__init__.__code__.co_varnames}
+    if arch.get("first_stage") is not None:  # the codec takes the autoencoder's architecture, not its training
+        arch["first_stage"] = as_config(FirstStageConfig, arch["first_stage"]).arch()
     codec = OneDImageCodec(**arch).eval()
     export_codec(codec, out, INPUT_SPECS["image"](codec, {}), {"note": "untrained, for latency only"})
     return out
@@ -82,7 +84,7 @@ def main() -> int:
     x32 = torch.rand(32, 3, s, s) * 2 - 1
     ids1, ids32 = tok.encode(x1), tok.encode(x32)
     res = {
-        "model": os.path.abspath(model) if a.model else "untrained flextok_tiny (configs/image/flextok_tiny.yaml)",
+        "model": os.path.abspath(model) if a.model else "untrained flextok_tiny (recipe: configs/image/base_1d_tiny.yaml + flextok_tiny.yaml)",
         "device": "cpu", "threads": a.threads, "dtype": "float32", "image_size": s,
         "tokens_per_image": tok.num_tokens, "codebook_size": tok.codebook_size,
         "parameters": tok.config["weights"]["parameters"],

@@ -45,33 +45,42 @@ from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.utilities.enums import GradClipAlgorithmType
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {"flextok_b": "image/flextok_b", "flextok_flow_b": "image/flextok_flow_b", "codec_16k": "speech/codec_16k",
-           "codec_24k": "speech/codec_24k", "dmcodec_16k": "speech/dmcodec_16k", "vat_b": "shape/vat_b"}
+# a recipe of tokenizers_mm.recipes, or one config file relative to configs/
+CONFIGS = {"flextok_b": "flextok_b", "flextok_flow_b": "flextok_flow_b", "codec_16k": "speech/codec_16k",
+           "codec_24k": "speech/codec_24k", "dmcodec_16k": "speech/dmcodec_16k", "vat_b": "vat_b"}
 # --cpu-smoke runs each B config's path with the tiny sibling of its family
-SMOKE = {"flextok_b": "image/flextok_tiny", "flextok_flow_b": "image/flextok_flow_tiny",
+SMOKE = {"flextok_b": "flextok_tiny", "flextok_flow_b": "flextok_flow_tiny",
          "codec_16k": "speech/codec_tiny", "codec_24k": "speech/codec_tiny", "dmcodec_16k": "speech/codec_tiny",
-         "vat_b": "shape/vat_tiny"}
+         "vat_b": "vat_tiny"}
 DATA_DIRS = {"image": "image", "audio": "audio", "mesh": "mesh"}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # vendor dense bf16 peaks
 
 
 # ---- building a config's model and data -------------------------------------------------------------------------
-def config_path(name: str, smoke: bool) -> str:
-    return os.path.join(ROOT, "configs", f"{(SMOKE if smoke else CONFIGS)[name]}.yaml")
+def config_files(name: str, smoke: bool) -> list[str]:
+    """The YAML files of config ``name`` (a recipe's base and variant, or one file), in the order they apply."""
+    from tokenizers_mm import recipes
+
+    return recipes.files((SMOKE if smoke else CONFIGS)[name], os.path.join(ROOT, "configs"))
+
+
+def resolved_config(name: str, smoke: bool) -> dict[str, Any]:
+    from tokenizers_mm import recipes
+
+    return recipes.resolve(config_files(name, smoke))
 
 
 def build(name: str, smoke: bool, data_root: str, extra: list[str] = ()) -> tuple[Any, Any]:
     """The LightningModule and ShardDataModule of config ``name``, data pointed at the embedded shards."""
-    import yaml
     from pytorch_lightning.cli import LightningCLI
 
+    from tokenizers_mm import recipes
     from tokenizers_mm.data import ShardDataModule
     from tokenizers_mm.harness import TokenizerModule
 
-    path = config_path(name, smoke)
-    with open(path) as f:
-        modality = yaml.safe_load(f)["data"]["modality"]
-    args = ["--config", path, "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
+    paths = config_files(name, smoke)
+    modality = recipes.resolve(paths)["data"]["modality"]
+    args = [*(arg for p in paths for arg in ("--config", p)), "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
             "--trainer.default_root_dir", tempfile.mkdtemp(prefix="gpu_check_"),
             "--data.train_urls", os.path.join(data_root, DATA_DIRS[modality]), "--data.val_urls", "null"]
     if smoke:
@@ -227,15 +236,13 @@ REFERENCE_FAMILY = {"codec_24k": "EncodecModel", "codec_16k": "DacModel", "dmcod
 def reference_codec(name: str, smoke: bool) -> tuple[Any, str, int, float, int]:
     """The ``transformers`` codec of speech config ``name`` built at that config's sizes (EnCodec for the causal
     LSTM codec, DAC for the others): (model, family, batch, segment seconds, sample rate)."""
-    import yaml
     from transformers import DacConfig, DacModel, EncodecConfig, EncodecModel
 
     from tokenizers_mm.config import as_config
     from tokenizers_mm.speech.codec import RVQConfig
     from tokenizers_mm.speech.seanet import SEANetConfig
 
-    with open(config_path(name, smoke)) as f:
-        cfg = yaml.safe_load(f)
+    cfg = resolved_config(name, smoke)
     args, data = cfg["model"]["init_args"], cfg["data"]
     sr = args["sample_rate"]
     s, q = as_config(SEANetConfig, args.get("seanet")), as_config(RVQConfig, args.get("rvq"))
@@ -461,10 +468,7 @@ def table(rows: dict[str, Any], train: dict[str, Any] | None) -> str:
 
 def missing_teachers(name: str, smoke: bool) -> list[str]:
     """Local teacher folders a config's distillation needs that do not exist (nothing is downloaded)."""
-    import yaml
-
-    with open(config_path(name, smoke)) as f:
-        distill = (yaml.safe_load(f)["model"]["init_args"].get("distill") or {})
+    distill = resolved_config(name, smoke)["model"]["init_args"].get("distill") or {}
     if distill.get("source", "online") != "online":
         return []
     paths = [distill.get(k) for k in ("speech_teacher", "lm_teacher", "recognizer")]

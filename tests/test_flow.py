@@ -294,12 +294,10 @@ def test_evaluate_reports_quality_against_sampling_steps(embedded, tmp_path, cap
 
 
 def _tiny_flow_config(tmp_path, embedded, **model):
-    """configs/image/flextok_flow_tiny.yaml shrunk to 32 px and K = 8 for the default suite."""
-    import yaml
+    """The flextok_flow_tiny recipe shrunk to 32 px and K = 8 for the default suite."""
+    from tokenizers_mm import recipes
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "configs/image/flextok_flow_tiny.yaml")) as f:
-        cfg = yaml.safe_load(f)
+    cfg = recipes.resolve(recipes.files("flextok_flow_tiny"))
     cfg["model"]["init_args"].update({"image_size": 32, "num_tokens": 8, "val_steps": 8, **model})
     cfg["data"].update({"train_urls": os.path.join(embedded, "image"), "val_urls": os.path.join(embedded, "image"),
                         "max_val_samples": 48, "val_batch_size": 48})
@@ -342,7 +340,7 @@ def test_short_training_of_the_tiny_config_quality_rises_with_k(embedded, tmp_pa
 
 @pytest.mark.slow
 def test_tiny_flow_config_full_length(embedded, tmp_path):
-    """configs/image/flextok_flow_tiny.yaml at its own size (64 px, K = 32) for 700 steps (~5 min on 2 cores)."""
+    """The flextok_flow_tiny recipe at its own size (64 px, K = 32) for 700 steps (~5 min on 2 cores)."""
     cfg = _tiny_flow_config(tmp_path, embedded, image_size=64, num_tokens=32)
     cfg["data"]["image"].update({"size": 64, "resize": [64, 128], "val_resize": 96})
     _, trained = _train_from_config(cfg, 700, tmp_path)

@@ -388,15 +388,9 @@ def test_shape_configs_parse_and_build(name):
     """Every shape YAML is a valid CLI config, and its codec builds with the settings that let it learn
     (zero-initialized encoder branches, k-d ordered latents, a probe MLP, anchors) and the byte budgets its header
     states."""
-    import yaml
+    from tokenizers_mm import recipes
 
-    from tokenizers_mm.cli import main
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "shape", f"{name}.yaml")
-    with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", path, "--print_config"])
-    assert exc.value.code in (0, None)
-    args = yaml.safe_load(open(path))["model"]["init_args"]
+    args = recipes.resolve(recipes.files(name))["model"]["init_args"]
     codec = ShapeCodec(args["num_latents"], args["latent_dim"], args["encoder"], args["decoder"], args["bottleneck"],
                        args["scales"], args["num_quantizers"], args["quantizer"], args["probe"])
     assert codec.enc_cfg.zero_init and all(block.mlp is not None for block in codec.probe)
