@@ -48,6 +48,7 @@ CODECS = {
     "image/flow": "tokenizers_mm.image.flow_codec:FlowImageCodec",
     "shape/occupancy": "tokenizers_mm.shape.codec:ShapeCodec",
     "speech/rvq": "tokenizers_mm.speech.codec:SpeechCodec",
+    "speech/xcodec2": "tokenizers_mm.speech.xcodec2_codec:XCodec2Codec",
     "prior/ar": "tokenizers_mm.prior.model:TokenPrior",
 }
 

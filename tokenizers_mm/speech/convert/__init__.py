@@ -1,7 +1,7 @@
 """Import published codecs in the ``transformers`` layout into :class:`~tokenizers_mm.speech.codec.SpeechCodec`
 and write them back (``tokenizers-mm import`` / ``export --format transformers``).
 
-One module per source architecture (``encodec``, ``dac``, ``mimi``), each giving: ``MODEL_TYPE`` (``config.json``'s
+One module per source architecture (``encodec``, ``dac``, ``mimi``, ``xcodec2``), each giving: ``MODEL_TYPE`` (``config.json``'s
 ``model_type``), ``codec_arch`` (reference config -> our constructor arguments), ``pairs`` (tensor correspondences,
 :mod:`.common`), ``codebook_tensors`` / ``reference_codebooks`` (the quantizer's codebooks each way) and
 ``reference_config`` (our arch -> reference config). Our codec runs its own modules with the mapped weights.
@@ -27,9 +27,9 @@ from .common import (
 
 # name given to --from / --format -> module implementing it
 CONVERTERS = {"encodec": "tokenizers_mm.speech.convert.encodec", "dac": "tokenizers_mm.speech.convert.dac",
-              "mimi": "tokenizers_mm.speech.convert.mimi"}
+              "mimi": "tokenizers_mm.speech.convert.mimi", "xcodec2": "tokenizers_mm.speech.convert.xcodec2"}
 # architectures named in the issue that no converter covers yet
-PLANNED = ("xcodec2",)
+PLANNED: tuple[str, ...] = ()
 
 
 def converter(name: str) -> ModuleType:
@@ -52,7 +52,8 @@ def import_reference(name: str, folder: str) -> tuple[torch.nn.Module, dict[str,
     if hasattr(conv, "normalize_reference_state"):
         state = conv.normalize_reference_state(state)
     arch = conv.codec_arch(ref_cfg, folder)
-    codec = SpeechCodec(**arch)
+    # a converter whose architecture is not a SpeechCodec builds its own codec class (X-Codec 2)
+    codec = conv.build_codec(arch) if hasattr(conv, "build_codec") else SpeechCodec(**arch)
     pairs = conv.pairs(arch)
     try:
         tensors = to_ours(pairs, state)

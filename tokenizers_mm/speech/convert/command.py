@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
     """Register ``import`` on the project's subcommand parser."""
     from . import CONVERTERS, PLANNED
 
-    p = sub.add_parser("import", help="import a transformers speech codec folder (EnCodec, DAC, Mimi) as an export")
+    p = sub.add_parser("import", help="import a transformers speech codec folder (EnCodec, DAC, Mimi, X-Codec 2) as an export")
     p.add_argument("--from", dest="source", required=True, choices=sorted([*CONVERTERS, *PLANNED]),
                    help="architecture of the folder")
     p.add_argument("--weights", required=True, help="transformers folder: config.json + model.safetensors")

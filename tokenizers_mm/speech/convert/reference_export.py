@@ -1,5 +1,5 @@
 """``tokenizers-mm export --format transformers``: a speech codec trained or imported here -> a ``transformers`` folder
-that ``EncodecModel`` / ``DacModel`` ``.from_pretrained`` load, for code that does not use this package.
+that ``EncodecModel`` / ``DacModel`` / ``MimiModel`` / ``Xcodec2Model`` ``.from_pretrained`` load, for code that does not use this package.
 
 The reference model is built from the converted config, loaded with the converted tensors (every tensor must find
 its place: a codec the reference cannot express is refused before anything is written) and saved with its own
@@ -17,7 +17,9 @@ from . import CONVERTERS, ConversionError, reference_state
 
 # converter name -> (config class, model class) in transformers
 REFERENCE_CLASSES = {"encodec": ("EncodecConfig", "EncodecModel"), "dac": ("DacConfig", "DacModel"),
-                     "mimi": ("MimiConfig", "MimiModel")}
+                     "mimi": ("MimiConfig", "MimiModel"), "xcodec2": ("Xcodec2Config", "Xcodec2Model")}
+# our codec architecture -> the converters that may express it
+ARCHITECTURE_CONVERTERS = {"speech/rvq": ("encodec", "dac", "mimi"), "speech/xcodec2": ("xcodec2",)}
 
 
 def pick_architecture(codec: torch.nn.Module) -> str:
@@ -25,7 +27,7 @@ def pick_architecture(codec: torch.nn.Module) -> str:
     import importlib
 
     reasons = []
-    for name in CONVERTERS:
+    for name in ARCHITECTURE_CONVERTERS[codec.architecture]:
         try:
             importlib.import_module(CONVERTERS[name]).reference_config(codec.arch)
             return name
@@ -56,8 +58,11 @@ def export_transformers(codec: torch.nn.Module, out: str, name: str | None = Non
     """Write ``codec`` as a ``transformers`` folder ``out``; returns the architecture name used."""
     from ...io import OutputError, OutputFolder
 
-    if getattr(codec, "architecture", None) != "speech/rvq":
+    if getattr(codec, "architecture", None) not in ARCHITECTURE_CONVERTERS:
         raise ConversionError(f"--format transformers writes speech codecs; this is a {getattr(codec, 'architecture', type(codec).__name__)}")
+    allowed = ARCHITECTURE_CONVERTERS[codec.architecture]
+    if name is not None and name not in allowed:
+        raise ConversionError(f"a {codec.architecture} codec is written as {' / '.join(allowed)}, not {name}")
     name = name or pick_architecture(codec)
     model = reference_model(name, codec)
     try:
