@@ -265,10 +265,11 @@ def test_transformers_round_trip(tmp_path, name):
 
 # ---- X-Codec 2 ------------------------------------------------------------------------------------
 def _xcodec2(tmp_path):
-    """Tiny X-Codec 2 at the published 16 kHz / 320-sample hop (the semantic features fix both), with a one-layer
-    w2v-BERT semantic encoder; FSQ levels [4, 4, 4, 4] (256 codes)."""
-    sem = transformers.Wav2Vec2BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                          intermediate_size=64, output_hidden_size=32, conv_depthwise_kernel_size=3)
+    """Tiny X-Codec 2 at the published 16 kHz / 320-sample hop (the semantic features fix both), with a two-layer
+    w2v-BERT semantic encoder whose relative distances clip at -4 / +2 frames; FSQ levels [4, 4, 4, 4] (256 codes)."""
+    sem = transformers.Wav2Vec2BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, output_hidden_size=32, conv_depthwise_kernel_size=3,
+                                          left_max_position_embeddings=4, right_max_position_embeddings=2)
     cfg = transformers.Xcodec2Config(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
         head_dim=16, encoder_hidden_size=4, downsampling_ratios=[4, 8, 10], semantic_model_config=sem,
@@ -280,22 +281,34 @@ def _xcodec2(tmp_path):
     return model.eval(), ref_dir
 
 
+def _xcodec2_inputs(ref, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference feature extractor's padded waveform and stacked log-mel features."""
+    fe = transformers.Xcodec2FeatureExtractor(hop_length=ref.config.hop_length)
+    return fe([w[0] for w in wave], sampling_rate=16000, return_tensors="pt")
+
+
 def _xcodec2_reference_codes(ref, wave: torch.Tensor) -> torch.Tensor:
     """The reference's codes through its own feature extractor (padding, log-mel features) and ``encode``."""
-    fe = transformers.Xcodec2FeatureExtractor(hop_length=ref.config.hop_length)
-    inp = fe([w[0] for w in wave], sampling_rate=16000, return_tensors="pt")
+    inp = _xcodec2_inputs(ref, wave)
     return ref.encode(inp["input_values"], inp["input_features"],
                       input_features_mask=inp["input_features_mask"]).audio_codes
 
 
 def test_xcodec2_parity(tmp_path):
-    """Semantic adapter, anti-aliased acoustic encoder, FSQ and Vocos decoder run as this project's modules; the
-    frozen w2v-BERT semantic encoder is transformers' Wav2Vec2BertModel on both sides."""
+    """Every part runs as this project's modules: log-mel features, w2v-BERT Conformer, semantic adapter,
+    anti-aliased acoustic encoder, FSQ and Vocos decoder."""
     ref, ref_dir = _xcodec2(tmp_path)
     codec = _import(tmp_path, "xcodec2", ref_dir)
     assert codec.architecture == "speech/xcodec2" and codec.hop_length == 320 and codec.codebook_size == 256
     wave = _wave(320 * 12 + 37)  # an incomplete last frame: the padding decides the frame count
     with torch.no_grad():
+        inp = _xcodec2_inputs(ref, wave)
+        padded = codec.pad(wave)
+        assert torch.equal(padded, inp["input_values"])
+        feats = codec.semantic_features(padded)
+        assert (feats - inp["input_features"]).abs().max().item() < ATOL
+        sem_ref = ref.semantic_encoder(inp["input_features"]).last_hidden_state
+        assert sem_ref.std() > 0.1 and (codec.semantic_encoder(feats) - sem_ref).abs().max().item() < ATOL
         want = _xcodec2_reference_codes(ref, wave)
         got = codec.encode(wave)
         assert got.shape == want.shape == (2, 1, 13)

@@ -3,8 +3,8 @@
 Encode: the waveform ``[B, 1, T]`` is right-padded with one zero and then to a whole number of frames (``hop`` =
 ``prod(ratios)`` = 320 samples at 16 kHz, the frame of the semantic features). Two branches see it:
 - semantic: 80-bin Kaldi log-mel filterbanks (25 ms Povey window, 10 ms shift, centred by ``hop / 2`` of zeros,
-  normalized per clip), pairs of frames stacked to 160-dim features at 50 Hz, a frozen w2v-BERT encoder
-  (``transformers``' ``Wav2Vec2BertModel``, built from ``arch.semantic``) and this codec's :class:`SemanticAdapter`;
+  normalized per clip), pairs of frames stacked to 160-dim features at 50 Hz, the frozen w2v-BERT Conformer
+  (:class:`~tokenizers_mm.speech.w2v_bert.W2VBertEncoder`, sized by ``arch.semantic``) and :class:`SemanticAdapter`;
 - acoustic: :class:`AcousticEncoder`.
 Both ``[B, D, F]`` are concatenated (semantic first), mixed by a linear layer and quantized by vector-quantize-pytorch's
 ``FSQ`` (its in/out projections are X-Codec 2's). Decode: FSQ codes -> projection -> :class:`VocosDecoder`.
@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from vector_quantize_pytorch import FSQ
 
-from ..config import plain
+from ..config import as_config, plain
 from .vocos_decoder import VocosDecoder
+from .w2v_bert import W2VBertConfig, W2VBertEncoder
 from .xcodec2_encoder import AcousticEncoder, SemanticAdapter
 
 MEL_SHIFT = 160  # samples per filterbank frame at 16 kHz
@@ -37,7 +38,7 @@ class XCodec2Codec(nn.Module):
         channels: first encoder convolution's channels (doubled by every down-sampling block).
         ratios: down-sampling strides; their product is the hop (320).
         hidden: acoustic latent and decoder width.
-        semantic: ``Wav2Vec2BertConfig`` arguments of the frozen semantic encoder.
+        semantic: :class:`W2VBertConfig` of the frozen semantic encoder.
         layers, heads, head_dim, intermediate, rms_eps: decoder transformer.
         levels: FSQ levels per dimension (codebook size = their product).
         dropout: dropout inside the decoder's ResNet blocks (training only).
@@ -49,23 +50,21 @@ class XCodec2Codec(nn.Module):
     num_quantizers = 1
 
     def __init__(self, sample_rate: int = 16000, channels: int = 48, ratios: list[int] | tuple[int, ...] = (2, 2, 4, 4, 5),
-                 hidden: int = 1024, semantic: dict[str, Any] | None = None, layers: int = 12, heads: int = 16,
+                 hidden: int = 1024, semantic: W2VBertConfig | dict | None = None, layers: int = 12, heads: int = 16,
                  head_dim: int = 64, intermediate: int = 4096, rms_eps: float = 1e-6,
                  levels: list[int] | tuple[int, ...] = (4, 4, 4, 4, 4, 4, 4, 4), dropout: float = 0.1) -> None:
         super().__init__()
-        from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
-
-        ratios, levels, semantic = [int(r) for r in ratios], [int(v) for v in levels], dict(semantic or {})
+        ratios, levels = [int(r) for r in ratios], [int(v) for v in levels]
+        sem_cfg = as_config(W2VBertConfig, semantic)
         hop = math.prod(ratios)
         if int(sample_rate) != 16000 or hop != MEL_SHIFT * MEL_STACK:
             raise ValueError(f"X-Codec 2 frames follow its 16 kHz semantic features (50 Hz): expected sample_rate 16000 "
                              f"and prod(ratios) {MEL_SHIFT * MEL_STACK}, got {sample_rate} and {hop}")
         self.sample_rate, self.hop_length = int(sample_rate), hop
         self.arch = plain({"sample_rate": self.sample_rate, "channels": channels, "ratios": ratios, "hidden": hidden,
-                           "semantic": semantic, "layers": layers, "heads": heads, "head_dim": head_dim,
+                           "semantic": sem_cfg, "layers": layers, "heads": heads, "head_dim": head_dim,
                            "intermediate": intermediate, "rms_eps": rms_eps, "levels": levels, "dropout": dropout})
-        sem_cfg = Wav2Vec2BertConfig(**{k: v for k, v in semantic.items() if k not in ("model_type", "transformers_version")})
-        self.semantic_encoder = Wav2Vec2BertModel(sem_cfg).requires_grad_(False).eval()
+        self.semantic_encoder = W2VBertEncoder(sem_cfg).requires_grad_(False).eval()
         sem = sem_cfg.hidden_size
         self.semantic_adapter = SemanticAdapter(sem)
         self.acoustic_encoder = AcousticEncoder(channels, ratios, hidden)
@@ -141,7 +140,7 @@ class XCodec2Codec(nn.Module):
         """``[B, 1, T]`` -> fused features before the quantizer, ``[B, F, hidden + semantic]``."""
         padded = self.pad(wave)
         with torch.no_grad():
-            sem = self.semantic_encoder(self.semantic_features(padded)).last_hidden_state
+            sem = self.semantic_encoder(self.semantic_features(padded))
         sem = self.semantic_adapter(sem.transpose(1, 2).to(padded.dtype))
         acoustic = self.acoustic_encoder(padded)
         return self.fc_encoder(torch.cat([sem, acoustic], dim=1).transpose(1, 2))
