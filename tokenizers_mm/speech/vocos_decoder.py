@@ -54,6 +54,14 @@ class SelfAttention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(b, f, -1))
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMS normalization computed in float32, cast back to the input's dtype, then scaled (bf16 inputs normalize
+    as the reference does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * F.rms_norm(x.float(), self.normalized_shape, None, self.eps).to(x.dtype)
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -69,9 +77,9 @@ class Layer(nn.Module):
 
     def __init__(self, dim: int, heads: int, head_dim: int, intermediate: int, eps: float) -> None:
         super().__init__()
-        self.input_layernorm = nn.RMSNorm(dim, eps=eps)
+        self.input_layernorm = RMSNorm(dim, eps=eps)
         self.self_attn = SelfAttention(dim, heads, head_dim)
-        self.post_attention_layernorm = nn.RMSNorm(dim, eps=eps)
+        self.post_attention_layernorm = RMSNorm(dim, eps=eps)
         self.mlp = MLP(dim, intermediate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
