@@ -102,7 +102,7 @@ class ISTFTDecoder(nn.Module):
     ``istft_harmonics`` (``K > 0``) makes the magnitude source-filter shaped: per STFT frame the head gives a log
     envelope ``e``, a per-bin voicing ``v`` in (0, 1) and logits over ``K`` fundamental frequencies log-spaced over
     ``istft_f0_range``; the magnitude is ``exp(e) * ((1 - v) + v * sum_k softmax_k * comb_k)`` with the fixed combs
-    of :func:`harmonic_combs`. The harmonics then sit where a periodic voice puts them from the first step (the
+    of :func:`harmonic_combs` (``sample_rate`` maps their Hz to bins). The harmonics then sit where a periodic voice puts them from the first step (the
     head picks a pitch instead of drawing every harmonic bin by bin), and the choice is a softmax, so the
     spectral losses move it smoothly. ``K = 0``: the head predicts each bin's log magnitude directly.
 
