@@ -2,7 +2,9 @@
 (``fit --print_config``), to exactly the config of the single full file it replaced.
 
 ``tests/data/recipes/<recipe>.yaml`` holds those full files as they were before the split (comments dropped). A
-deliberate change of a recipe changes its copy there in the same commit.
+deliberate change of a recipe changes its copy there in the same commit, e.g. by writing the new resolved config:
+``tokenizers-mm fit --config configs/image/base_1d_tiny.yaml --config configs/image/flextok_tiny.yaml
+--print_config > tests/data/recipes/flextok_tiny.yaml``.
 """
 
 from __future__ import annotations
