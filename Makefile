@@ -37,8 +37,8 @@ $(DATA)/.built: $(STAMP) $(EMBEDDED_SOURCES)
 
 data: $(DATA)/.built ## build the embedded train/val shards (real photos, speech, meshes) in data/embedded
 
-demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech tokenizers on the embedded data (<15 min on 2 cores)
-	rm -rf $(addprefix runs/,$(DEMO_MODELS) vat_tiny codec_tiny) $(addprefix reports/,$(DEMO_MODELS) vat_tiny codec_tiny) $(TIMES)
+demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech tokenizers and an image token prior on the embedded data (<15 min on 2 cores)
+	rm -rf $(addprefix runs/,$(DEMO_MODELS) vat_tiny codec_tiny flextok_tiny_prior) $(addprefix reports/,$(DEMO_MODELS) vat_tiny codec_tiny flextok_tiny_prior) $(TIMES)
 	@mkdir -p reports
 	@echo ">> image: the 1D tokenizer on the embedded photos"
 	t0=$$(date +%s) && \
@@ -73,6 +73,20 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech
 	$(BIN)/tokenizers-mm decode --model exports/flextok_tiny reports/flextok_tiny/val_tokens \
 		--out reports/flextok_tiny/roundtrip && \
 	printf 'round trip (tokenize, decode)\t%s\n' $$(( $$(date +%s) - t0 )) >> $(TIMES)
+	@echo ">> token prior: a small causal transformer over flextok_tiny's tokens; real files, rate control, samples"
+	t0=$$(date +%s) && \
+	$(BIN)/tokenizers-mm tokenize --model exports/flextok_tiny --device cpu --data $(DATA)/image \
+		--out data/tokens/flextok_tiny --overwrite && \
+	$(BIN)/tokenizers-mm fit --config configs/prior/flextok_tiny_prior.yaml && \
+	$(BIN)/tokenizers-mm export --ckpt runs/flextok_tiny_prior/checkpoints/last.ckpt --out exports/flextok_tiny_prior \
+		--overwrite && \
+	$(BIN)/tokenizers-mm tokens report --data data/tokens/flextok_tiny --prior exports/flextok_tiny_prior \
+		--out reports/flextok_tiny_prior/tokens && \
+	$(BIN)/tokenizers-mm compress --model exports/flextok_tiny --prior exports/flextok_tiny_prior $(PRIOR_DEMO_IMAGES) \
+		--target-psnr $(PRIOR_DEMO_PSNR) --out reports/flextok_tiny_prior/rate_controlled && \
+	$(BIN)/tokenizers-mm sample --model exports/flextok_tiny --prior exports/flextok_tiny_prior --n 16 --seed 0 \
+		--out reports/flextok_tiny_prior/samples && \
+	printf 'token prior (tokenize, fit, compress, sample)\t%s\n' $$(( $$(date +%s) - t0 )) >> $(TIMES)
 	$(BIN)/python scripts/write_results.py --reports reports --times $(TIMES) --out docs/results.md
 	$(BIN)/python scripts/write_index.py --reports reports --times $(TIMES) --out reports/index.html
 	@echo
