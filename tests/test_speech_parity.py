@@ -346,3 +346,27 @@ def test_xcodec2_transformers_round_trip(tmp_path):
     assert main(["export", "--ckpt", str(export_dir), "--out", str(other), "--format", "transformers",
                  "--architecture", "dac"]) == 2
     assert not other.exists()
+
+
+def test_xcodec2_chunks_and_errors(tmp_path, capsys):
+    """Chunked encoding keeps the frame count of one pass (equal tokens away from chunk edges); unsupported
+    X-Codec 2 configs and bad inputs are refused in one line."""
+    _, ref_dir = _xcodec2(tmp_path)
+    codec = _import(tmp_path, "xcodec2", ref_dir)
+    wave = _wave(320 * 20 + 11, seed=2)
+    full = codec.encode(wave)
+    chunked = codec.encode_chunked(wave, chunk_seconds=320 * 8 / 16000)
+    assert chunked.shape == full.shape == (2, 1, 21)
+    assert torch.equal(codec.encode_chunked(wave, chunk_seconds=1.0), full)
+    with pytest.raises(ValueError, match="one FSQ codebook"):
+        codec.encode(wave, num_tokens=2)
+    with pytest.raises(ValueError, match=r"\[0, 256\)"):
+        codec.decode(torch.full((1, 1, 3), 256))
+    capsys.readouterr()
+    cfg = json.loads((ref_dir / "config.json").read_text())
+    cfg["num_key_value_heads"] = 1
+    (ref_dir / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "refused"
+    assert main(["import", "--from", "xcodec2", "--weights", str(ref_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "grouped-query attention" in err and "\n" not in err and not out.exists()
