@@ -125,7 +125,7 @@ demo-flow: $(DATA)/.built ## train the rectified-flow decoder (flextok_flow_tiny
 
 # held-out photos of the embedded image split (whole photos are held out), for the prior demo's compress runs
 PRIOR_DEMO_IMAGES ?= $(DATA)/_src/image/ColdRipple $(DATA)/_src/image/DarkestHour $(DATA)/_src/image/Volna
-PRIOR_DEMO_PSNR ?= 16
+PRIOR_DEMO_PSNR ?= 18
 # held-out meshes of the embedded mesh split, for the shape prior's rate-controlled compress run
 PRIOR_DEMO_MESHES ?= $(addprefix $(DATA)/_src/mesh/primitives/,prim_013.ply prim_034.ply prim_043.ply prim_057.ply)
 PRIOR_DEMO_IOU ?= 0.6

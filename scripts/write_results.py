@@ -82,6 +82,41 @@ def read_reports(reports_dir: str) -> list[dict[str, Any]]:
     return found
 
 
+def prior_section(reports_dir: str) -> list[str]:
+    """Markdown for each ``<model>_prior`` folder the demo's prior phase wrote: bits per token of the val tokens
+    (``tokens/report.json``) and the rate-controlled files (``rate_controlled/summary.json``); [] when absent."""
+    out = []
+    for model in sorted(os.listdir(reports_dir)) if os.path.isdir(reports_dir) else []:
+        tokens = os.path.join(reports_dir, model, "tokens", "report.json")
+        if not model.endswith("_prior") or not os.path.isfile(tokens):
+            continue
+        with open(tokens) as f:
+            t = json.load(f)
+        out += [f"## Token prior: `{model}`", "",
+                f"Bits per token of the {t['samples']} {t['split']} token sequences (lower: more predictable):", "",
+                "| uniform | unigram entropy | prior cross-entropy | Zipf exponent |", "|---|---|---|---|",
+                f"| {t['uniform_bits']:.2f} | {t['unigram_entropy_bits']:.2f} | "
+                f"{t.get('prior_bits_per_token', float('nan')):.2f} | {t['zipf_exponent']:.2f} |", ""]
+        rc_path = os.path.join(reports_dir, model, "rate_controlled", "summary.json")
+        if os.path.isfile(rc_path):
+            with open(rc_path) as f:
+                rc = json.load(f)
+            r, target = rc["rate_control"], rc["target"]
+            out += [f"Rate-controlled `compress` of {len(rc['files'])} held-out files at {target['metric']} >= "
+                    f"{target['value']:g}: each file gets the fewest tokens that reach it.", "",
+                    "| | mean tokens | mean quality | nominal bytes | file bytes (header included) |",
+                    "|---|---|---|---|---|",
+                    f"| rate-controlled | {r['mean_budget']:.2f} | {r['mean_quality']:.2f} | {r['nominal_bytes']} | "
+                    f"{r['file_bytes']} |",
+                    f"| fixed, smallest budget at that mean quality | {r['fixed_budget']} | "
+                    f"{r['fixed_mean_quality']:.2f} | {r['fixed_nominal_bytes']} | {r['fixed_file_bytes']} |", ""]
+        for pic in ("tokens/tokens.png", "samples/grid.png"):
+            if os.path.exists(os.path.join(reports_dir, model, pic)):
+                out.append(f"![{model} {pic}](../{reports_dir}/{model}/{pic})")
+        out.append("")
+    return out
+
+
 def render(reports_dir: str, times: list[tuple[str, float]]) -> str:
     """The markdown text of ``docs/results.md``."""
     out = ["# Results of `make demo`", "",
@@ -95,6 +130,7 @@ def render(reports_dir: str, times: list[tuple[str, float]]) -> str:
         if entry["notes"]:
             out += [*entry["notes"], ""]
         out += [f"![{model} {p}](../{reports_dir}/{model}/{p})" for p in entry["pictures"]] + [""]
+    out += prior_section(reports_dir)
     return "\n".join(out).rstrip() + "\n"
 
 

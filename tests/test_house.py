@@ -362,3 +362,26 @@ def test_results_and_index_share_one_reader(tmp_path):
     assert [(e["model"], e["title"]) for e in entries] == [("img", "Image"), ("voice", "Speech")]
     text = write_results.render(str(reports), [("image", 61.0)])
     assert "| image | 1m01s |" in text and "## Image: `img`" in text and "## Speech: `voice`" in text
+
+
+def test_results_show_the_token_prior(tmp_path):
+    """The demo's prior phase leaves tokens/report.json and rate_controlled/summary.json: both reach results.md."""
+    import json
+
+    reports = tmp_path / "reports"
+    fake_reports(reports)
+    prior = reports / "img_prior"
+    (prior / "tokens").mkdir(parents=True)
+    (prior / "rate_controlled").mkdir()
+    (prior / "tokens" / "report.json").write_text(json.dumps({
+        "samples": 7, "split": "val", "uniform_bits": 5.0, "unigram_entropy_bits": 4.25,
+        "prior_bits_per_token": 3.0738, "zipf_exponent": 1.16}))
+    (prior / "rate_controlled" / "summary.json").write_text(json.dumps({
+        "files": [{}, {}], "target": {"metric": "psnr", "value": 18.0},
+        "rate_control": {"mean_budget": 3.5, "mean_quality": 20.8, "nominal_bytes": 9, "file_bytes": 60,
+                         "fixed_budget": 5, "fixed_mean_quality": 21.1, "fixed_nominal_bytes": 10,
+                         "fixed_file_bytes": 62}}))
+    text = load_script("write_results").render(str(reports), [])
+    assert "## Token prior: `img_prior`" in text and "| 5.00 | 4.25 | 3.07 | 1.16 |" in text
+    assert "of 2 held-out files at psnr >= 18" in text and "| rate-controlled | 3.50 | 20.80 | 9 | 60 |" in text
+    assert "## Token prior" not in load_script("write_results").render(str(tmp_path / "none"), [])
