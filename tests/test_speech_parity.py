@@ -370,3 +370,53 @@ def test_xcodec2_chunks_and_errors(tmp_path, capsys):
     assert main(["import", "--from", "xcodec2", "--weights", str(ref_dir), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "grouped-query attention" in err and "\n" not in err and not out.exists()
+
+
+def test_xcodec2_finetunes(tmp_path, capsys):
+    """``init_from`` an imported X-Codec 2: the export's weights; the gradient reaches the acoustic encoder, the
+    adapter, FSQ's projections and the decoder (straight-through rounding) but not the frozen semantic encoder;
+    a few steps on one clip lower the mel loss; a checkpoint's hyperparameters rebuild the codec; the fine-tuning
+    YAML parses."""
+    from tokenizers_mm.speech.tokenizer import SpeechTokenizer
+
+    _, ref_dir = _xcodec2(tmp_path)
+    codec = _import(tmp_path, "xcodec2", ref_dir)
+    export = str(tmp_path / "export_xcodec2")
+    loss = {"adv_weight": 0.0, "mel_windows": [64, 256], "mel_bins": [10, 40]}
+    module = SpeechTokenizer(init_from=export, loss=loss)
+    tuned = module.codec
+    assert tuned.training and not tuned.semantic_encoder.training
+    assert all(torch.equal(v, codec.state_dict()[k]) for k, v in tuned.state_dict().items())
+    rebuilt = SpeechTokenizer(**dict(module.hparams))
+    assert rebuilt.codec.arch == tuned.arch
+    x = _wave(320 * 6, seed=9, batch=1)
+
+    def eval_mel() -> float:
+        with torch.no_grad():
+            value = module.mel_loss(tuned.eval()(x)["recon"], x).item()
+        tuned.train()
+        return value
+
+    before = eval_mel()
+    torch.manual_seed(0)  # the decoder's dropout
+    opt = torch.optim.Adam([p for p in tuned.parameters() if p.requires_grad], lr=1e-3)
+    for step in range(12):
+        opt.zero_grad()
+        out = tuned(x)
+        assert out["recon"].shape == x.shape and out["ids"].shape == (1, 1, 7)
+        module.mel_loss(out["recon"], x).backward()
+        if step == 0:
+            for part in (tuned.acoustic_encoder, tuned.semantic_adapter, tuned.fsq.project_in, tuned.decoder):
+                assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+            assert all(p.grad is None for p in tuned.semantic_encoder.parameters())
+        opt.step()
+    after = eval_mel()
+    assert after < 0.9 * before, f"mel loss {before:.3f} -> {after:.3f}"
+    with pytest.raises(ValueError, match="leave seanet out"):
+        SpeechTokenizer(init_from=export, seanet={"channels": 8}, loss=loss)
+    with pytest.raises(ValueError, match="own semantic branch"):
+        SpeechTokenizer(init_from=export, loss=loss, distill={"speech_teacher": "teachers/wavlm"})
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "speech", "finetune_xcodec2_16k.yaml")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", path, "--print_config"])
+    assert exc.value.code in (0, None)

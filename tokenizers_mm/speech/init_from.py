@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..config import as_config, plain
 from .codec import RVQConfig, SpeechCodec
 from .latent_transformer import LatentConfig
@@ -30,17 +32,28 @@ def _first_difference(given: dict[str, Any], export: dict[str, Any], skip: tuple
 
 
 def codec_from_export(path: str, sample_rate: int | None, seanet: SEANetConfig | dict | None,
-                      rvq: RVQConfig | dict | None, latent: LatentConfig | dict | None = None) -> SpeechCodec:
-    """The export's :class:`SpeechCodec` in training mode, with the training settings of ``rvq`` applied."""
+                      rvq: RVQConfig | dict | None, latent: LatentConfig | dict | None = None) -> torch.nn.Module:
+    """The export's :class:`SpeechCodec` in training mode, with the training settings of ``rvq`` applied; an X-Codec 2
+    export (``speech/xcodec2``) as it is (``seanet``, ``rvq`` and ``latent`` do not describe it: they must be left
+    out)."""
     from ..export import ExportError, load_codec
+    from .xcodec2_codec import XCodec2Codec
 
     try:
         loaded, cfg = load_codec(path, modality="audio")
     except ExportError as exc:
         raise ValueError(f"init_from: {exc}") from exc
+    if isinstance(loaded, XCodec2Codec):
+        given = [name for name, v in (("seanet", seanet), ("rvq", rvq), ("latent", latent)) if v is not None]
+        if given:
+            raise ValueError(f"init_from: {path!r} holds an X-Codec 2 codec, which {given[0]} does not describe; "
+                             f"leave {', '.join(given)} out")
+        if sample_rate is not None and int(sample_rate) != loaded.sample_rate:
+            raise ValueError(f"init_from: sample_rate {sample_rate} in the config, {loaded.sample_rate} in {path!r}")
+        return loaded.train()
     if not isinstance(loaded, SpeechCodec):
         raise ValueError(f"init_from: {path!r} holds a {cfg['architecture']} codec; speech training starts from a "
-                         f"{SpeechCodec.architecture} export")
+                         f"{SpeechCodec.architecture} or {XCodec2Codec.architecture} export")
     arch = plain(loaded.arch)
     if sample_rate is not None and int(sample_rate) != arch["sample_rate"]:
         raise ValueError(f"init_from: sample_rate {sample_rate} in the config, {arch['sample_rate']} in {path!r}")

@@ -131,6 +131,10 @@ class SpeechTokenizer(TokenizerModule):
         init_from: an export folder (``tokenizers-mm export`` / ``import``) to fine-tune: encoder, quantizer and
             decoder start from its weights and architecture (``seanet`` / ``sample_rate`` may be left out; ``rvq`` may
             change only training settings; see :mod:`~tokenizers_mm.speech.init_from`); discriminators start fresh.
+            A ``speech/xcodec2`` export (X-Codec 2) trains its acoustic path, adapter, FSQ projections and decoder
+            under the same losses; its w2v-BERT semantic encoder stays frozen and ``distill`` must be off.
+        xcodec2: :class:`~tokenizers_mm.speech.xcodec2_codec.XCodec2Codec` arguments (what a checkpoint of an
+            X-Codec 2 fine-tune records; ``init_from`` fills it).
         loss: loss weights, discriminators, balancer.
         distill: DM-Codec distillation (off unless a teacher is set).
         val_quantizers: numbers of codebooks evaluated at validation (``None``: 1, n_q / 2 and n_q).
@@ -142,18 +146,24 @@ class SpeechTokenizer(TokenizerModule):
                  loss: SpeechLossConfig | None = None, distill: DistillConfig | None = None,
                  val_quantizers: list[int] | None = None, write_clips: int = 2,
                  optimizer: OptimizerConfig | None = None, ema_decay: float | None = None,
-                 init_from: str | None = None, latent: LatentConfig | None = None) -> None:
+                 init_from: str | None = None, latent: LatentConfig | None = None,
+                 xcodec2: dict[str, Any] | None = None) -> None:
         if init_from is not None:
             from .init_from import codec_from_export
 
             codec = codec_from_export(init_from, sample_rate, seanet, rvq, latent)
+        elif xcodec2 is not None:
+            from .xcodec2_codec import XCodec2Codec
+
+            codec = XCodec2Codec(**xcodec2)
         else:
             codec = SpeechCodec(16000 if sample_rate is None else sample_rate, seanet, rvq, latent)
         lcfg = as_config(SpeechLossConfig, loss)
         dcfg = as_config(DistillConfig, distill)
         lcfg.discriminator = as_config(DiscriminatorConfig, lcfg.discriminator)
         super().__init__(optimizer=optimizer, input_key="audio", codebook_size=codec.codebook_size)
-        self.save_hyperparameters(plain({**codec.arch, "loss": lcfg, "distill": dcfg,
+        arch = codec.arch if isinstance(codec, SpeechCodec) else {"xcodec2": codec.arch}
+        self.save_hyperparameters(plain({**arch, "loss": lcfg, "distill": dcfg,
                                          "val_quantizers": val_quantizers, "write_clips": write_clips,
                                          "optimizer": self.optim_config, "ema_decay": ema_decay}))
         self.automatic_optimization = False
@@ -165,15 +175,17 @@ class SpeechTokenizer(TokenizerModule):
         self.balancer = LossBalancer(
             {"mel": lcfg.mel_weight, "waveform": lcfg.waveform_weight, "adv": lcfg.adv_weight,
              "feat": lcfg.feat_weight}, lcfg.balancer_total_norm, lcfg.balancer_decay) if lcfg.balancer else None
-        self._setup_distillation(codec.seanet_cfg.dim)
+        self._setup_distillation(codec.seanet_cfg.dim if isinstance(codec, SpeechCodec) else None)
         n = codec.num_quantizers
         self.val_quantizers = sorted({q for q in (val_quantizers or [1, max(1, n // 2), n]) if 1 <= q <= n})
         self.write_clips = write_clips
         self.setup_ema(ema_decay)
 
     # ---- distillation ---------------------------------------------------------------------------------
-    def _setup_distillation(self, dim: int) -> None:
+    def _setup_distillation(self, dim: int | None) -> None:
         d = self.distill_cfg
+        if dim is None and (d.uses_speech or d.uses_lm):
+            raise ValueError("distill: an X-Codec 2 codec carries its own semantic branch; leave distill off")
         if d.source not in ("online", "precomputed"):
             raise ValueError(f"distill.source must be 'online' or 'precomputed', got {d.source!r}")
         if not 1 <= d.rvq_layer <= self.codec.num_quantizers:
@@ -267,7 +279,8 @@ class SpeechTokenizer(TokenizerModule):
         scheds = self.lr_schedulers()
         scheds = scheds if isinstance(scheds, list) else [scheds]
         x = batch["audio"]
-        out = self.codec(x, dropout=self.codec.rvq_cfg.quantizer_dropout,
+        rvq = getattr(self.codec, "rvq_cfg", None)  # X-Codec 2's one FSQ codebook has no dropout
+        out = self.codec(x, dropout=rvq.quantizer_dropout if rvq is not None else 0.0,
                          distill_layer=self.distill_cfg.rvq_layer if self.distilling else None)
         with_gan = self.gan_active()
         losses = self.generator_losses(batch, out, with_gan)

@@ -160,6 +160,22 @@ class XCodec2Codec(nn.Module):
         ids = fsq.codes_to_indices(codes)
         return fsq.project_out(codes.to(z.dtype)), ids.long().unsqueeze(1)
 
+    def forward(self, wave: torch.Tensor, num_quantizers: int | None = None, dropout: float = 0.0,
+                distill_layer: int | None = None) -> dict[str, Any]:
+        """Training / validation pass on ``[B, 1, T]`` in [-1, 1]: ``recon [B, 1, T]``, ``ids [B, 1, F]``,
+        ``quantized`` / ``latent [B, F, D]`` and ``commit`` (0: FSQ has no codebook to commit to). The gradient
+        reaches the encoders through FSQ's straight-through rounding; the semantic encoder stays frozen.
+        ``num_quantizers`` and ``dropout`` have nothing to choose with one codebook."""
+        self.check_wave(wave)
+        if distill_layer is not None:
+            raise ValueError("X-Codec 2 carries its own semantic branch: distill must be off for a speech/xcodec2 codec")
+        if num_quantizers not in (None, 1):
+            raise ValueError(f"X-Codec 2 has one FSQ codebook, got num_quantizers {num_quantizers}")
+        z = self.encode_latent(wave)
+        quantized, ids = self.quantize(z)
+        recon = self.decode_latent(quantized)[..., :wave.shape[-1]]
+        return {"recon": recon, "ids": ids, "quantized": quantized, "latent": z, "commit": z.new_zeros(())}
+
     @torch.no_grad()
     def encode(self, wave: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
         """``[B, 1, T]`` in [-1, 1] at 16 kHz -> ids ``int64 [B, 1, floor(T / hop) + 1]``."""
