@@ -80,7 +80,7 @@ demo: $(DATA)/.built ## train, evaluate, export the tiny image, shape and speech
 	$(BIN)/tokenizers-mm fit --config configs/prior/flextok_tiny_prior.yaml && \
 	$(BIN)/tokenizers-mm export --ckpt runs/flextok_tiny_prior/checkpoints/last.ckpt --out exports/flextok_tiny_prior \
 		--overwrite && \
-	$(BIN)/tokenizers-mm tokens report --data data/tokens/flextok_tiny --prior exports/flextok_tiny_prior \
+	$(BIN)/tokenizers-mm tokens report --data data/tokens/flextok_tiny --split val --prior exports/flextok_tiny_prior \
 		--out reports/flextok_tiny_prior/tokens && \
 	$(BIN)/tokenizers-mm compress --model exports/flextok_tiny --prior exports/flextok_tiny_prior $(PRIOR_DEMO_IMAGES) \
 		--target-psnr $(PRIOR_DEMO_PSNR) --out reports/flextok_tiny_prior/rate_controlled && \
