@@ -726,8 +726,12 @@ def _interrupt(argv: list[str], parent: str, sig: int) -> int:
     """Run the CLI in a subprocess, send ``sig`` once a first shard is complete in a staging folder under
     ``parent``, and return its exit code."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_MM_LOG": "ERROR"}
+    # the child starts with SIGINT at its default, as from a terminal: an in-process Lightning run earlier in the
+    # session can leave this process ignoring SIGINT (its KeyboardInterrupt path sets SIG_IGN), and ignored signals
+    # are inherited across exec
     proc = subprocess.Popen([sys.executable, "-m", "tokenizers_mm.cli", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def staged_shard() -> bool:
         for d in os.listdir(parent):
