@@ -70,6 +70,14 @@ class RVQConfig:
     semantic_quantizers: int = 1
 
 
+def check_mono_wave(wave: torch.Tensor, sample_rate: int) -> None:
+    """Raise ValueError unless ``wave`` is mono audio ``[B, 1, T]`` with ``T >= 1`` (every codec's input check)."""
+    if wave.ndim != 3 or wave.shape[1] != 1:
+        raise ValueError(f"expected mono audio [B, 1, T] at {sample_rate} Hz, got shape {tuple(wave.shape)}")
+    if wave.shape[-1] == 0:
+        raise ValueError("expected audio with at least one sample, got T = 0")
+
+
 class SpeechCodec(nn.Module):
     """Waveform codec with residual VQ.
 
@@ -182,10 +190,7 @@ class SpeechCodec(nn.Module):
 
     # ---- checks -------------------------------------------------------------------------------------
     def check_wave(self, wave: torch.Tensor) -> None:
-        if wave.ndim != 3 or wave.shape[1] != 1:
-            raise ValueError(f"expected mono audio [B, 1, T] at {self.sample_rate} Hz, got shape {tuple(wave.shape)}")
-        if wave.shape[-1] == 0:
-            raise ValueError("expected audio with at least one sample, got T = 0")
+        check_mono_wave(wave, self.sample_rate)
 
     def check_ids(self, ids: torch.Tensor) -> None:
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:

@@ -22,6 +22,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ
 
 from ..config import as_config, plain
+from .codec import check_mono_wave
 from .vocos_decoder import VocosDecoder
 from .w2v_bert import W2VBertConfig, W2VBertEncoder
 from .xcodec2_encoder import AcousticEncoder, SemanticAdapter
@@ -102,10 +103,7 @@ class XCodec2Codec(nn.Module):
 
     # ---- checks -------------------------------------------------------------------------------------
     def check_wave(self, wave: torch.Tensor) -> None:
-        if wave.ndim != 3 or wave.shape[1] != 1:
-            raise ValueError(f"expected mono audio [B, 1, T] at {self.sample_rate} Hz, got shape {tuple(wave.shape)}")
-        if wave.shape[-1] == 0:
-            raise ValueError("expected audio with at least one sample, got T = 0")
+        check_mono_wave(wave, self.sample_rate)
 
     def check_ids(self, ids: torch.Tensor) -> None:
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
