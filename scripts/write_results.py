@@ -2,9 +2,9 @@
 
     python scripts/write_results.py --reports reports --times reports/demo_times.tsv --out docs/results.md
 
-Reads ``reports/<model>/report.json`` of every model that has one (image, shape and speech evaluations are
-told apart by their keys; :func:`read_reports`, which ``scripts/write_index.py`` shares) and the phase times that the Makefile's demo target appends, one ``phase<TAB>seconds``
-line each.
+Reads ``reports/<model>/report.json`` of every model that has one (the one report schema of
+:mod:`tokenizers_mm.eval.report`, older reports converted; :func:`read_reports`, which ``scripts/write_index.py``
+shares) and the phase times that the Makefile's demo target appends, one ``phase<TAB>seconds`` line each.
 """
 
 from __future__ import annotations
@@ -19,14 +19,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tokenizers_mm.evaluate import format_table  # noqa: E402
+from tokenizers_mm.eval.report import ReportError, format_table, read_report  # noqa: E402
 from tokenizers_mm.io import write_text_atomic  # noqa: E402
-from tokenizers_mm.shape.evaluate import format_shape_table  # noqa: E402
-from tokenizers_mm.speech.evaluate import format_speech_table  # noqa: E402
-
-SECTIONS = (("per_k", "Image", format_table, ("reconstructions.png", "rate_distortion.png")),
-            ("per_scale", "3D shape", format_shape_table, ("rate_quality.png",)),
-            ("per_quantizers", "Speech", format_speech_table, ("rate_quality.png",)))
 
 
 def read_times(path: str | None) -> list[tuple[str, float]]:
@@ -59,26 +53,26 @@ def split_table(text: str) -> tuple[str, list[str]]:
 
 
 def read_reports(reports_dir: str) -> list[dict[str, Any]]:
-    """Every ``<reports_dir>/<model>/report.json`` that an evaluator wrote, in model order.
+    """Every ``<reports_dir>/<model>/report.json`` that ``tokenizers-mm evaluate`` wrote, in model order.
 
-    Each entry: ``model``, ``title`` (Image / 3D shape / Speech), ``report`` (the parsed JSON), ``table``
-    (markdown rows), ``notes`` (lines under the table) and ``pictures`` (the section's main PNGs that exist,
-    relative to the model folder). Folders without a report, or with one no section knows, are left out.
+    Each entry: ``model``, ``title`` (the report's: Image / 3D shape / Speech), ``report`` (in the current
+    schema), ``table`` (markdown rows), ``notes`` (lines under the table) and ``pictures`` (the report's main PNGs
+    that exist, relative to the model folder). Folders without a report, or with a JSON file that is no
+    evaluation report (e.g. the prior's token report), are left out.
     """
     found = []
     for model in sorted(os.listdir(reports_dir)) if os.path.isdir(reports_dir) else []:
         path = os.path.join(reports_dir, model, "report.json")
         if not os.path.isfile(path):
             continue
-        with open(path) as f:
-            report = json.load(f)
-        for key, title, table, pictures in SECTIONS:
-            if key in report:
-                rows, notes = split_table(table(report))
-                shown = [p for p in pictures if os.path.exists(os.path.join(reports_dir, model, p))]
-                found.append({"model": model, "title": title, "report": report, "table": rows, "notes": notes,
-                              "pictures": shown})
-                break
+        try:
+            report = read_report(path)
+        except ReportError:
+            continue
+        rows, notes = split_table(format_table(report))
+        shown = [p for p in report.get("pictures", []) if os.path.exists(os.path.join(reports_dir, model, p))]
+        found.append({"model": model, "title": report["title"], "report": report, "table": rows, "notes": notes,
+                      "pictures": shown})
     return found
 
 

@@ -1,7 +1,8 @@
 """Seeded, untrained checkpoints of one tokenizer per modality, for the evaluation parity test.
 
-Each checkpoint holds a freshly initialized module (``torch.manual_seed(0)`` before construction) in the layout a
-Lightning checkpoint has (state dict, hyperparameters, the datamodule's hyperparameters, the class), so
+Each checkpoint holds a freshly built module whose codec weights are those of the codec class built alone after
+``torch.manual_seed(0)`` (so what else the module builds, e.g. discriminators, does not move them), in the layout
+a Lightning checkpoint has (state dict, hyperparameters, the datamodule's hyperparameters, the class), so
 ``tokenizers-mm evaluate`` reads it as it reads a trained one. The numbers of an untrained model are poor but
 deterministic: what the test checks is that the evaluation computes the same ones as the evaluator it replaced
 (``tests/data/eval_golden/*.json``, written by that evaluator from these checkpoints).
@@ -38,7 +39,9 @@ def write_checkpoint(kind: str, path: str) -> str:
 
     torch.manual_seed(0)
     if kind == "image":
-        from tokenizers_mm.image.tokenizer1d import OneDTokenizer as cls
+        from tokenizers_mm.image import tokenizer1d
+
+        cls = getattr(tokenizer1d, "OneDImageModule", None) or tokenizer1d.OneDTokenizer
 
         hp, data = IMAGE, {"modality": "image", "image": {"size": 32, "val_resize": 48}}
     elif kind == "shape":
@@ -50,6 +53,13 @@ def write_checkpoint(kind: str, path: str) -> str:
 
         hp, data = SPEECH, {"modality": "audio", "audio": {"sample_rate": 16000, "loudness_lufs": -23.0}}
     model = cls(**hp)
+    codec = model.inference_codec()
+    torch.manual_seed(0)
+    codec.load_state_dict(type(codec)(**codec.arch).state_dict())
+    if kind == "speech":  # the codebooks initialize on their first input (k-means): give them a seeded one here
+        torch.manual_seed(0)
+        with torch.no_grad():
+            codec.encode(0.1 * torch.randn(1, 1, 16000))
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 0,
                 "epoch": 0, "datamodule_hyper_parameters": data,
                 CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}"}, path)

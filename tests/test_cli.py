@@ -66,12 +66,14 @@ def test_evaluate_writes_report(embedded, tmp_path, capsys):
                  os.path.join(embedded, "image"), "--out", str(out), "--max-samples", "20",
                  "--csv-log", str(run / "metrics.csv")]) == 0
     report = json.load(open(out / "report.json"))
-    assert report["images"] == 20 and report["tokens_per_image"] == 16 and report["image_size"] == 32
-    (row,) = report["per_k"]
-    assert row["k"] == 16 and row["bytes"] == 20 and 5 < row["psnr"] < 60 and 0 < row["codebook_usage"] <= 1
-    assert "| 16 | 20 |" in capsys.readouterr().out
-    jpeg = report["baselines"]["JPEG"]
-    assert jpeg["images"] == 20 and jpeg["at_our_bytes"][0]["target_bytes"] == 20
+    assert report["samples"]["count"] == 20 and report["tokens"]["per_sample"] == 16
+    assert report["setup"]["image_size"] == 32
+    (row,) = report["rows"]
+    assert row["value"] == 16 and row["nominal_bytes"] == 20 and 5 < row["metrics"]["psnr"] < 60
+    assert 0 < row["metrics"]["codebook_usage"] <= 1
+    assert "| ours | 16 | 16 | 20 |" in capsys.readouterr().out
+    jpeg = next(b for b in row["baselines"] if b["codec"] == "JPEG")
+    assert report["baselines"]["samples"] == 20 and jpeg["target_bytes"] == 20
     for name in ("reconstructions.png", "loss_curves.png", "rate_distortion.png"):
         assert os.path.getsize(out / name) > 1000
 

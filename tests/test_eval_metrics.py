@@ -18,7 +18,7 @@ from tokenizers_mm.eval.image_metrics import (
     psnr,
     ssim,
 )
-from tokenizers_mm.eval.plots import rate_distortion_plot
+from tokenizers_mm.eval.plots import rate_quality_plot
 
 
 @pytest.fixture(scope="module")
@@ -304,14 +304,19 @@ def test_at_bytes_on_real_curve(astronaut64):
 # ------------------------------------------------------------------------------------------------------ Plots
 
 
-def test_rate_distortion_plot_writes_png(tmp_path, astronaut64):
-    baselines = {"JPEG": codec_rd_curve([astronaut64], "JPEG", (10, 50, 90)),
-                 "WebP": codec_rd_curve([astronaut64], "WEBP", (10, 50, 90))}
-    ours = [{"bytes": 256.0, "psnr": 22.0, "ssim": 0.6, "k": 256},
-            {"bytes": 1024.0, "psnr": 26.0, "ssim": 0.8, "k": 1024}]
+def test_rate_quality_plot_writes_png(tmp_path, astronaut64):
+    from tokenizers_mm.eval.image import IMAGE_METRICS, image_baseline
+    from tokenizers_mm.eval.report import RATE_PER_SAMPLE, budget_row, new_report
+
+    curves = {fmt: [image_baseline(fmt, p) for p in codec_rd_curve([astronaut64], fmt, (10, 50, 90))]
+              for fmt in ("JPEG", "WEBP")}
+    rows = [budget_row("k", 256, 256, 256.0, {"psnr": 22.0, "ssim": 0.6}),
+            budget_row("k", 1024, 1024, 1024.0, {"psnr": 26.0, "ssim": 0.8})]
+    report = new_report("image", "Image", ("k", "k"), {"per": "image", **RATE_PER_SAMPLE}, metrics=IMAGE_METRICS,
+                        rows=rows, baselines={"curves": curves, "rows": []})
     out = tmp_path / "sub" / "rd.png"
-    for metric in ("psnr", "ssim"):
-        path = rate_distortion_plot(ours, baselines, str(out), metric=metric, title="astronaut 64px")
+    for metrics in (["psnr"], ["psnr", "ssim"]):
+        path = rate_quality_plot(report, metrics, str(out), title="astronaut 64px")
         assert path == str(out)
         data = out.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000

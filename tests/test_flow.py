@@ -278,10 +278,10 @@ def test_evaluate_reports_quality_against_sampling_steps(embedded, tmp_path, cap
                  "--out", str(out), "--max-samples", "6", "--size", "32", "--no-baselines",
                  "--steps", "2", "1"]) == 0
     report = json.load(open(out / "report.json"))
-    rows = report["per_k_and_steps"]
-    assert sorted((r["k"], r["steps"]) for r in rows) == [(k, s) for k in (1, 2, 4, 8) for s in (1, 2)]
-    assert all(r["decode_ms_per_image"] > 0 for r in rows)
-    assert [r["steps"] for r in report["per_k"]] == [2, 2, 2, 2] and report["sampling"]["steps"] == [1, 2]
+    rows = report["details"]["per_k_and_steps"]
+    assert sorted((r["value"], r["steps"]) for r in rows) == [(k, s) for k in (1, 2, 4, 8) for s in (1, 2)]
+    assert all(r["timing"]["decode_ms_per_sample"] > 0 for r in rows)
+    assert [r["steps"] for r in report["rows"]] == [2, 2, 2, 2] and report["details"]["sampling"]["steps"] == [1, 2]
     printed = capsys.readouterr().out
     assert "PSNR / SSIM @1 steps" in printed and "decode time per image at k=8" in printed
     for name in ("quality_vs_steps.png", "reconstructions_by_steps.png", "reconstructions.png"):
@@ -290,7 +290,8 @@ def test_evaluate_reports_quality_against_sampling_steps(embedded, tmp_path, cap
     again = tmp_path / "again"
     main(["evaluate", "--ckpt", str(tmp_path / "m.ckpt"), "--data", os.path.join(embedded, "image"), "--out",
           str(again), "--max-samples", "6", "--size", "32", "--no-baselines", "--steps", "1", "2"])
-    assert [r["psnr"] for r in json.load(open(again / "report.json"))["per_k_and_steps"]] == [r["psnr"] for r in rows]
+    again_rows = json.load(open(again / "report.json"))["details"]["per_k_and_steps"]
+    assert [r["metrics"]["psnr"] for r in again_rows] == [r["metrics"]["psnr"] for r in rows]
 
 
 def _tiny_flow_config(tmp_path, embedded, **model):

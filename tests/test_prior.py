@@ -439,7 +439,7 @@ def test_tokenize_writes_speech_and_shape_token_shards(speech_shape_setup, embed
     assert all(ids.ndim == 2 and ids.shape[0] == 4 for _, ids in clips)
     assert len({ids.shape[1] for _, ids in clips}) > 1  # whole clips: their lengths differ
     # a clip's ids are what the codec gives the loudness-normalized whole clip
-    from tokenizers_mm.speech.evaluate import load_clips
+    from tokenizers_mm.eval.speech import load_clips
 
     key, clip = load_clips(sp["data"], 16000, max_clips=1, loudness_lufs=-23.0)[0]
     want = dict(clips)[key]
@@ -500,26 +500,27 @@ def test_evaluate_prior_for_speech_and_shapes(speech_shape_setup, tmp_path, caps
     assert main(["evaluate", "--ckpt", sp["ckpt"], "--data", sp["data"], "--out", str(out), "--max-samples", "3",
                  "--no-baselines", "--no-pesq", "--prior", sp["prior"]]) == 0
     rep = json.load(open(out / "report.json"))
-    for r in rep["per_quantizers"]:
-        assert {"file_bytes", "payload_bytes", "nominal_bytes", "prior_bits_per_token", "file_kbps"} <= set(r)
-        assert r["file_bytes"] <= r["nominal_bytes"] + 31 and r["payload_bytes"] <= r["nominal_bytes"]
-        assert r["prior_bits_per_token"] > 0
-    assert rep["per_quantizers"][-1]["file_bytes"] > rep["per_quantizers"][0]["file_bytes"]
+    for r in rep["rows"]:
+        p = r["prior"]
+        assert {"file_bytes", "payload_bytes", "nominal_bytes", "prior_bits_per_token", "file_kbps"} <= set(p)
+        assert p["file_bytes"] <= p["nominal_bytes"] + 31 and p["payload_bytes"] <= p["nominal_bytes"]
+        assert p["prior_bits_per_token"] > 0
+    assert rep["rows"][-1]["prior"]["file_bytes"] > rep["rows"][0]["prior"]["file_bytes"]
     assert (out / "rate_quality.png").is_file()
     out = tmp_path / "shape"
     assert main(["evaluate", "--ckpt", sh["ckpt"], "--data", sh["data"], "--out", str(out), "--max-samples", "2",
                  "--resolution", "16", "--chamfer-points", "2000", "--prior", sh["prior"]]) == 0
     rep = json.load(open(out / "report.json"))
-    assert [r["tokens"] for r in rep["per_scale"]] == [1, 5, 21]
-    for r in rep["per_scale"]:
-        assert r["file_bytes"] <= r["bytes"] + HEADER_BYTES and r["prior_bits_per_token"] > 0
+    assert [r["tokens"] for r in rep["rows"]] == [1, 5, 21]
+    for r in rep["rows"]:
+        assert r["prior"]["file_bytes"] <= r["nominal_bytes"] + HEADER_BYTES and r["prior"]["prior_bits_per_token"] > 0
     assert "real files with the prior" in capsys.readouterr().out
     # a prior of another modality's tokens is refused by name
     with pytest.raises(ValueError, match="models"):
-        from tokenizers_mm.shape.evaluate import evaluate_shape_checkpoint
+        from tokenizers_mm.eval.evaluator import evaluate_checkpoint
 
-        evaluate_shape_checkpoint(sh["ckpt"], sh["data"], str(tmp_path / "x"), max_samples=1, resolution=16,
-                                  chamfer_points=100, prior=sp["prior"])
+        evaluate_checkpoint(sh["ckpt"], sh["data"], str(tmp_path / "x"), max_samples=1, resolution=16,
+                            chamfer_points=100, prior=sp["prior"])
 
 
 def test_target_iou_meets_its_target_on_every_reported_shape(speech_shape_setup, mesh_dir, tmp_path, capsys):

@@ -13,6 +13,8 @@ import trimesh
 
 import pipelines
 from tokenizers_mm.data.mesh import normalize_mesh, precompute_mesh_sample
+from tokenizers_mm.eval.shape import decimation_baseline, mesh_bytes
+from tokenizers_mm.eval.shape_metrics import surface_metrics, volume_iou
 from tokenizers_mm.export import export_checkpoint
 from tokenizers_mm.quantize import QuantizerConfig, bytes_for
 from tokenizers_mm.shape.codec import (
@@ -23,9 +25,7 @@ from tokenizers_mm.shape.codec import (
     kd_order,
     resample_tokens,
 )
-from tokenizers_mm.shape.evaluate import decimation_baseline, mesh_bytes
 from tokenizers_mm.shape.mesh_out import marching_cubes_mesh, occupancy_grid, save_mesh
-from tokenizers_mm.shape.metrics import surface_metrics, volume_iou
 from tokenizers_mm.shape.tokenizer import ShapeTokenizer
 
 TINY = {"num_latents": 16, "latent_dim": 16, "encoder": {"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
@@ -341,15 +341,17 @@ def test_evaluate_shapes_beside_decimation(trained_shape, embedded, tmp_path, ca
     assert main(["evaluate", "--ckpt", ckpt, "--data", os.path.join(embedded, "mesh"), "--out", str(out),
                  "--max-samples", "2", "--resolution", "24", "--chamfer-points", "2000"]) == 0
     report = json.load(open(out / "report.json"))
-    assert report["shapes"] == 2 and [r["tokens"] for r in report["per_scale"]] == [1, 5, 21]
-    assert [r["bytes"] for r in report["per_scale"]] == [2, 7, 27]
-    last = report["per_scale"][-1]
+    rows = report["rows"]
+    assert report["samples"]["count"] == 2 and [r["tokens"] for r in rows] == [1, 5, 21]
+    assert [r["nominal_bytes"] for r in rows] == [2, 7, 27]
+    last = rows[-1]["metrics"]
     assert 0 <= last["iou"] <= 1 and last["chamfer_l1"] > 0 and 0 <= last["fscore"] <= 1
-    assert report["per_scale"][0]["decimation"]["shapes"] == 0  # 2 bytes hold no mesh
-    assert last["decimation"]["shapes"] == 2 and last["decimation"]["bytes"] <= 27
-    assert set(report["seconds_per_shape"]) == {"encode_s", "decode_s", "mesh_s"}
+    assert rows[0]["baselines"][0]["shapes"] == 0  # 2 bytes hold no mesh
+    (dec,) = rows[-1]["baselines"]
+    assert dec["codec"] == "decimation" and dec["shapes"] == 2 and dec["bytes"] <= 27
+    assert set(report["timing"]["seconds_per_shape"]) == {"encode_s", "decode_s", "mesh_s"}
     assert len(os.listdir(out / "renders")) == 2 and os.path.getsize(out / "rate_quality.png") > 1000
-    assert "| 3 | 21 | 27 |" in capsys.readouterr().out
+    assert "| ours | 3 | 21 | 27 |" in capsys.readouterr().out
 
 
 def test_export_and_pipelines_round_trip_meshes(trained_shape, mesh_dir, tmp_path, capsys):

@@ -499,21 +499,20 @@ def test_evaluate_speech_beside_opus_and_mp3(trained_speech, embedded, tmp_path,
     assert main(["evaluate", "--ckpt", ckpt, "--data", os.path.join(embedded, "audio"), "--out", str(out),
                  "--max-samples", "2"]) == 0
     report = json.load(open(out / "report.json"))
-    rows = report["per_quantizers"]
-    assert [r["num_quantizers"] for r in rows] == [1, 2, 3, 4] and report["clips"] == 2
-    assert all(np.isfinite(r["mel_distance"]) for r in rows) and rows[0]["kbps"] < rows[-1]["kbps"]
-    assert all(np.isfinite(r["si_sdr"]) and 0 <= r["stoi"] <= 1 for r in rows)
-    codecs = {r["codec"] for r in report["baselines"]["rows"]}
-    assert codecs == {"opus", "mp3"}
-    assert all(r["kbps"] > 0 for r in report["baselines"]["rows"])
-    assert len(report["codebook_usage"]) == 4 and report["real_time_factor"]["encode"] > 0
+    rows = report["rows"]
+    assert [r["value"] for r in rows] == [1, 2, 3, 4] and report["samples"]["count"] == 2
+    assert all(np.isfinite(r["metrics"]["mel_distance"]) for r in rows) and rows[0]["kbps"] < rows[-1]["kbps"]
+    assert all(np.isfinite(r["metrics"]["si_sdr"]) and 0 <= r["metrics"]["stoi"] <= 1 for r in rows)
+    measured = [p for curve in report["baselines"]["curves"].values() for p in curve]
+    assert {p["codec"] for p in measured} == {"opus", "mp3"} and all(p["kbps"] > 0 for p in measured)
+    assert len(report["details"]["codebook_usage"]) == 4 and report["timing"]["real_time_factor"]["encode"] > 0
     assert os.path.isfile(out / "rate_quality.png") and any(f.endswith("_q4_0.20kbps.wav") for f in os.listdir(out / "wav"))
     assert "| opus |" in capsys.readouterr().out
     # the report goes into the export's config and model card
     assert main(["export", "--ckpt", ckpt, "--out", str(tmp_path / "export"), "--report", str(out / "report.json")]) == 0
     cfg = json.load(open(tmp_path / "export" / "config.json"))
-    assert cfg["evaluation"]["per_quantizers"] == rows and cfg["evaluation"]["baselines"]
-    assert "| 4 | 0.2 |" in open(tmp_path / "export" / "README.md").read()
+    assert cfg["evaluation"]["rows"] == rows and cfg["evaluation"]["baselines"]["curves"]
+    assert "| ours | 4 | 200 | 0.20 |" in open(tmp_path / "export" / "README.md").read()
 
 
 @pytest.mark.parametrize("name", ["codec_tiny", "codec_16k", "codec_24k", "dmcodec_16k"])

@@ -296,48 +296,20 @@ def _finish_report(report: dict[str, Any], folder: Any) -> dict[str, Any]:
 
 
 def _evaluate_into(a: argparse.Namespace, ckpt: str, modality: str, folder: Any) -> int:
-    from .evaluate import evaluate_checkpoint, format_table
-
-    if modality == "mesh":
-        from .shape.evaluate import evaluate_shape_checkpoint, format_shape_table
-
-        report = _finish_report(evaluate_shape_checkpoint(
-            ckpt, a.data, folder.path, resolution=a.resolution, max_samples=a.max_samples,
-            chamfer_points=a.chamfer_points, prior=a.prior), folder)
-        print(f"{report['model']}: {report['shapes']} shapes, {report['bits_per_token']} bits per token")
-        print(format_shape_table(report))
-        print("report files:")
-        for name, path in report["files"].items():
-            print(f"  {name}: {path}")
-        return 0
-    if modality == "audio":
-        from .speech.evaluate import evaluate_speech_checkpoint, format_speech_table
-
-        report = _finish_report(evaluate_speech_checkpoint(
-            ckpt, a.data, folder.path, max_clips=a.max_samples, baselines=not a.no_baselines,
-            pesq=not a.no_pesq, prior=a.prior), folder)
-        print(f"{report['model']}: {report['clips']} clips ({report['seconds']} s) at {report['sample_rate']} Hz, "
-              f"{report['num_quantizers']} codebooks x {report['codebook_size']} codes at {report['frame_rate']:g} Hz")
-        print(format_speech_table(report))
-        print("report files:")
-        for name, path in report["files"].items():
-            print(f"  {name}: {path}")
-        return 0
+    from .eval.evaluator import evaluate_checkpoint
+    from .eval.report import format_table
 
     report = _finish_report(evaluate_checkpoint(
-        ckpt, a.data, folder.path, batch_size=a.batch_size, max_samples=a.max_samples, size=a.size,
+        ckpt, a.data, folder.path, max_samples=a.max_samples, prior=a.prior, batch_size=a.batch_size, size=a.size,
         csv_log=a.csv_log, lpips_path=a.lpips, inception_path=a.inception, baselines=not a.no_baselines,
-        steps=a.steps, cfg_scale=a.cfg_scale, prior=a.prior), folder)
-    print(f"{report['model']}: {report['images']} images at {report['image_size']} px, "
-          f"{report['tokens_per_image']} tokens of {report['bits_per_token']} bits")
+        steps=a.steps, cfg_scale=a.cfg_scale, pesq=not a.no_pesq, resolution=a.resolution,
+        chamfer_points=a.chamfer_points), folder)
+    print(report["summary"])
     print(format_table(report))
-    if a.prior:
-        print("with the prior: " + ", ".join(f"k={r['k']}: {r['file_bytes']} B file ({r['bytes']} B nominal, "
-                                             f"{r['prior_bits_per_token']} bits/token)" for r in report["per_k"]))
-    if report.get("per_k_and_steps"):
-        from .evaluate import format_steps_table
-
-        print(format_steps_table(report))
+    if report["skipped"]:
+        print(f"skipped {len(report['skipped'])} unreadable input(s), listed in report.json; the first: "
+              f"{report['skipped'][0]['key'] or 'shard data'} in {report['skipped'][0]['shard']}: "
+              f"{report['skipped'][0]['reason']}")
     print("report files:")
     for name, path in report["files"].items():
         print(f"  {name}: {path}")

@@ -208,28 +208,10 @@ INPUT_SPECS = {"image": _image_inputs, "mesh": _mesh_inputs, "audio": _audio_inp
 
 
 def _evaluation_from_report(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--report {path!r} does not exist; expected the report.json of `tokenizers-mm evaluate`")
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except ValueError as exc:
-        raise ValueError(f"--report {path!r} is not valid JSON ({exc}); expected the report.json of "
-                         "`tokenizers-mm evaluate`") from exc
-    if not isinstance(report, dict) or not isinstance(report.get("baselines") or {}, dict):
-        raise ValueError(f"--report {path!r} is not a report.json of `tokenizers-mm evaluate` (expected an object "
-                         "with per_k / per_scale / per_quantizers rows)")
-    keep = ("images", "image_size", "tokens_per_image", "codebook_size", "bits_per_token", "per_k",
-            "shapes", "per_scale", "conventions", "seconds_per_shape", "clips", "seconds", "sample_rate",
-            "per_quantizers", "real_time_factor")
-    ev = {k: report[k] for k in keep if k in report}
-    base = report.get("baselines") or {}
-    if "rows" in base:  # audio: classical codecs at their measured bitrates
-        ev["baselines"] = base["rows"]
-    else:
-        ev["baselines_at_our_bytes"] = {fmt: b.get("at_our_bytes") for fmt, b in base.items()}
-    ev["source"] = os.path.abspath(path)
-    return ev
+    """The ``evaluation`` entry of config.json from a report.json (a version-1 report is converted)."""
+    from .eval.report import evaluation_for_export, read_report
+
+    return evaluation_for_export(read_report(path, "--report"), path)
 
 
 def rebuild_checkpoint_model(raw: dict[str, Any], ckpt: str) -> nn.Module:
@@ -430,34 +412,10 @@ def model_card(cfg: dict[str, Any]) -> str:
         lines.append("- Not recorded.")
     lines += ["", "## Evaluation", ""]
     ev = cfg.get("evaluation")
-    if ev and ev.get("per_quantizers"):
-        lines.append(f"{ev.get('clips')} held-out clips, {ev.get('seconds')} s in all, at {ev.get('sample_rate')} Hz "
-                     f"(`tokenizers-mm evaluate`; {ev.get('source')}).")
-        lines += ["", "| codebooks | kbps | mel distance | SI-SDR (dB) | STOI | PESQ |", "|---|---|---|---|---|---|"]
-        for r in ev["per_quantizers"]:
-            lines.append(f"| {r['num_quantizers']} | {r['kbps']} | {r['mel_distance']:.3f} | {r['si_sdr']:.2f} | "
-                         f"{r['stoi']:.3f} | {r['pesq']:.2f} |")
-    elif ev and ev.get("per_scale"):
-        lines.append(f"{ev.get('shapes')} held-out shapes (`tokenizers-mm evaluate`; {ev.get('source')}).")
-        lines += ["", "| scales | tokens | bytes | IoU | Chamfer-L1 | F-score@0.02 |", "|---|---|---|---|---|---|"]
-        for r in ev["per_scale"]:
-            lines.append(f"| {r['scales']} | {r['tokens']} | {r['bytes']} | {r['iou']} | {r['chamfer_l1']} | "
-                         f"{r['fscore']} |")
-    elif ev and ev.get("per_k"):
-        lines.append(f"{ev.get('images')} held-out images at {ev.get('image_size')} px "
-                     f"(`tokenizers-mm evaluate`; {ev.get('source')}).")
-        lines += ["", "| k | bytes | PSNR (dB) | SSIM | JPEG PSNR at these bytes | WebP PSNR at these bytes |",
-                  "|---|---|---|---|---|---|"]
-        base = ev.get("baselines_at_our_bytes") or {}
-        for i, r in enumerate(ev["per_k"]):
-            cells = [str(r["k"]), str(r["bytes"]), f"{r['psnr']:.2f}", f"{r['ssim']:.3f}"]
-            for fmt in ("JPEG", "WEBP"):
-                rows = base.get(fmt) or []
-                cells.append(f"{rows[i]['psnr']:.2f}{'*' if rows[i].get('extrapolated') else ''}"
-                             if i < len(rows) else "-")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append("(* the codec cannot go that small: its smallest file is shown)")
+    if ev:
+        from .eval.report import model_card_section
+
+        lines += model_card_section(ev)
     else:
         lines.append("No evaluation recorded (pass `--report report.json` of `tokenizers-mm evaluate` to export).")
     return "\n".join(lines) + "\n"
