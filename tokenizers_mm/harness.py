@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -89,6 +90,20 @@ def compile_targets(module: nn.Module) -> list[nn.Module]:
 
 
 NO_DECAY_NAMES = ("registers", "queries", "token_pos", "mask_token", "pos_embed")
+
+
+def adamw(params: Any, c: OptimizerConfig, lr: float | None = None, betas: Sequence[float] | None = None,
+          weight_decay: float | None = None) -> torch.optim.AdamW:
+    """AdamW over ``params`` (parameters or groups) with ``c``'s settings; ``lr`` / ``betas`` / ``weight_decay``
+    replace ``c``'s when given (a group's own ``weight_decay`` wins over both)."""
+    return torch.optim.AdamW(params, lr=c.lr if lr is None else lr, betas=tuple(c.betas if betas is None else betas),
+                             weight_decay=c.weight_decay if weight_decay is None else weight_decay,
+                             fused=c.fused or None)
+
+
+def step_schedule(opt: torch.optim.Optimizer, factor: Callable[[int], float]) -> dict[str, Any]:
+    """Lightning's scheduler entry for a per-step ``LambdaLR`` multiplying ``opt``'s learning rate by ``factor``."""
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -199,16 +214,24 @@ class TokenizerModule(pl.LightningModule):
         checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     # ---- optimization ---------------------------------------------------------------------------
+    def schedule_total_steps(self) -> int:
+        """Optimizer steps the schedule decays over: ``trainer.max_steps``, else (cosine only) Lightning's estimate
+        from ``max_epochs``; 0 without a trainer (then the schedule stays at its peak after warmup)."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0
+        if trainer.max_steps > 0:
+            return trainer.max_steps
+        return int(trainer.estimated_stepping_batches) if self.optim_config.schedule == "cosine" else 0
+
+    def lr_lambda(self) -> Callable[[int], float]:
+        """Learning-rate multiplier per optimizer step (warmup then decay over :meth:`schedule_total_steps`)."""
+        c, total = self.optim_config, self.schedule_total_steps()
+        return lambda s: lr_factor(s, c.warmup_steps, total, c.schedule, c.min_lr_ratio)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        c = self.optim_config
-        opt = torch.optim.AdamW(param_groups(self, c.weight_decay), lr=c.lr, betas=tuple(c.betas),
-                                fused=c.fused or None)
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
-        if total <= 0 and c.schedule == "cosine":
-            total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, c.warmup_steps, total, c.schedule, c.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = adamw(param_groups(self, self.optim_config.weight_decay), self.optim_config)
+        return {"optimizer": opt, "lr_scheduler": step_schedule(opt, self.lr_lambda())}
 
     # ---- training -------------------------------------------------------------------------------
     def _count_skipped(self, batch: dict[str, Any], stage: str) -> None:
@@ -219,12 +242,19 @@ class TokenizerModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses, _ = self.compute_losses(batch)
+        self.log_training(batch, losses)
+        return losses["loss"]
+
+    def log_training(self, batch: dict[str, Any], losses: dict[str, torch.Tensor], lr: float | None = None,
+                     prog_bar: tuple[str, ...] = ("loss",)) -> None:
+        """Log a training batch: every loss under ``train/<name>``, the skipped samples, ``lr`` and samples/s."""
         bs = batch[self.input_key].shape[0]
         self._count_skipped(batch, "train")
         for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=bs)
+            self.log(f"train/{name}", value.detach(), prog_bar=name in prog_bar, batch_size=bs)
+        if lr is not None:
+            self.log("train/lr", lr, batch_size=bs)
         self._log_throughput(bs)
-        return losses["loss"]
 
     def _log_throughput(self, batch_size: int) -> None:
         now = time.perf_counter()
@@ -273,6 +303,18 @@ class TokenizerModule(pl.LightningModule):
         self._val_counts = None
 
 
+def resolve_class(path: str) -> type | None:
+    """The class a dotted ``module.Class`` path names (an old name kept as an alias gives the class itself); None
+    when it does not import."""
+    import importlib
+
+    module_name, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        return None
+
+
 def check_resume(ckpt_path: str, module: pl.LightningModule) -> None:
     """Refuse, before anything is written, a checkpoint that ``module`` cannot resume from.
 
@@ -287,7 +329,7 @@ def check_resume(ckpt_path: str, module: pl.LightningModule) -> None:
                          "tokenizers-mm run")
     want = f"{type(module).__module__}.{type(module).__qualname__}"
     have = raw.get(CLASS_KEY)
-    if have and have != want:
+    if have and have != want and resolve_class(have) is not type(module):  # an old name of the class is the class
         raise ValueError(f"checkpoint {ckpt_path!r} holds a {have}; the config builds a {want}")
     state, own = raw["state_dict"], module.state_dict()
     for name in sorted(set(own) | set(state)):

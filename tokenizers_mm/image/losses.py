@@ -1,9 +1,9 @@
-"""Image reconstruction losses for tokenizer training: LPIPS-style perceptual distance, PatchGAN, hinge GAN.
+"""Image reconstruction losses for tokenizer training: LPIPS-style perceptual distance, PatchGAN discriminator.
 
 * :class:`PerceptualLoss` -- an LPIPS-style distance on a frozen VGG16 whose weights come only from a local
   file (nothing is ever downloaded).
-* :class:`PatchDiscriminator` -- a PatchGAN discriminator returning a grid of real/fake logits.
-* :func:`hinge_d_loss`, :func:`hinge_g_loss` -- hinge GAN objectives on those logits.
+* :class:`PatchDiscriminator` -- a PatchGAN discriminator returning a grid of real/fake logits (its objectives
+  are :mod:`tokenizers_mm.adversarial`'s, the same for every modality).
 * :func:`adaptive_gan_weight` -- the VQGAN balance between reconstruction and adversarial gradients.
 
 All image inputs are ``[B, 3, H, W]`` float tensors in ``[-1, 1]``.
@@ -15,15 +15,12 @@ import os
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg16
 
 __all__ = [
     "PerceptualLoss",
     "PatchDiscriminator",
-    "hinge_d_loss",
-    "hinge_g_loss",
     "adaptive_gan_weight",
 ]
 
@@ -275,19 +272,6 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, H, W]`` images (in ``[-1, 1]``) -> ``[B, 1, h, w]`` unbounded logits (> 0 = real)."""
         return self.net(x)
-
-
-def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator hinge loss ``0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake)))``; scalar ``>= 0``.
-
-    Logits of any (possibly different) shapes, e.g. ``[B, 1, h, w]`` from :class:`PatchDiscriminator`.
-    """
-    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
-
-
-def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Generator hinge loss ``-mean(fake_logits)``; scalar, unbounded."""
-    return -fake_logits.mean()
 
 
 def adaptive_gan_weight(

@@ -1,4 +1,4 @@
-"""``OneDTokenizer``: 1D variable-length image tokenizers (TiTok, One-D-Piece, FlexTok) as config switches.
+"""``OneDImageModule``: 1D variable-length image tokenizers (TiTok, One-D-Piece, FlexTok) as config switches.
 
     image [B, 3, H, W] in [-1, 1]
       -> ViT over patches + K learnable registers (optionally causal among themselves)
@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adversarial import AdversarialConfig, AdversarialModule, GeneratorStep, legacy_adversarial
 from ..config import as_config, plain
 from ..eval.image_metrics import psnr_db
-from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups
+from ..harness import OptimizerConfig, lr_factor
 from ..nn import TransformerConfig
 from ..quantize import Quantizer, QuantizerConfig
 from .codec1d import (
@@ -39,40 +40,49 @@ from .codec1d import (
 )
 from .first_stage import FirstStageConfig, LatentAutoencoder
 
-__all__ = ["OneDTokenizer", "OneDImageCodec", "ImageLossConfig", "OrderingConfig", "RegisterEncoder",
+__all__ = ["OneDImageModule", "OneDTokenizer", "OneDImageCodec", "ImageLossConfig", "OrderingConfig", "RegisterEncoder",
            "TokenDecoder", "ViTTokenDecoder", "eval_token_counts", "pyramid_cells_of_tokens"]
 
 
 @dataclass
 class ImageLossConfig:
-    """Weights of every loss term (all in YAML).
+    """Weights of every loss term (all in YAML); the discriminator's are under ``adversarial``.
 
     Args:
         pixel: ``l1`` or ``l2`` reconstruction loss, weighted by ``pixel_weight``.
         perceptual_weight / perceptual_path: LPIPS-style loss from a local weights file (off without a path).
-        gan_weight: hinge adversarial loss weight (0 disables the discriminator entirely).
-        gan_start_step: generator step at which the discriminator and adversarial loss start.
-        adaptive_gan_weight: scale the adversarial term by ||grad rec|| / ||grad gan|| at the last layer.
-        disc_channels / disc_layers / disc_lr: the patch discriminator and its AdamW learning rate.
+        adaptive_gan_weight: scale the adversarial term by ||grad rec|| / ||grad adv|| at the decoder's last layer.
         aux_weight: weight of the quantizer's own loss (VQ commitment; 0 for FSQ).
+        gan_weight / gan_start_step / disc_channels / disc_layers / disc_lr: the old names of ``adversarial.weight``
+            / ``start_step`` / ``discriminator.channels`` / ``discriminator.num_layers`` / ``lr``, still read
+            (older configs and checkpoints); with any of them set the rest take their old defaults (0.0, 0, 64,
+            3, 1e-4, the ``vqgan`` objective, a constant rate, no clipping).
     """
 
     pixel: str = "l2"
     pixel_weight: float = 1.0
     perceptual_weight: float = 0.0
     perceptual_path: str | None = None
-    gan_weight: float = 0.0
-    gan_start_step: int = 0
     adaptive_gan_weight: bool = True
-    disc_channels: int = 64
-    disc_layers: int = 3
-    disc_lr: float = 1e-4
     aux_weight: float = 1.0
+    gan_weight: float | None = None
+    gan_start_step: int | None = None
+    disc_channels: int | None = None
+    disc_layers: int | None = None
+    disc_lr: float | None = None
+
+
+# old ImageLossConfig key -> its AdversarialConfig field, and the values those configs implied
+LEGACY_RENAMES = {"gan_weight": "weight", "gan_start_step": "start_step", "disc_channels": "discriminator.channels",
+                  "disc_layers": "discriminator.num_layers", "disc_lr": "lr"}
+LEGACY_DEFAULTS = {"weight": 0.0, "start_step": 0, "kind": "vqgan", "lr": 1e-4, "schedule": "constant",
+                   "grad_clip": None, "discriminator": {"channels": 64, "num_layers": 3}}
+DISCRIMINATOR_OPTIONS = ("channels", "num_layers", "norm")
 
 
 
-class OneDTokenizer(TokenizerModule):
-    """1D tokenizer with nested dropout / tail drop / fixed length, trained with manual optimization.
+class OneDImageModule(AdversarialModule):
+    """1D tokenizer with nested dropout / tail drop / fixed length (trains :class:`OneDImageCodec`).
 
     Args:
         image_size: side of the square input images.
@@ -90,6 +100,7 @@ class OneDTokenizer(TokenizerModule):
         quantizer: FSQ or VQ settings.
         ordering: which ordering regularizer.
         loss: loss weights.
+        adversarial: the patch discriminator and its training (``AdversarialConfig``; off by default).
         optimizer: AdamW + schedule; ``grad_clip`` clips the generator's gradient norm.
         ema_decay: keep an EMA of encoder, quantizer and decoder (used for validation) when set.
         first_stage: a 2D conv autoencoder in front of the tokenizer and its training (``FirstStageConfig``);
@@ -103,19 +114,23 @@ class OneDTokenizer(TokenizerModule):
                  quantizer: QuantizerConfig | None = None,
                  ordering: OrderingConfig | None = None, loss: ImageLossConfig | None = None,
                  optimizer: OptimizerConfig | None = None, ema_decay: float | None = None,
-                 first_stage: FirstStageConfig | None = None) -> None:
+                 first_stage: FirstStageConfig | None = None, adversarial: AdversarialConfig | None = None) -> None:
         fs = as_config(FirstStageConfig, first_stage) if first_stage is not None else None
         codec = OneDImageCodec(image_size, patch_size, num_tokens, encoder, decoder, patch_embed, patch_head,
                                stem_channels, causal_registers, register_init, query_init, quantizer, ordering,
                                fs.arch() if fs is not None else None)
         lcfg = as_config(ImageLossConfig, loss)
+        acfg = legacy_adversarial(adversarial, {k: getattr(lcfg, k) for k in LEGACY_RENAMES}, LEGACY_RENAMES,
+                                  LEGACY_DEFAULTS)
+        for k in LEGACY_RENAMES:
+            setattr(lcfg, k, None)
         super().__init__(optimizer=optimizer, input_key="image", codebook_size=codec.codebook_size)
-        self.save_hyperparameters(plain({**codec.arch, "first_stage": fs, "loss": lcfg,
+        loss_hp = {k: v for k, v in plain(lcfg).items() if k not in LEGACY_RENAMES}
+        self.save_hyperparameters(plain({**codec.arch, "first_stage": fs, "loss": loss_hp, "adversarial": acfg,
                                          "optimizer": self.optim_config, "ema_decay": ema_decay}))
         self.first_stage_cfg = fs
         if fs is not None and fs.init_from:
             load_first_stage(codec.first_stage, fs.init_from)
-        self.automatic_optimization = False
         self.image_size, self.num_tokens, self.loss_cfg = image_size, num_tokens, lcfg
         if lcfg.pixel not in ("l1", "l2"):
             raise ValueError(f"loss.pixel must be 'l1' or 'l2', got {lcfg.pixel!r}")
@@ -127,11 +142,7 @@ class OneDTokenizer(TokenizerModule):
             from .losses import PerceptualLoss
 
             self._perceptual.append(PerceptualLoss(lcfg.perceptual_path))
-        self.discriminator = None
-        if lcfg.gan_weight > 0:
-            from .losses import PatchDiscriminator
-
-            self.discriminator = PatchDiscriminator(3, lcfg.disc_channels, lcfg.disc_layers)
+        self.setup_adversarial(acfg)
         self.setup_ema(ema_decay)
         self.val_ks = eval_token_counts(num_tokens)
 
@@ -168,9 +179,6 @@ class OneDTokenizer(TokenizerModule):
         d = recon - x
         return d.abs().mean() if self.loss_cfg.pixel == "l1" else d.pow(2).mean()
 
-    def gan_active(self) -> bool:
-        return self.discriminator is not None and self.global_step >= self.loss_cfg.gan_start_step
-
     def training_first_stage(self) -> bool:
         """True while the optimizer steps train the first stage alone (``first_stage.train_steps``)."""
         fs = self.first_stage_cfg
@@ -189,23 +197,35 @@ class OneDTokenizer(TokenizerModule):
             rec = rec + c.perceptual_weight * losses["perceptual"]
         total = rec + c.aux_weight * losses["aux"]
         if with_gan:
-            from .losses import adaptive_gan_weight, hinge_g_loss
+            from .losses import adaptive_gan_weight
 
-            losses["gan_g"] = hinge_g_loss(self.discriminator(out["recon"]))
-            w = c.gan_weight
+            losses["adv"] = self.adversarial_generator_loss(out["recon"])
+            w = self.adversarial_cfg.weight
             if c.adaptive_gan_weight:
-                w = w * adaptive_gan_weight(rec, losses["gan_g"], self.decoder.last_layer_weight)
-                losses["gan_weight"] = torch.as_tensor(w).detach()
-            total = total + w * losses["gan_g"]
+                w = w * adaptive_gan_weight(rec, losses["adv"], self.decoder.last_layer_weight)
+                losses["adv_weight"] = torch.as_tensor(w).detach()
+            total = total + w * losses["adv"]
         losses["loss"] = total
         return losses
 
-    # ---- optimization -----------------------------------------------------------------------------
-    def configure_optimizers(self):
-        c = self.optim_config
-        opt_g = torch.optim.AdamW(param_groups(self.generator, c.weight_decay), lr=c.lr, betas=tuple(c.betas),
-                                  fused=c.fused or None)
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
+    # ---- adversarial training: what the image modality supplies -----------------------------------------
+    def build_discriminator(self, options: dict[str, Any]) -> nn.Module:
+        from .losses import PatchDiscriminator
+
+        unknown = sorted(set(options) - set(DISCRIMINATOR_OPTIONS))
+        if unknown:
+            raise ValueError(f"adversarial.discriminator: unknown option(s) {unknown} of the image patch "
+                             f"discriminator; valid: {list(DISCRIMINATOR_OPTIONS)}")
+        return PatchDiscriminator(3, **options)
+
+    def discriminator_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.discriminator(x)]
+
+    def adversarial_active(self) -> bool:
+        return not self.training_first_stage() and super().adversarial_active()
+
+    def lr_lambda(self):
+        c, total = self.optim_config, self.schedule_total_steps()
         first = self.first_stage_cfg.train_steps if self.first_stage_cfg is not None else 0
 
         def factor(s: int) -> float:
@@ -214,53 +234,21 @@ class OneDTokenizer(TokenizerModule):
                 return lr_factor(s, c.warmup_steps, first, c.schedule, c.min_lr_ratio)
             return lr_factor(s - first, c.warmup_steps, max(0, total - first), c.schedule, c.min_lr_ratio)
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
-        optimizers, schedulers = [opt_g], [{"scheduler": sched, "interval": "step"}]
-        if self.discriminator is not None:
-            optimizers.append(torch.optim.AdamW(self.discriminator.parameters(), lr=self.loss_cfg.disc_lr,
-                                                betas=tuple(c.betas), weight_decay=c.weight_decay,
-                                                fused=c.fused or None))
-        return optimizers, schedulers
+        return factor
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        opts = self.optimizers()
-        opt_g = opts[0] if isinstance(opts, list) else opts
-        sched = self.lr_schedulers()
+    def generator_step(self, batch: dict[str, Any], with_gan: bool) -> GeneratorStep:
         x = batch["image"]
         first_stage = self.codec.first_stage
         if first_stage is not None:
             first_stage.requires_grad_(self.training_first_stage())
         if self.training_first_stage():
             recon = first_stage(x, self.first_stage_cfg.noise)
-            out, with_gan = {}, False
             losses = {"first_stage_pixel": self._pixel(recon, x)}
             losses["loss"] = losses["first_stage_pixel"]
-        else:
-            out = self(x)
-            with_gan = self.gan_active()
-            losses = self.generator_losses(x, out, with_gan)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(losses["loss"])
-        if self.optim_config.grad_clip:
-            self.clip_gradients(opt_g, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
-        opt_g.step()  # the only step Lightning counts: global_step == generator steps
-        sched.step()
-        if with_gan:
-            from .losses import hinge_d_loss
-
-            opt_d = opts[1]
-            d_loss = hinge_d_loss(self.discriminator(x), self.discriminator(out["recon"].detach()))
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.optimizer.step()  # raw optimizer: not counted in global_step
-            losses["gan_d"] = d_loss.detach()
-        bs = x.shape[0]
-        self._count_skipped(batch, "train")
-        for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=bs)
-        self.log("train/lr", sched.get_last_lr()[0], batch_size=bs)
-        self._log_throughput(bs)
-        return losses["loss"].detach()
+            return GeneratorStep(losses, losses["loss"], x, None)
+        out = self(x)
+        losses = self.generator_losses(x, out, with_gan)
+        return GeneratorStep(losses, losses["loss"], x, out["recon"])
 
     # ---- validation -------------------------------------------------------------------------------
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -283,6 +271,9 @@ class OneDTokenizer(TokenizerModule):
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         self.write_images_by_k(batch, outputs["recons"], "val/reconstructions_by_k")
+
+
+OneDTokenizer = OneDImageModule  # the old name: older configs' class_path and checkpoints still load
 
 
 def load_first_stage(first_stage: LatentAutoencoder, path: str) -> None:

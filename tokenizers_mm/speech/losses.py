@@ -1,4 +1,4 @@
-"""Losses of the speech codec: multi-scale mel, adversarial (hinge / least squares), feature matching,
+"""Losses of the speech codec: multi-scale mel, feature matching on the discriminators' features,
 EnCodec's gradient loss balancer, and DM-Codec's distillation of one RVQ layer toward teacher features."""
 
 from __future__ import annotations
@@ -46,30 +46,7 @@ class MultiScaleMelLoss(nn.Module):
         return total
 
 
-# ---- adversarial ----------------------------------------------------------------------------------
-def generator_adv_loss(fake_logits: list[torch.Tensor], kind: str) -> torch.Tensor:
-    """Generator side, averaged over discriminators: hinge ``relu(1 - D(G))`` or least squares ``(1 - D(G))^2``."""
-    if kind == "hinge":
-        losses = [F.relu(1 - f).mean() for f in fake_logits]
-    elif kind == "lsgan":
-        losses = [(1 - f).pow(2).mean() for f in fake_logits]
-    else:
-        raise ValueError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
-    return torch.stack(losses).mean()
-
-
-def discriminator_adv_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor], kind: str
-                           ) -> torch.Tensor:
-    """Discriminator side, averaged over discriminators (real -> 1, fake -> -1 for hinge, 0 for lsgan)."""
-    if kind == "hinge":
-        losses = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits)]
-    elif kind == "lsgan":
-        losses = [(1 - r).pow(2).mean() + f.pow(2).mean() for r, f in zip(real_logits, fake_logits)]
-    else:
-        raise ValueError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
-    return torch.stack(losses).mean()
-
-
+# ---- adversarial (the objectives are tokenizers_mm.adversarial's) ---------------------------------
 def feature_matching_loss(real_feats: list[list[torch.Tensor]], fake_feats: list[list[torch.Tensor]]) -> torch.Tensor:
     """L1 between discriminator feature maps of real (detached) and generated audio, each layer normalized by
     the mean magnitude of the real features (EnCodec), averaged over layers and discriminators."""

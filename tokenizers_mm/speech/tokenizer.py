@@ -1,8 +1,8 @@
-"""``SpeechTokenizer``: trains a :class:`~tokenizers_mm.speech.codec.SpeechCodec` (manual GAN optimization).
+"""``SpeechModule``: trains a :class:`~tokenizers_mm.speech.codec.SpeechCodec` (the harness's adversarial step).
 
 Generator loss: ``mel_weight`` x multi-scale log-mel L1 + ``waveform_weight`` x waveform L1 + ``commit_weight`` x
-RVQ commitment, plus, once the step reaches ``adv_start_step``, ``adv_weight`` x adversarial + ``feat_weight`` x
-feature matching against multi-period and multi-scale STFT discriminators. With ``balancer: true`` the
+RVQ commitment, plus, once the step reaches ``adversarial.start_step``, ``adversarial.weight`` x adversarial +
+``feat_weight`` x feature matching against multi-period and multi-scale STFT discriminators. With ``balancer: true`` the
 waveform-side terms (mel, waveform, adversarial, feature matching) go through EnCodec's gradient balancer, their
 weights then being shares of the gradient. Optional DM-Codec distillation pulls the first ``rvq_layer``
 codebooks' output toward a speech model's features and / or a text LM's embeddings (see :class:`DistillConfig`).
@@ -22,53 +22,59 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..adversarial import (
+    AdversarialConfig,
+    AdversarialModule,
+    GeneratorStep,
+    generator_loss,
+    legacy_adversarial,
+)
 from ..config import as_config, plain
-from ..harness import OptimizerConfig, TokenizerModule, lr_factor, param_groups
+from ..harness import OptimizerConfig
 from .codec import RVQConfig, SpeechCodec
 from .discriminators import DiscriminatorConfig, WaveDiscriminator
 from .latent_transformer import LatentConfig
-from .losses import (
-    LossBalancer,
-    MultiScaleMelLoss,
-    discriminator_adv_loss,
-    distillation_loss,
-    feature_matching_loss,
-    generator_adv_loss,
-)
+from .losses import LossBalancer, MultiScaleMelLoss, distillation_loss, feature_matching_loss
 from .seanet import SEANetConfig
 
 
 @dataclass
 class SpeechLossConfig:
-    """Loss weights and GAN settings (see the module docstring).
+    """Loss weights (see the module docstring); the discriminators' settings are under ``adversarial``.
 
     Args:
+        feat_weight: weight of the feature-matching term (counted while the adversarial term is).
         mel_windows / mel_bins: STFT window sizes and mel bands of the multi-scale mel loss.
-        adv_kind: ``hinge`` (EnCodec) or ``lsgan`` (DAC).
-        adv_start_step: generator steps before the discriminators join (0: from the start).
-        disc_lr: discriminator learning rate (``None``: the generator's).
-        discriminator: which discriminators (``adv_weight: 0`` builds none).
         balancer / balancer_total_norm / balancer_decay: EnCodec's loss balancer on the waveform-side terms.
         pitch_weight: weight of the harmonic inverse-STFT decoder's pitch cross-entropy against the input's cepstral
             pitch (``istft_harmonics > 0`` with ``istft_phase: griffin_lim``;
             :class:`~tokenizers_mm.speech.istft_decoder.ISTFTDecoder`).
+        adv_weight / adv_start_step / adv_kind / disc_lr / discriminator: the old names of ``adversarial.weight`` /
+            ``start_step`` / ``kind`` / ``lr`` / ``discriminator``, still read (older configs and checkpoints);
+            with any of them set the rest take their old defaults (1.0, 0, ``hinge``, the generator's rate, the
+            default discriminators, the generator's schedule, clipping at 10 x ``optimizer.grad_clip``).
     """
 
     mel_weight: float = 15.0
     waveform_weight: float = 1.0
     commit_weight: float = 1.0
-    adv_weight: float = 1.0
     feat_weight: float = 2.0
     mel_windows: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
     mel_bins: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])
-    adv_kind: str = "hinge"
-    adv_start_step: int = 0
-    disc_lr: float | None = None
-    discriminator: DiscriminatorConfig | None = None
     balancer: bool = False
     balancer_total_norm: float = 1.0
     balancer_decay: float = 0.999
     pitch_weight: float = 0.0
+    adv_weight: float | None = None
+    adv_start_step: int | None = None
+    adv_kind: str | None = None
+    disc_lr: float | None = None
+    discriminator: DiscriminatorConfig | dict | None = None
+
+
+# old SpeechLossConfig key -> its AdversarialConfig field
+LEGACY_RENAMES = {"adv_weight": "weight", "adv_start_step": "start_step", "adv_kind": "kind", "disc_lr": "lr",
+                  "discriminator": "discriminator"}
 
 
 @dataclass
@@ -122,7 +128,7 @@ def _hidden_size(path: str, what: str) -> int:
     return int(cfg["hidden_size"])
 
 
-class SpeechTokenizer(TokenizerModule):
+class SpeechModule(AdversarialModule):
     """Speech codec training (see the module docstring); architecture arguments as in ``SpeechCodec``.
 
     Args:
@@ -135,11 +141,13 @@ class SpeechTokenizer(TokenizerModule):
             under the same losses; its w2v-BERT semantic encoder stays frozen and ``distill`` must be off.
         xcodec2: :class:`~tokenizers_mm.speech.xcodec2_codec.XCodec2Codec` arguments (what a checkpoint of an
             X-Codec 2 fine-tune records; ``init_from`` fills it).
-        loss: loss weights, discriminators, balancer.
+        loss: loss weights, balancer.
+        adversarial: the multi-period and multi-scale STFT discriminators and their training
+            (``AdversarialConfig``; ``discriminator`` holds ``DiscriminatorConfig`` fields; off by default).
         distill: DM-Codec distillation (off unless a teacher is set).
         val_quantizers: numbers of codebooks evaluated at validation (``None``: 1, n_q / 2 and n_q).
         write_clips: clips written as WAV at each validation.
-        optimizer / ema_decay: AdamW + schedule (generator; the discriminators share it, with ``loss.disc_lr``).
+        optimizer / ema_decay: the generator's AdamW + schedule; an EMA of the codec when ``ema_decay`` is set.
     """
 
     def __init__(self, sample_rate: int | None = None, seanet: SEANetConfig | None = None, rvq: RVQConfig | None = None,
@@ -147,7 +155,7 @@ class SpeechTokenizer(TokenizerModule):
                  val_quantizers: list[int] | None = None, write_clips: int = 2,
                  optimizer: OptimizerConfig | None = None, ema_decay: float | None = None,
                  init_from: str | None = None, latent: LatentConfig | None = None,
-                 xcodec2: dict[str, Any] | None = None) -> None:
+                 xcodec2: dict[str, Any] | None = None, adversarial: AdversarialConfig | None = None) -> None:
         if init_from is not None:
             from .init_from import codec_from_export
 
@@ -160,20 +168,26 @@ class SpeechTokenizer(TokenizerModule):
             codec = SpeechCodec(16000 if sample_rate is None else sample_rate, seanet, rvq, latent)
         lcfg = as_config(SpeechLossConfig, loss)
         dcfg = as_config(DistillConfig, distill)
-        lcfg.discriminator = as_config(DiscriminatorConfig, lcfg.discriminator)
         super().__init__(optimizer=optimizer, input_key="audio", codebook_size=codec.codebook_size)
+        clip = self.optim_config.grad_clip
+        old = {k: getattr(lcfg, k) for k in LEGACY_RENAMES}
+        if old["discriminator"] is not None:
+            old["discriminator"] = plain(old["discriminator"])
+        acfg = legacy_adversarial(adversarial, old, LEGACY_RENAMES, {
+            "weight": 1.0, "start_step": 0, "kind": "hinge", "lr": None, "schedule": "generator",
+            "grad_clip": 10 * clip if clip else None, "discriminator": {}})
+        for k in LEGACY_RENAMES:
+            setattr(lcfg, k, None)
         arch = codec.arch if isinstance(codec, SpeechCodec) else {"xcodec2": codec.arch}
-        self.save_hyperparameters(plain({**arch, "loss": lcfg, "distill": dcfg,
+        loss_hp = {k: v for k, v in plain(lcfg).items() if k not in LEGACY_RENAMES}
+        self.save_hyperparameters(plain({**arch, "loss": loss_hp, "adversarial": acfg, "distill": dcfg,
                                          "val_quantizers": val_quantizers, "write_clips": write_clips,
                                          "optimizer": self.optim_config, "ema_decay": ema_decay}))
-        self.automatic_optimization = False
         self.codec, self.loss_cfg, self.distill_cfg = codec, lcfg, dcfg
-        if lcfg.adv_kind not in ("hinge", "lsgan"):
-            raise ValueError(f"loss.adv_kind must be 'hinge' or 'lsgan', got {lcfg.adv_kind!r}")
         self.mel_loss = MultiScaleMelLoss(codec.sample_rate, lcfg.mel_windows, lcfg.mel_bins)
-        self.discriminator = WaveDiscriminator(lcfg.discriminator) if lcfg.adv_weight > 0 else None
+        self.setup_adversarial(acfg)
         self.balancer = LossBalancer(
-            {"mel": lcfg.mel_weight, "waveform": lcfg.waveform_weight, "adv": lcfg.adv_weight,
+            {"mel": lcfg.mel_weight, "waveform": lcfg.waveform_weight, "adv": acfg.weight,
              "feat": lcfg.feat_weight}, lcfg.balancer_total_norm, lcfg.balancer_decay) if lcfg.balancer else None
         self._setup_distillation(codec.seanet_cfg.dim if isinstance(codec, SpeechCodec) else None)
         n = codec.num_quantizers
@@ -230,9 +244,6 @@ class SpeechTokenizer(TokenizerModule):
         return losses
 
     # ---- losses -------------------------------------------------------------------------------------
-    def gan_active(self) -> bool:
-        return self.discriminator is not None and self.global_step >= self.loss_cfg.adv_start_step
-
     def generator_losses(self, batch: dict[str, Any], out: dict[str, Any], with_gan: bool) -> dict[str, torch.Tensor]:
         """All generator terms (unweighted) for a batch; ``out`` from ``SpeechCodec.forward``."""
         x, recon = batch["audio"], out["recon"]
@@ -241,7 +252,7 @@ class SpeechTokenizer(TokenizerModule):
             fake_logits, fake_feats = self.discriminator(recon)
             with torch.no_grad():
                 _, real_feats = self.discriminator(x)
-            losses["adv"] = generator_adv_loss(fake_logits, self.loss_cfg.adv_kind)
+            losses["adv"] = generator_loss(fake_logits, self.adversarial_cfg.kind)
             losses["feat"] = feature_matching_loss(real_feats, fake_feats)
         if "distill" in out:
             losses.update(self.distill_losses(batch, out["distill"]))
@@ -252,72 +263,41 @@ class SpeechTokenizer(TokenizerModule):
     def weighted_total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         c, d = self.loss_cfg, self.distill_cfg
         weights = {"mel": c.mel_weight, "waveform": c.waveform_weight, "commit": c.commit_weight,
-                   "adv": c.adv_weight, "feat": c.feat_weight, "distill_speech": d.speech_weight,
+                   "adv": self.adversarial_cfg.weight, "feat": c.feat_weight, "distill_speech": d.speech_weight,
                    "distill_lm": d.lm_weight, "pitch": c.pitch_weight}
         return sum(weights[n] * v for n, v in losses.items() if n in weights)
 
-    # ---- optimization -------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        c = self.optim_config
-        gen = nn.ModuleList([self.codec, self.distill_heads])
-        opt_g = torch.optim.AdamW(param_groups(gen, c.weight_decay), lr=c.lr, betas=tuple(c.betas),
-                                  fused=c.fused or None)
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
-        schedule = lambda s: lr_factor(s, c.warmup_steps, total, c.schedule, c.min_lr_ratio)  # noqa: E731
-        optimizers = [opt_g]
-        schedulers = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt_g, schedule), "interval": "step"}]
-        if self.discriminator is not None:
-            opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=self.loss_cfg.disc_lr or c.lr,
-                                      betas=tuple(c.betas), weight_decay=c.weight_decay, fused=c.fused or None)
-            optimizers.append(opt_d)
-            schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt_d, schedule), "interval": "step"})
-        return optimizers, schedulers
+    # ---- adversarial training: what the speech modality supplies ----------------------------------------
+    prog_bar_losses = ("loss", "mel")
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        opts = self.optimizers()
-        opts = opts if isinstance(opts, list) else [opts]
-        scheds = self.lr_schedulers()
-        scheds = scheds if isinstance(scheds, list) else [scheds]
+    def build_discriminator(self, options: dict[str, Any]) -> nn.Module:
+        try:
+            cfg = as_config(DiscriminatorConfig, options)
+        except ValueError as exc:
+            raise ValueError(f"adversarial.discriminator: {exc}") from None
+        self.adversarial_cfg.discriminator = plain(cfg)  # recorded in full in the hyperparameters
+        return WaveDiscriminator(cfg)
+
+    def discriminator_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.discriminator(x)[0]
+
+    def generator_module(self) -> nn.Module:
+        return nn.ModuleList([self.codec, self.distill_heads])
+
+    def generator_step(self, batch: dict[str, Any], with_gan: bool) -> GeneratorStep:
         x = batch["audio"]
         rvq = getattr(self.codec, "rvq_cfg", None)  # X-Codec 2's one FSQ codebook has no dropout
         out = self.codec(x, dropout=rvq.quantizer_dropout if rvq is not None else 0.0,
                          distill_layer=self.distill_cfg.rvq_layer if self.distilling else None)
-        with_gan = self.gan_active()
         losses = self.generator_losses(batch, out, with_gan)
-        opt_g = opts[0]
-        opt_g.zero_grad(set_to_none=True)
         if self.balancer is not None:
             grad = self.balancer.gradient(losses, out["recon"])
             rest = {n: v for n, v in losses.items() if n not in self.balancer.weights}
             objective = (out["recon"] * grad.detach()).sum() + self.weighted_total(rest)
         else:
             objective = self.weighted_total(losses)
-        self.manual_backward(objective)
-        if self.optim_config.grad_clip:
-            self.clip_gradients(opt_g, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
-        opt_g.step()  # the only step Lightning counts: global_step == generator steps
-        scheds[0].step()
-        if with_gan:
-            opt_d = opts[1]
-            real_logits, _ = self.discriminator(x)
-            fake_logits, _ = self.discriminator(out["recon"].detach())
-            d_loss = discriminator_adv_loss(real_logits, fake_logits, self.loss_cfg.adv_kind)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            if self.optim_config.grad_clip:
-                self.clip_gradients(opt_d, gradient_clip_val=10 * self.optim_config.grad_clip,
-                                    gradient_clip_algorithm="norm")
-            opt_d.optimizer.step()  # raw optimizer: not counted in global_step
-            scheds[1].step()
-            losses["disc"] = d_loss.detach()
         losses["loss"] = self.weighted_total(losses).detach()
-        bs = x.shape[0]
-        self._count_skipped(batch, "train")
-        for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name in ("loss", "mel"), batch_size=bs)
-        self.log("train/lr", scheds[0].get_last_lr()[0], batch_size=bs)
-        self._log_throughput(bs)
-        return losses["loss"]
+        return GeneratorStep(losses, objective, x, out["recon"])
 
     # ---- validation ---------------------------------------------------------------------------------
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -360,3 +340,6 @@ class SpeechTokenizer(TokenizerModule):
                 exp.add_audio("val/original", rows["original"][0], self.global_step, sample_rate=sr)
                 top = max(outputs["recons"])
                 exp.add_audio(f"val/recon_q{top}", outputs["recons"][top][0].cpu(), self.global_step, sample_rate=sr)
+
+
+SpeechTokenizer = SpeechModule  # the old name: older configs' class_path and checkpoints still load
