@@ -8,7 +8,7 @@
       -> ViTTokenDecoder (learned patch queries attend to the kept tokens) -> image [B, 3, S, S]
          (with a first stage: -> latent grid -> its conv decoder -> image)
 
-The Lightning module :class:`~tokenizers_mm.image.tokenizer1d.OneDTokenizer` trains one of these; an export
+The Lightning module :class:`~tokenizers_mm.image.tokenizer1d.OneDImageModule` trains one of these; an export
 holds exactly its ``state_dict`` and the keyword arguments of its constructor, so ``pipelines`` rebuilds it
 with torch and vector-quantize-pytorch only.
 """
@@ -179,7 +179,7 @@ def eval_token_counts(num_tokens: int) -> list[int]:
     return ks if ks[-1] == num_tokens else [*ks, num_tokens]
 
 
-class PrefixTokenizer(nn.Module):
+class PrefixCodec(nn.Module):
     """What every 1D image codec shares: ``encoder`` (images -> K vectors), ``quantizer`` and ``ordering`` set by
     the subclass, the input checks, ``encode`` of a prefix and the decoding of a prefix into padded codes."""
 
@@ -236,7 +236,10 @@ class PrefixTokenizer(nn.Module):
         return self.ordering(codes, k)
 
 
-class OneDImageCodec(PrefixTokenizer):
+PrefixTokenizer = PrefixCodec  # the old name
+
+
+class OneDImageCodec(PrefixCodec):
     """Encoder, quantizer, ordering and decoder of a 1D image tokenizer (see the module docstring).
 
     Args:

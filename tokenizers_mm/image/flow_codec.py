@@ -30,7 +30,7 @@ from ..flow import (
 )
 from ..nn import TransformerConfig
 from ..quantize import Quantizer, QuantizerConfig
-from .codec1d import OrderingConfig, PrefixTokenizer, RegisterEncoder, pyramid_cells_of_tokens
+from .codec1d import OrderingConfig, PrefixCodec, RegisterEncoder, pyramid_cells_of_tokens
 from .ordering import build_ordering
 from .vit import sincos_2d
 
@@ -49,7 +49,7 @@ def unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, c, h, w)
 
 
-class FlowImageCodec(PrefixTokenizer):
+class FlowImageCodec(PrefixCodec):
     """Encoder, quantizer, nested dropout and rectified-flow decoder (see the module docstring).
 
     Args:

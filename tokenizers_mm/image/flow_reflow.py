@@ -1,6 +1,6 @@
-"""``FlowReflow``: the second stage that makes 1-2 step decoding usable (reflow, as in InstaFlow).
+"""``FlowReflowModule``: the second stage that makes 1-2 step decoding usable (reflow, as in InstaFlow).
 
-A trained flow decoder (the teacher, a :class:`~tokenizers_mm.image.flow_tokenizer.FlowTokenizer` checkpoint or
+A trained flow decoder (the teacher, a :class:`~tokenizers_mm.image.flow_tokenizer.FlowImageModule` checkpoint or
 an export folder) integrates noise ``z`` to an image ``x_hat`` along a curved path. Reflow trains a student
 decoder, initialized from the teacher, on the *straight* line between the pair: ``x_sigma = (1 - sigma) x_hat +
 sigma z`` with target ``z - x_hat``. A straight flow is integrated exactly by one Euler step, so the student
@@ -25,7 +25,7 @@ from .flow_codec import FlowImageCodec
 
 
 def load_flow_teacher(path: str) -> FlowImageCodec:
-    """A trained flow codec from a FlowTokenizer checkpoint (its EMA weights when present) or an export folder."""
+    """A trained flow codec from a FlowImageModule checkpoint (its EMA weights when present) or an export folder."""
     if os.path.isdir(path):
         from ..export import load_codec
 
@@ -39,15 +39,15 @@ def load_flow_teacher(path: str) -> FlowImageCodec:
         codec = model.inference_codec()
     if not isinstance(codec, FlowImageCodec):
         raise ValueError(f"reflow teacher {path!r} holds a {type(codec).__name__}; expected a rectified-flow "
-                         "image decoder (FlowTokenizer / image/flow export)")
+                         "image decoder (FlowImageModule / image/flow export)")
     return codec.eval().requires_grad_(False)
 
 
-class FlowReflow(TokenizerModule):
+class FlowReflowModule(TokenizerModule):
     """Reflow distillation of a flow decoder into a few-step student (see the module docstring).
 
     Args:
-        teacher: FlowTokenizer checkpoint or ``image/flow`` export folder.
+        teacher: FlowImageModule checkpoint or ``image/flow`` export folder.
         codec: the student's architecture (filled from the teacher on first construction; checkpoints carry it).
         teacher_steps / teacher_cfg_scale: how the teacher integrates each pair.
         student_steps: the student's default number of Euler steps (recorded in exports).
@@ -152,4 +152,6 @@ class FlowReflow(TokenizerModule):
         self.write_images_by_k(batch, outputs["recons"], f"val/reconstructions_by_k_{self.val_steps[0]}step")
 
 
-__all__ = ["FlowReflow", "load_flow_teacher"]
+FlowReflow = FlowReflowModule  # the old name: older configs' class_path and checkpoints still load
+
+__all__ = ["FlowReflowModule", "FlowReflow", "load_flow_teacher"]

@@ -1,4 +1,4 @@
-"""``FlowTokenizer``: trains a :class:`~tokenizers_mm.image.flow_codec.FlowImageCodec` end to end (FlexTok recipe).
+"""``FlowImageModule``: trains a :class:`~tokenizers_mm.image.flow_codec.FlowImageCodec` end to end (FlexTok recipe).
 
 Encoder, quantizer, nested dropout and the rectified-flow decoder learn together from one loss: the
 flow-matching MSE (target ``noise - x0`` at logit-normal sigmas), plus the quantizer's own loss and, when a
@@ -40,7 +40,7 @@ def load_vae_for_training(path: str) -> tuple[dict[str, Any], dict[str, torch.Te
     return spec, vae.state_dict()
 
 
-class FlowTokenizer(TokenizerModule):
+class FlowImageModule(TokenizerModule):
     """FlexTok-style 1D tokenizer with a rectified-flow decoder (see the module docstring).
 
     Args:
@@ -124,3 +124,6 @@ class FlowTokenizer(TokenizerModule):
 
     def log_reconstructions(self, batch: dict[str, Any], outputs: dict[str, Any]) -> None:
         self.write_images_by_k(batch, outputs["recons"], "val/reconstructions_by_k")
+
+
+FlowTokenizer = FlowImageModule  # the old name: older configs' class_path and checkpoints still load

@@ -1,4 +1,4 @@
-"""``FSQAutoencoder``: the smallest real image tokenizer (conv encoder, FSQ, conv decoder).
+"""``GridImageModule``: the smallest real image tokenizer (conv encoder, FSQ, conv decoder).
 
 It proves the training harness end to end and is a fair 2D-grid baseline for the 1D tokenizers.
 An image ``[B, 3, H, W]`` in ``[-1, 1]`` becomes ``(H / f) * (W / f)`` tokens, ``f = 2 ** len(channel_mults)``.
@@ -17,10 +17,11 @@ from ..harness import OptimizerConfig, TokenBatch, TokenizerModule
 from ..quantize import QuantizerConfig
 from .grid_codec import ConvDecoder, ConvEncoder, GridImageCodec, ResBlock
 
-__all__ = ["FSQAutoencoder", "GridImageCodec", "ConvEncoder", "ConvDecoder", "ResBlock"]
+__all__ = ["GridImageModule", "FSQAutoencoder", "GridImageCodec", "ConvEncoder", "ConvDecoder",
+           "ResBlock"]
 
 
-class FSQAutoencoder(TokenizerModule):
+class GridImageModule(TokenizerModule):
     """Conv autoencoder with an FSQ bottleneck, trained with a pixel loss.
 
     Args:
@@ -67,3 +68,6 @@ class FSQAutoencoder(TokenizerModule):
         n = min(8, batch["image"].shape[0])
         rows = [batch["image"][:n].cpu(), outputs["recon"][:n].clamp(-1, 1).cpu()]
         self.write_image_grid(rows, "val/reconstructions")
+
+
+FSQAutoencoder = GridImageModule  # the old name: older configs' class_path and checkpoints still load

@@ -1,7 +1,7 @@
 """``GridImageCodec``: conv encoder -> quantizer -> conv decoder on a 2D grid of tokens (no training code).
 
 An image ``[B, 3, H, W]`` in ``[-1, 1]`` becomes ``(H / f) * (W / f)`` ids (row-major), ``f = 2 ** len(channel_mults)``.
-:class:`~tokenizers_mm.image.fsq_autoencoder.FSQAutoencoder` trains one; an export rebuilds it from its
+:class:`~tokenizers_mm.image.fsq_autoencoder.GridImageModule` trains one; an export rebuilds it from its
 constructor arguments and ``state_dict``.
 """
 

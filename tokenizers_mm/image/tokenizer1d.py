@@ -40,8 +40,8 @@ from .codec1d import (
 )
 from .first_stage import FirstStageConfig, LatentAutoencoder
 
-__all__ = ["OneDImageModule", "OneDTokenizer", "OneDImageCodec", "ImageLossConfig", "OrderingConfig", "RegisterEncoder",
-           "TokenDecoder", "ViTTokenDecoder", "eval_token_counts", "pyramid_cells_of_tokens"]
+__all__ = ["OneDImageModule", "OneDTokenizer", "OneDImageCodec", "ImageLossConfig", "OrderingConfig",
+           "RegisterEncoder", "TokenDecoder", "ViTTokenDecoder", "eval_token_counts", "pyramid_cells_of_tokens"]
 
 
 @dataclass
