@@ -65,3 +65,56 @@ def test_files_and_config_args():
     assert recipes.files("speech/codec_tiny") == [os.path.join(recipes.CONFIGS, "speech/codec_tiny.yaml")]
     with pytest.raises(ValueError, match="recipe 'nope'"):
         recipes.files("nope")
+
+
+OLD_IMAGE_CONFIG = """
+seed_everything: 0
+trainer: {accelerator: cpu, max_steps: 1, limit_val_batches: 0, enable_progress_bar: false, logger: false,
+          enable_model_summary: false, callbacks: []}
+model:
+  class_path: tokenizers_mm.image.tokenizer1d.OneDTokenizer
+  init_args:
+    image_size: 32
+    patch_size: 8
+    num_tokens: 4
+    encoder: {width: 32, depth: 1, heads: 2}
+    decoder: {width: 32, depth: 1, heads: 2}
+    loss: {gan_weight: 0.1, disc_channels: 8, disc_layers: 2}
+data: {modality: image, train_urls: EMBEDDED/image, val_urls: null, batch_size: 2, batches_per_epoch: 1,
+       num_workers: 0, image: {size: 32}}
+"""
+
+
+def test_an_old_class_path_and_old_loss_keys_train_and_their_checkpoint_loads(embedded, tmp_path):
+    """A config of the old names (class_path OneDTokenizer, loss.gan_weight / disc_*) trains the renamed module
+    with the adversarial block; a checkpoint recording the old class and old keys rebuilds and resumes."""
+    import torch
+
+    from tokenizers_mm.checkpointing import CLASS_KEY, load_tokenizer
+    from tokenizers_mm.cli import main
+    from tokenizers_mm.harness import check_resume
+    from tokenizers_mm.image.tokenizer1d import OneDImageModule
+
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_IMAGE_CONFIG.replace("EMBEDDED", embedded))
+    assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
+    ckpt = torch.load(next((tmp_path / "run").rglob("*.ckpt")), map_location="cpu", weights_only=True)
+    assert ckpt[CLASS_KEY] == "tokenizers_mm.image.tokenizer1d.OneDImageModule"
+    hp = ckpt["hyper_parameters"]
+    assert hp["adversarial"]["weight"] == 0.1 and hp["adversarial"]["discriminator"] == {"channels": 8,
+                                                                                        "num_layers": 2}
+    # as an older version wrote it: the old class name, the discriminator's settings among the loss keys
+    adv = hp.pop("adversarial")
+    hp["loss"].update(gan_weight=adv["weight"], gan_start_step=0, disc_channels=8, disc_layers=2, disc_lr=adv["lr"])
+    ckpt[CLASS_KEY] = "tokenizers_mm.image.tokenizer1d.OneDTokenizer"
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    model = load_tokenizer(str(old))
+    assert type(model) is OneDImageModule and model.discriminator is not None
+    assert model.adversarial_cfg.kind == "vqgan" and model.adversarial_cfg.schedule == "constant"
+    assert torch.equal(model.discriminator.net[0].weight, ckpt["state_dict"]["discriminator.net.0.weight"])
+    check_resume(str(old), OneDImageModule(**model.hparams))
+    ckpt[CLASS_KEY] = "tokenizers_mm.image.fsq_autoencoder.FSQAutoencoder"
+    torch.save(ckpt, old)
+    with pytest.raises(ValueError, match="holds a tokenizers_mm.image.fsq_autoencoder.FSQAutoencoder"):
+        check_resume(str(old), OneDImageModule(**model.hparams))

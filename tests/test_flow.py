@@ -19,7 +19,7 @@ from tokenizers_mm.flow import (
     seeded_noise,
 )
 from tokenizers_mm.image.flow_codec import FlowImageCodec, patchify, unpatchify
-from tokenizers_mm.image.flow_tokenizer import FlowTokenizer
+from tokenizers_mm.image.flow_tokenizer import FlowImageModule
 
 TINY = {"image_size": 32, "patch_size": 8, "num_tokens": 8, "encoder": {"width": 64, "depth": 2, "heads": 2},
         "denoiser": {"width": 64, "depth": 2, "heads": 2}, "decoder_patch_size": 8, "stem_channels": 16,
@@ -140,7 +140,7 @@ def _tiny_vae(path):
 
 def test_vae_latents_train_export_and_decode(embedded, tmp_path):
     vae = _tiny_vae(str(tmp_path / "vae"))
-    model = FlowTokenizer(**{**TINY, "decoder_patch_size": 2}, vae_path=str(tmp_path / "vae"))
+    model = FlowImageModule(**{**TINY, "decoder_patch_size": 2}, vae_path=str(tmp_path / "vae"))
     assert model.codec.target_side == 16 and model.codec.target_channels == 4
     assert torch.equal(model.codec.vae.decoder.conv_out.weight, vae.decoder.conv_out.weight)
     before = {k: v.clone() for k, v in model.codec.vae.state_dict().items()}
@@ -166,7 +166,7 @@ def test_repa_alignment_with_a_local_teacher_falls_and_stays_out_of_exports(embe
     torch.manual_seed(0)
     teacher = torchvision.models.resnet18(weights=None)
     save_file(teacher.state_dict(), str(tmp_path / "teacher.safetensors"))
-    model = FlowTokenizer(**TINY, repa={"weight": 0.5, "teacher_path": str(tmp_path / "teacher.safetensors"),
+    model = FlowImageModule(**TINY, repa={"weight": 0.5, "teacher_path": str(tmp_path / "teacher.safetensors"),
                                         "teacher_arch": "resnet18", "teacher_layer": "layer2", "teacher_size": 64,
                                         "block": 1}, optimizer={"lr": 2e-3})
     seen = []
@@ -180,12 +180,12 @@ def test_repa_alignment_with_a_local_teacher_falls_and_stays_out_of_exports(embe
     keys = load_file(str(tmp_path / "export" / "model.safetensors"))
     assert not any(k.startswith(("repa", "_teacher")) for k in keys) and cfg["architecture"] == "image/flow"
     with pytest.raises(FileNotFoundError, match="REPA teacher weights file not found"):
-        FlowTokenizer(**TINY, repa={"weight": 0.5, "teacher_path": str(tmp_path / "missing.pt")})
+        FlowImageModule(**TINY, repa={"weight": 0.5, "teacher_path": str(tmp_path / "missing.pt")})
 
 
 def test_flow_export_decode_options_through_pipelines(embedded, tmp_path):
     torch.manual_seed(0)
-    model = FlowTokenizer(**TINY)
+    model = FlowImageModule(**TINY)
     trainer = _fit(model, _datamodule(embedded, 2), 2, tmp_path)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     cfg = export_checkpoint(str(tmp_path / "m.ckpt"), str(tmp_path / "export"))
@@ -213,12 +213,12 @@ def test_flow_export_decode_options_through_pipelines(embedded, tmp_path):
 
 def test_reflow_student_keeps_the_tokens_and_straightens_the_teacher(embedded, tmp_path):
     from tokenizers_mm.flow import sample_flow
-    from tokenizers_mm.image.flow_reflow import FlowReflow
+    from tokenizers_mm.image.flow_reflow import FlowReflowModule
 
     torch.manual_seed(0)
-    teacher = FlowTokenizer(**TINY, token_mix="pyramid", flow={"prediction": "x0"}, optimizer={"lr": 1e-3})
+    teacher = FlowImageModule(**TINY, token_mix="pyramid", flow={"prediction": "x0"}, optimizer={"lr": 1e-3})
     _fit(teacher, _datamodule(embedded, 30), 30, tmp_path / "t").save_checkpoint(tmp_path / "teacher.ckpt")
-    student = FlowReflow(teacher=str(tmp_path / "teacher.ckpt"), teacher_steps=12, student_steps=1,
+    student = FlowReflowModule(teacher=str(tmp_path / "teacher.ckpt"), teacher_steps=12, student_steps=1,
                          optimizer={"lr": 1e-3})
     assert student.codec.flow.default_steps == 1 and student.hparams["codec"]["flow"]["default_steps"] == 1
     # the reflow loss on fixed pairs and fixed noise levels (per-batch training losses of 4 images are too noisy)
@@ -271,7 +271,7 @@ def test_evaluate_reports_quality_against_sampling_steps(embedded, tmp_path, cap
     from tokenizers_mm.cli import main
 
     torch.manual_seed(0)
-    model = FlowTokenizer(**TINY, token_mix="pyramid")
+    model = FlowImageModule(**TINY, token_mix="pyramid")
     _fit(model, _datamodule(embedded, 2), 2, tmp_path).save_checkpoint(tmp_path / "m.ckpt")
     out = tmp_path / "report"
     assert main(["evaluate", "--ckpt", str(tmp_path / "m.ckpt"), "--data", os.path.join(embedded, "image"),
@@ -310,7 +310,7 @@ def _train_from_config(cfg, steps, tmp_path):
     from tokenizers_mm.data import ShardDataModule
 
     pl.seed_everything(0)
-    model = FlowTokenizer(**cfg["model"]["init_args"])
+    model = FlowImageModule(**cfg["model"]["init_args"])
     dm = ShardDataModule(**{**cfg["data"], "batches_per_epoch": steps})
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from tokenizers_mm.image.ordering import NestedDropout, TailTokenDrop, build_ordering, sample_keep_lengths
-from tokenizers_mm.image.tokenizer1d import OneDTokenizer, eval_token_counts
+from tokenizers_mm.image.tokenizer1d import OneDImageModule, eval_token_counts
 
 TINY = {"image_size": 32, "patch_size": 8, "num_tokens": 8, "encoder": {"width": 64, "depth": 2, "heads": 2},
         "decoder": {"width": 64, "depth": 2, "heads": 2}, "stem_channels": 16,
@@ -70,7 +70,7 @@ def test_eval_token_counts():
 @pytest.mark.parametrize("ordering", ["none", "tail_drop", "nested_dropout"])
 def test_encode_decode_contract(ordering):
     torch.manual_seed(0)
-    model = OneDTokenizer(**TINY, ordering={"kind": ordering}, causal_registers=ordering == "nested_dropout").eval()
+    model = OneDImageModule(**TINY, ordering={"kind": ordering}, causal_registers=ordering == "nested_dropout").eval()
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     tokens = model.encode(x)
     assert tokens.ids.shape == (3, 8) and tokens.ids.dtype == torch.int64
@@ -90,7 +90,7 @@ def test_encode_decode_contract(ordering):
 
 def test_pyramid_registers_and_token_mix_queries():
     torch.manual_seed(0)
-    model = OneDTokenizer(**TINY, register_init="pyramid", query_init="token_mix",
+    model = OneDImageModule(**TINY, register_init="pyramid", query_init="token_mix",
                           ordering={"kind": "tail_drop"}).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     feats = model.encoder.embed(x)
@@ -106,7 +106,7 @@ def test_pyramid_registers_and_token_mix_queries():
     ids2[:, 3:] = (ids2[:, 3:] + 1) % model.codebook_size
     assert torch.equal(model.decode(ids2[:, :3]), y)
     with pytest.raises(ValueError, match="register_init"):
-        OneDTokenizer(**TINY, register_init="random")
+        OneDImageModule(**TINY, register_init="random")
 
 
 def test_pyramid_cover_and_pyramid_query_init():
@@ -116,7 +116,7 @@ def test_pyramid_cover_and_pyramid_query_init():
     assert cover.shape == (16, 8) and cover[:, 0].all()
     assert cover[:, 1].nonzero().flatten().tolist() == [0, 1, 4, 5]  # top-left quarter
     assert cover[:, 5].nonzero().flatten().tolist() == [0] and cover[:, 7].nonzero().flatten().tolist() == [2]
-    model = OneDTokenizer(**TINY, register_init="pyramid", query_init="pyramid")
+    model = OneDImageModule(**TINY, register_init="pyramid", query_init="pyramid")
     mix = model.decoder.mix.detach()
     assert torch.allclose(mix.sum(1), torch.ones(16))
     assert mix[0, 0] == mix[0, 1] == mix[0, 5] and mix[0, 2] == 0  # patch 0: global, its quarter, its cell
@@ -124,7 +124,7 @@ def test_pyramid_cover_and_pyramid_query_init():
 
 def test_causal_registers_do_not_see_later_tokens():
     torch.manual_seed(0)
-    model = OneDTokenizer(**TINY, causal_registers=True).eval()
+    model = OneDImageModule(**TINY, causal_registers=True).eval()
     x = torch.rand(1, 3, 32, 32)
     regs = model.encoder(x)
     # perturbing the learned register 5 changes registers >= 5 only
@@ -136,8 +136,8 @@ def test_causal_registers_do_not_see_later_tokens():
 
 def test_gan_steps_count_generator_steps_and_start_when_configured(tmp_path):
     torch.manual_seed(0)
-    model = OneDTokenizer(**TINY, ordering={"kind": "tail_drop"},
-                          loss={"gan_weight": 0.5, "gan_start_step": 3, "disc_channels": 16, "disc_layers": 2},
+    model = OneDImageModule(**TINY, ordering={"kind": "tail_drop"},
+                          adversarial={"weight": 0.5, "start_step": 3, "discriminator": {"channels": 16, "num_layers": 2}},
                           optimizer={"lr": 1e-3, "grad_clip": 1.0}, ema_decay=0.9)
     d_before = [p.detach().clone() for p in model.discriminator.parameters()]
     d_snapshots = {}
@@ -151,7 +151,7 @@ def test_gan_steps_count_generator_steps_and_start_when_configured(tmp_path):
                          enable_progress_bar=False, limit_val_batches=0, callbacks=[Watch()])
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     assert trainer.global_step == 5  # two optimizers, but max_steps counts generator steps
-    # the discriminator is frozen before gan_start_step and trains from it on
+    # the discriminator is frozen before adversarial.start_step and trains from it on
     assert all(torch.equal(a, b) for a, b in zip(d_before, d_snapshots[3]))
     assert not all(torch.equal(a, b) for a, b in zip(d_snapshots[3], d_snapshots[5]))
     ema_p = next(model.ema.module.parameters())
@@ -174,7 +174,7 @@ def test_short_training_quality_rises_with_k(embedded, ordering, tmp_path):
         # the first stage (f = 4: an 8 x 8 x 4 latent) trains alone for 60 steps, then the tokenizer for 100
         setup = {"patch_size": 1, "first_stage": {"base_channels": 16, "channel_mults": [1, 2], "latent_channels": 4,
                                                   "train_steps": 60}}
-    model = OneDTokenizer(**{**TINY, "encoder": {"width": 96, "depth": 2, "heads": 4},
+    model = OneDImageModule(**{**TINY, "encoder": {"width": 96, "depth": 2, "heads": 4},
                              "decoder": {"width": 96, "depth": 2, "heads": 4},
                              "quantizer": {"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True}, **setup},
                           causal_registers=ordering != "tail_drop", register_init="pyramid", query_init="pyramid",
@@ -196,7 +196,7 @@ LATENT = {**TINY, "patch_size": 1, "first_stage": {"base_channels": 8, "channel_
 
 def test_first_stage_trains_alone_then_freezes_while_the_tokenizer_trains(tmp_path):
     torch.manual_seed(0)
-    model = OneDTokenizer(**LATENT, optimizer={"lr": 1e-3, "warmup_steps": 1})
+    model = OneDImageModule(**LATENT, optimizer={"lr": 1e-3, "warmup_steps": 1})
     assert model.codec.encoder.embed.net.in_channels == 4  # the registers read the 8 x 8 x 4 latent grid
     snaps = {}
 
@@ -241,14 +241,14 @@ def test_first_stage_trains_alone_then_freezes_while_the_tokenizer_trains(tmp_pa
     # init_from copies a checkpoint's first stage; a file without one is refused by name
     ckpt = tmp_path / "m.ckpt"
     trainer.save_checkpoint(ckpt)
-    warm = OneDTokenizer(**{**LATENT, "first_stage": {**LATENT["first_stage"], "train_steps": 0,
+    warm = OneDImageModule(**{**LATENT, "first_stage": {**LATENT["first_stage"], "train_steps": 0,
                                                      "init_from": str(ckpt)}})
     assert same(list(warm.codec.first_stage.parameters()), list(codec.first_stage.parameters()))
     torch.save({"state_dict": {}}, tmp_path / "empty.ckpt")
     with pytest.raises(ValueError, match="empty.ckpt holds no first stage"):
-        OneDTokenizer(**{**LATENT, "first_stage": {**LATENT["first_stage"], "init_from": str(tmp_path / "empty.ckpt")}})
+        OneDImageModule(**{**LATENT, "first_stage": {**LATENT["first_stage"], "init_from": str(tmp_path / "empty.ckpt")}})
     with pytest.raises(ValueError, match="patch_embed and patch_head must be 'linear'"):
-        OneDTokenizer(**LATENT, patch_embed="conv")
+        OneDImageModule(**LATENT, patch_embed="conv")
 
 
 def test_first_stage_stem_folds_pixels_before_the_convolutions():
@@ -258,7 +258,7 @@ def test_first_stage_stem_folds_pixels_before_the_convolutions():
 
     torch.manual_seed(0)
     fs = {"base_channels": 8, "channel_mults": [2], "latent_channels": 4, "stem": 2, "train_steps": 3}
-    model = OneDTokenizer(**{**LATENT, "first_stage": fs})
+    model = OneDImageModule(**{**LATENT, "first_stage": fs})
     first = model.codec.first_stage
     assert first.downsample == 4 and model.codec.encoder.embed.net.in_channels == 4
     convs = [m for m in first.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -18,14 +18,14 @@ from tokenizers_mm.speech.losses import (
     feature_matching_loss,
 )
 from tokenizers_mm.speech.seanet import Snake, _SnakeFunction, receptive_field
-from tokenizers_mm.speech.tokenizer import SpeechTokenizer
+from tokenizers_mm.speech.tokenizer import SpeechModule
 
 TINY = dict(sample_rate=16000,
             seanet={"channels": 8, "dim": 32, "ratios": [8, 5, 4, 2], "causal": True, "decoder": "istft",
                     "istft_channels": 64, "istft_layers": 4},
             # codebooks of 2 codes: what 300 CPU steps learn fills a few bits per frame (see the learning test)
             rvq={"num_quantizers": 4, "codebook_size": 2, "decay": 0.9, "quantizer_dropout": 1.0},
-            loss={"adv_weight": 0.0, "mel_windows": [64, 128, 256, 512], "mel_bins": [10, 20, 40, 64]},
+            loss={"mel_windows": [64, 128, 256, 512], "mel_bins": [10, 20, 40, 64]},
             val_quantizers=[1, 2, 4])
 
 
@@ -337,7 +337,7 @@ def _audio_dm(embedded, steps, seconds=0.5):
 def trained_speech(embedded, tmp_path_factory):
     root = tmp_path_factory.mktemp("speech")
     pl.seed_everything(0)
-    model = SpeechTokenizer(**TINY, optimizer={"lr": 3e-3, "warmup_steps": 5, "betas": [0.8, 0.99]})
+    model = SpeechModule(**TINY, optimizer={"lr": 3e-3, "warmup_steps": 5, "betas": [0.8, 0.99]})
     dm = _audio_dm(embedded, 300)
     trainer = pl.Trainer(max_steps=300, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
@@ -406,9 +406,10 @@ def test_the_pitch_term_teaches_the_harmonic_head_the_inputs_pitch():
 def test_generator_and_discriminator_both_step_with_and_without_the_balancer(embedded, tmp_path):
     for balancer in (False, True):
         pl.seed_everything(0)
-        loss = {**TINY["loss"], "adv_weight": 1.0, "adv_start_step": 0, "balancer": balancer,
-                "discriminator": {"periods": [2, 3], "mpd_channels": [4, 8], "stft_windows": [256], "stft_channels": 4}}
-        model = SpeechTokenizer(**{**TINY, "loss": loss}, optimizer={"lr": 1e-3})
+        loss = {**TINY["loss"], "balancer": balancer}
+        adversarial = {"weight": 1.0, "start_step": 0, "discriminator": {"periods": [2, 3], "mpd_channels": [4, 8],
+                                                                       "stft_windows": [256], "stft_channels": 4}}
+        model = SpeechModule(**{**TINY, "loss": loss}, adversarial=adversarial, optimizer={"lr": 1e-3})
         enc0 = [p.detach().clone() for p in model.codec.encoder.parameters()]
         disc0 = [p.detach().clone() for p in model.discriminator.parameters()]
         trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -434,7 +435,7 @@ def test_distillation_loss_falls_with_a_tiny_speech_teacher(embedded, tmp_path):
                 ).save_pretrained(teacher)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(teacher)
     pl.seed_everything(0)
-    model = SpeechTokenizer(**TINY, distill={"speech_teacher": str(teacher), "rvq_layer": 1, "speech_weight": 10.0},
+    model = SpeechModule(**TINY, distill={"speech_teacher": str(teacher), "rvq_layer": 1, "speech_weight": 10.0},
                             optimizer={"lr": 2e-3})
     assert "speech" in model.distill_heads and not any("hubert" in k for k in model.state_dict())
     batch = {"audio": speech(0.5, n=4), "audio_mask": torch.ones(4, 1, 8000, dtype=torch.bool)}

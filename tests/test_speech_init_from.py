@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from tokenizers_mm.cli import main  # noqa: E402
 from tokenizers_mm.export import load_codec  # noqa: E402
-from tokenizers_mm.speech.tokenizer import SpeechTokenizer  # noqa: E402
+from tokenizers_mm.speech.tokenizer import SpeechModule  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +28,14 @@ def encodec_export(tmp_path_factory):
     return str(out)
 
 
-LOSS = {"adv_weight": 1.0, "mel_windows": [64, 128], "mel_bins": [10, 20],
-        "discriminator": {"periods": [2], "mpd_channels": [4], "stft_windows": [128], "stft_channels": 4}}
+LOSS = {"mel_windows": [64, 128], "mel_bins": [10, 20]}
+ADVERSARIAL = {"weight": 1.0, "discriminator": {"periods": [2], "mpd_channels": [4], "stft_windows": [128],
+                                                "stft_channels": 4}}
 
 
 def test_starts_from_export_weights(encodec_export):
     codec, cfg = load_codec(encodec_export, modality="audio")
-    module = SpeechTokenizer(init_from=encodec_export, loss=LOSS)
+    module = SpeechModule(init_from=encodec_export, loss=LOSS, adversarial=ADVERSARIAL)
     assert module.codec.arch == codec.arch
     ours, theirs = module.codec.state_dict(), codec.state_dict()
     assert set(ours) == set(theirs)
@@ -43,7 +44,7 @@ def test_starts_from_export_weights(encodec_export):
     assert module.codec.training
     # training settings of rvq may change; the codebooks stay the export's
     rvq = dict(cfg["arch"]["rvq"], quantizer_dropout=0.0, decay=0.9)
-    tuned = SpeechTokenizer(init_from=encodec_export, rvq=rvq, loss=LOSS)
+    tuned = SpeechModule(init_from=encodec_export, rvq=rvq, loss=LOSS, adversarial=ADVERSARIAL)
     assert tuned.codec.rvq_cfg.decay == 0.9
     assert torch.equal(tuned.codec.rvq.layers[0]._codebook.embed, codec.rvq.layers[0]._codebook.embed)
 
@@ -51,13 +52,13 @@ def test_starts_from_export_weights(encodec_export):
 def test_refuses_a_different_architecture(encodec_export, tmp_path):
     _, cfg = load_codec(encodec_export, modality="audio")
     with pytest.raises(ValueError, match="codebook_size"):
-        SpeechTokenizer(init_from=encodec_export, rvq=dict(cfg["arch"]["rvq"], codebook_size=64), loss=LOSS)
+        SpeechModule(init_from=encodec_export, rvq=dict(cfg["arch"]["rvq"], codebook_size=64), loss=LOSS)
     with pytest.raises(ValueError, match="seanet differs.*channels"):
-        SpeechTokenizer(init_from=encodec_export, seanet=dict(cfg["arch"]["seanet"], channels=8), loss=LOSS)
+        SpeechModule(init_from=encodec_export, seanet=dict(cfg["arch"]["seanet"], channels=8), loss=LOSS)
     with pytest.raises(ValueError, match="sample_rate"):
-        SpeechTokenizer(init_from=encodec_export, sample_rate=24000, loss=LOSS)
+        SpeechModule(init_from=encodec_export, sample_rate=24000, loss=LOSS)
     with pytest.raises(ValueError, match="init_from"):
-        SpeechTokenizer(init_from=str(tmp_path / "missing"), loss=LOSS)
+        SpeechModule(init_from=str(tmp_path / "missing"), loss=LOSS)
 
 
 @pytest.mark.parametrize("name", ["finetune_encodec_24k", "finetune_dac_16k", "finetune_mimi_24k", "mimi_24k"])
@@ -80,7 +81,7 @@ def test_finetune_configs_parse(name, encodec_export, capsys):
         return
     assert args["init_from"].startswith("exports/")
     if name == "finetune_encodec_24k":
-        module = SpeechTokenizer(**{**args, "init_from": encodec_export})
+        module = SpeechModule(**{**args, "init_from": encodec_export})
         assert module.discriminator is not None and module.balancer is not None
 
 
@@ -108,7 +109,7 @@ def test_imported_codec_trains(tmp_path, name):
                 buf.normal_()
     model.save_pretrained(tmp_path / "ref")
     assert main(["import", "--from", name, "--weights", str(tmp_path / "ref"), "--out", str(tmp_path / "x")]) == 0
-    module = SpeechTokenizer(init_from=str(tmp_path / "x"), loss={**LOSS, "adv_weight": 0.0})
+    module = SpeechModule(init_from=str(tmp_path / "x"), loss=LOSS)
     codec = module.codec.train()
     x = torch.randn(2, 1, hop * 20) * 0.1
     for dropout in (0.0, 1.0):

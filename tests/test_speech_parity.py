@@ -377,17 +377,17 @@ def test_xcodec2_finetunes(tmp_path, capsys):
     adapter, FSQ's projections and the decoder (straight-through rounding) but not the frozen semantic encoder;
     a few steps on one clip lower the mel loss; a checkpoint's hyperparameters rebuild the codec; the fine-tuning
     YAML parses."""
-    from tokenizers_mm.speech.tokenizer import SpeechTokenizer
+    from tokenizers_mm.speech.tokenizer import SpeechModule
 
     _, ref_dir = _xcodec2(tmp_path)
     codec = _import(tmp_path, "xcodec2", ref_dir)
     export = str(tmp_path / "export_xcodec2")
-    loss = {"adv_weight": 0.0, "mel_windows": [64, 256], "mel_bins": [10, 40]}
-    module = SpeechTokenizer(init_from=export, loss=loss)
+    loss = {"mel_windows": [64, 256], "mel_bins": [10, 40]}
+    module = SpeechModule(init_from=export, loss=loss)
     tuned = module.codec
     assert tuned.training and not tuned.semantic_encoder.training
     assert all(torch.equal(v, codec.state_dict()[k]) for k, v in tuned.state_dict().items())
-    rebuilt = SpeechTokenizer(**dict(module.hparams))
+    rebuilt = SpeechModule(**dict(module.hparams))
     assert rebuilt.codec.arch == tuned.arch
     x = _wave(320 * 6, seed=9, batch=1)
 
@@ -413,9 +413,9 @@ def test_xcodec2_finetunes(tmp_path, capsys):
     after = eval_mel()
     assert after < 0.9 * before, f"mel loss {before:.3f} -> {after:.3f}"
     with pytest.raises(ValueError, match="leave seanet out"):
-        SpeechTokenizer(init_from=export, seanet={"channels": 8}, loss=loss)
+        SpeechModule(init_from=export, seanet={"channels": 8}, loss=loss)
     with pytest.raises(ValueError, match="own semantic branch"):
-        SpeechTokenizer(init_from=export, loss=loss, distill={"speech_teacher": "teachers/wavlm"})
+        SpeechModule(init_from=export, loss=loss, distill={"speech_teacher": "teachers/wavlm"})
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "speech", "finetune_xcodec2_16k.yaml")
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", path, "--print_config"])

@@ -14,7 +14,7 @@ from tokenizers_mm.checkpointing import AtomicCheckpointIO, load_tokenizer
 from tokenizers_mm.cli import main
 from tokenizers_mm.data import ShardDataModule
 from tokenizers_mm.harness import lr_factor
-from tokenizers_mm.image.fsq_autoencoder import FSQAutoencoder
+from tokenizers_mm.image.fsq_autoencoder import GridImageModule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +53,7 @@ def test_lr_schedule():
 
 def test_encode_decode_contract():
     torch.manual_seed(0)
-    model = FSQAutoencoder(base_channels=8, latent_dim=16).eval()
+    model = GridImageModule(base_channels=8, latent_dim=16).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     tokens = model.encode(x)
     assert tokens.ids.shape == (2, 16) and tokens.ids.dtype == torch.int64
@@ -73,7 +73,7 @@ def test_fsq_autoencoder_learns_on_embedded_photos(embedded, tmp_path):
     dm = ShardDataModule(modality="image", train_urls=os.path.join(embedded, "image"),
                          val_urls=os.path.join(embedded, "image"), batch_size=8, batches_per_epoch=90,
                          num_workers=1, max_val_samples=32, image={"size": 32, "resize": [32, 64], "val_resize": 48})
-    model = FSQAutoencoder(base_channels=16, channel_mults=[1, 2], latent_dim=32,
+    model = GridImageModule(base_channels=16, channel_mults=[1, 2], latent_dim=32,
                            optimizer={"lr": 2e-3, "warmup_steps": 10, "min_lr_ratio": 0.1})
     trainer = pl.Trainer(max_steps=90, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, default_root_dir=str(tmp_path), log_every_n_steps=5)
@@ -101,7 +101,7 @@ def test_training_goes_on_over_corrupt_samples(embedded, tmp_path):
         shards.append(out)
     dm = ShardDataModule(modality="image", train_urls=shards, batch_size=4, batches_per_epoch=12, num_workers=0,
                          shuffle_buffer=0, image={"size": 32})
-    model = FSQAutoencoder(base_channels=8, latent_dim=16)
+    model = GridImageModule(base_channels=8, latent_dim=16)
     trainer = pl.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
@@ -128,7 +128,7 @@ def test_cli_fit_then_exact_resume_from_last(embedded, tmp_path):
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "run"))
     assert os.listdir(tmp_path / "run" / "samples")
     model = load_tokenizer(str(ckpts / "last.ckpt"))
-    assert isinstance(model, FSQAutoencoder) and not model.training
+    assert isinstance(model, GridImageModule) and not model.training
 
 
 def test_ddp_two_cpu_ranks_same_steps_disjoint_shards(embedded, tmp_path):
