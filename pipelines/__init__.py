@@ -12,18 +12,13 @@ reads JSON and safetensors only (no pickle, no network). Encoding and decoding r
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
 
 from .base import TokenizerPipeline
 
-# modality -> "module:Class" of its pipeline
-PIPELINES = {"image": "pipelines.image:ImageTokenizer", "mesh": "pipelines.shape:ShapeTokenizer",
-             "audio": "pipelines.audio:AudioTokenizer", "prior": "pipelines.prior:TokenPriorPipeline"}
-
-__all__ = ["load", "read_config", "TokenizerPipeline", "PIPELINES"]
+__all__ = ["load", "read_config", "TokenizerPipeline"]
 
 
 def read_config(path: str, modality: str | None = None) -> dict[str, Any]:
@@ -47,14 +42,13 @@ def load(path: str, device: str | torch.device | None = None, dtype: torch.dtype
         another modality, weights that do not match the config.
     """
     from tokenizers_mm.export import ExportError, load_codec
+    from tokenizers_mm.registry import MODALITIES, canonical, spec
 
     cfg = read_config(path, modality)
-    if cfg["modality"] not in PIPELINES:
+    if canonical(cfg["modality"]) not in MODALITIES:
         raise ExportError(f"{path!r} holds a {cfg['modality']} tokenizer, which this version of pipelines "
-                          f"cannot run (known: {sorted(PIPELINES)})")
+                          f"cannot run (known: {sorted(MODALITIES)})")
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
                                                                         else "cpu")
     codec, cfg = load_codec(path, modality, device=dev)
-    module_name, _, cls_name = PIPELINES[cfg["modality"]].partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(codec, cfg, dev, dtype, path)
+    return spec(cfg["modality"]).pipeline_class()(codec, cfg, dev, dtype, path)

@@ -11,7 +11,7 @@ import torch
 
 from tokenizers_mm.data.audio import AUDIO_EXTENSIONS
 
-from .base import TokenizerPipeline, file_stems
+from .base import LOAD_LINE, TokenizerPipeline, file_stems
 
 AUDIO_FILE_EXTENSIONS = (*AUDIO_EXTENSIONS, "mp3")
 
@@ -27,6 +27,8 @@ class AudioTokenizer(TokenizerPipeline):
     """
 
     modality = "audio"
+    extensions = AUDIO_FILE_EXTENSIONS
+    token_unit = "codebooks per frame"
 
     @property
     def sample_rate(self) -> int:
@@ -142,3 +144,70 @@ class AudioTokenizer(TokenizerPipeline):
         for wave, safe in zip(waves, file_stems(names, "clip"), strict=True):
             paths.append(write_wav(os.path.join(out_dir, f"{safe}.wav"), wave, self.sample_rate))
         return paths
+
+    # ---- files --------------------------------------------------------------------------------------------
+    def encode_files(self, files: list[str], num_tokens: int | None = None, batch_size: int = 16,
+                     chunk_seconds: float = 30.0) -> tuple[list[torch.Tensor], dict[str, Any], str]:
+        """Each file's ids ``[n, F_i]`` (long files in chunks); the meta records each clip's length in samples."""
+        from .files import token_meta
+
+        waves = [self.read(f) for f in files]
+        ids = [self.encode(w, num_tokens=num_tokens, chunk_seconds=chunk_seconds)[0] for w in waves]
+        meta = token_meta(self, ids[0].shape[0])
+        meta.update(num_samples=[int(w.shape[-1]) for w in waves], sample_rate=self.sample_rate,
+                    frame_rate=self.frame_rate, kbps=round(self.bitrate_kbps(ids[0].shape[0]), 4))
+        seconds = sum(w.shape[-1] for w in waves) / self.sample_rate
+        return ids, meta, (f"encoded {len(files)} audio file(s), {seconds:.1f} s, with {ids[0].shape[0]} codebooks "
+                           f"({meta['kbps']} kbps)")
+
+    def write_decoded(self, ids: Any, keys: list[str], meta: dict[str, Any], out: str, shown: str | None = None,
+                      num_tokens: int | None = None, batch_size: int = 16, file_format: str | None = None,
+                      **options: Any) -> str:
+        """WAV files of clips ``[n, F_i]`` from the first ``num_tokens`` codebooks, trimmed to ``meta``'s lengths."""
+        if not isinstance(ids, list):
+            raise ValueError("audio decodes from a tokens.npz written by `tokenizers-mm encode`")
+        if num_tokens:
+            if num_tokens > ids[0].shape[0]:
+                raise ValueError(f"--num-tokens {num_tokens}: the file holds {ids[0].shape[0]} codebooks")
+            ids = [i[:num_tokens] for i in ids]
+        lengths = (meta.get("num_samples") or [None] * len(ids))[: len(ids)]
+        waves = self.decode(ids, batch_size=batch_size)
+        waves = [w[..., :n] if n else w for w, n in zip(waves, lengths)]
+        paths = self.save(waves, out, keys)
+        n_q = ids[0].shape[0]
+        return (f"decoded {len(paths)} clip(s) with {n_q} codebooks ({self.bitrate_kbps(n_q):.3f} kbps) into "
+                f"{shown or out}/ (WAV)")
+
+    # ---- export -------------------------------------------------------------------------------------------
+    @staticmethod
+    def input_spec(codec: torch.nn.Module, data_hparams: dict[str, Any]) -> dict[str, Any]:
+        audio = data_hparams.get("audio") or {}
+        return {"kind": "audio", "sample_rate": int(codec.sample_rate), "channels": 1, "layout": "[B, 1, T]",
+                "range": [-1.0, 1.0], "hop_length": int(codec.hop_length), "causal": bool(codec.causal),
+                "preprocess": {"mono": "mean of the channels", "resample": "torchaudio sinc interpolation",
+                               "loudness_lufs": audio.get("loudness_lufs")}}
+
+    @classmethod
+    def token_summary(cls, cfg: dict[str, Any]) -> str:
+        t = cfg["tokens"]
+        return (f"{t['num_quantizers']} codebooks x {t['codebook_sizes'][0]} codes at {t['frame_rate']:g} frames/s = "
+                f"{t['kbps']} kbps (first n codebooks: {t['bitrates_kbps']} kbps)")
+
+    @classmethod
+    def card_tokens(cls, cfg: dict[str, Any]) -> list[str]:
+        t, inp = cfg["tokens"], cfg["inputs"]
+        causal = ("causal: long files are encoded in chunks with the tokens of one pass" if inp.get("causal")
+                  else "non-causal")
+        return [f"- {t['num_quantizers']} codebooks of {t['codebook_sizes'][0]} codes at {t['frame_rate']:g} "
+                f"frames/s: {t['kbps']} kbps with all of them. Any first n codebooks decode (bitrate chosen at decode "
+                f"time): {t['bitrates_kbps']} kbps.",
+                f"- Input: mono audio `[B, 1, T]` in [-1, 1] at {inp['sample_rate']} Hz (files are mixed to mono and "
+                f"resampled); {causal}."]
+
+    @classmethod
+    def card_use(cls, cfg: dict[str, Any]) -> list[str]:
+        return ["```python", "import pipelines", "", LOAD_LINE,
+                "ids = tok.encode(\"clip.wav\")       # int64 [1, n_q, F]; num_tokens=n keeps the first n codebooks",
+                "wave = tok.decode(ids)             # [1, 1, F * hop] in [-1, 1]", "```", "",
+                "```bash", "tokenizers-mm encode --model THIS_FOLDER a.wav b.flac --out tokens.npz --num-tokens 4",
+                "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/", "```"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -144,3 +144,87 @@ class TokenizerPipeline:
 
     def decode(self, ids: Any, batch_size: int = 64, **options: Any) -> Any:
         raise NotImplementedError
+
+    def save(self, samples: Any, out_dir: str, names: Sequence[str], **options: Any) -> list[str]:
+        raise NotImplementedError
+
+    # ---- files: what ``encode`` reads and ``decode`` writes -----------------------------------------------
+    #: file extensions ``encode`` / ``compress`` read (lower case, without the dot)
+    extensions: tuple[str, ...] = ()
+    #: what a row of ids holds, for messages
+    token_unit = "tokens per sample"
+
+    def encode_files(self, files: list[str], num_tokens: int | None = None, batch_size: int = 64,
+                     chunk_seconds: float = 30.0) -> tuple[Any, dict[str, Any], str]:
+        """Token ids of ``files`` (``[N, k]``), the meta of their tokens.npz and a line saying what was done."""
+        from .files import token_meta
+
+        ids = self.encode(files, num_tokens=num_tokens, batch_size=batch_size)
+        return (ids, token_meta(self, ids.shape[1]),
+                f"encoded {len(files)} {self.modality} file(s) into {ids.shape[1]} tokens each")
+
+    def join(self, decoded: list[Any]) -> Any:
+        """The samples of several :meth:`decode` calls as one sequence."""
+        return [sample for part in decoded for sample in part]
+
+    def decode_rows(self, ids: Any, num_tokens: int | None = None, batch_size: int = 64, **options: Any
+                    ) -> tuple[Any, str]:
+        """Decode ``[N, k]`` ids, or a list of rows of different lengths (``encode --target-*``: one at a time),
+        from their first ``num_tokens`` when given; returns the samples and how many tokens each had (text)."""
+        if isinstance(ids, list):
+            if num_tokens:
+                ids = [i[:num_tokens] for i in ids]
+            samples = self.join([self.decode(np.asarray(i)[None], batch_size=1, **options) for i in ids])
+            lengths = sorted({len(i) for i in ids})
+            return samples, f"{lengths[0]}..{lengths[-1]}" if len(lengths) > 1 else str(lengths[0])
+        if num_tokens:  # a prefix of each sample's tokens (check_ids refuses what the model cannot decode)
+            if num_tokens > ids.shape[1]:
+                raise ValueError(f"--num-tokens {num_tokens}: the samples hold {ids.shape[1]} tokens")
+            ids = ids[:, :num_tokens]
+        return self.decode(ids, batch_size=batch_size, **options), str(ids.shape[1])
+
+    def write_decoded(self, ids: Any, keys: list[str], meta: dict[str, Any], out: str, shown: str | None = None,
+                      num_tokens: int | None = None, batch_size: int = 64, file_format: str | None = None,
+                      **options: Any) -> str:
+        """Decode ``ids`` into one file per key in folder ``out`` (``shown``: the folder named in the message);
+        ``meta``: the tokens.npz meta; ``options``: the decoder's. Returns a line saying what was written."""
+        samples, each = self.decode_rows(ids, num_tokens, batch_size, **options)
+        paths = self.save(samples, out, keys)
+        return f"decoded {len(paths)} {self.modality} sample(s) from {each} tokens each into {shown or out}/"
+
+    # ---- what an export says about this modality (``tokenizers-mm export``) ---------------------------------
+    @staticmethod
+    def input_spec(codec: nn.Module, data_hparams: dict[str, Any]) -> dict[str, Any]:
+        """The ``inputs`` entry of an export's config.json: what the codec takes and how files are prepared."""
+        raise NotImplementedError
+
+    @classmethod
+    def token_summary(cls, cfg: dict[str, Any]) -> str:
+        """One line on an export's tokens (config.json)."""
+        t = cfg["tokens"]
+        return (f"{t['tokens_per_sample']} tokens x {t['codebook_sizes']} codes = {t['bytes_per_sample']} bytes per "
+                "sample")
+
+    @classmethod
+    def card_tokens(cls, cfg: dict[str, Any]) -> list[str]:
+        """The model card's lines on the tokens and the inputs."""
+        t = cfg["tokens"]
+        return [f"- {t['tokens_per_sample']} tokens per sample, codebook size {t['codebook_sizes']}, "
+                f"{t['bits_per_token']:.2f} bits per token: {t['bytes_per_sample']} bytes per sample.",
+                "- Any prefix of 1..K tokens decodes (quality rises with the number kept)." if t.get("prefix_decodable")
+                else "- Every token is needed to decode (a grid of tokens)."]
+
+    @classmethod
+    def card_use(cls, cfg: dict[str, Any]) -> list[str]:
+        """The model card's usage lines (Python and command line)."""
+        return ["```python", "import pipelines", "", LOAD_LINE,
+                "ids = tok.encode(inputs)            # int64 [B, K]; num_tokens=k keeps a prefix",
+                "recon = tok.decode(ids)             # the decoded samples", "```"]
+
+    @classmethod
+    def card_lines(cls, cfg: dict[str, Any]) -> list[str]:
+        """The model card's Tokens and Use sections of an export config."""
+        return ["## Tokens", "", *cls.card_tokens(cfg), "", "## Use", "", *cls.card_use(cfg)]
+
+
+LOAD_LINE = "tok = pipelines.load(\"THIS_FOLDER\")  # cpu; device=\"cuda\", dtype=torch.bfloat16 also work"

@@ -101,3 +101,25 @@ def check_meta(meta: dict[str, Any], pipeline: Any, source: str) -> list[str]:
         warnings.append(f"{source} was written by another tokenizer ({meta.get('model_path')}, weights "
                         f"{meta['model_id'][:12]}...) than the one decoding it ({pipeline.model_id[:12]}...)")
     return warnings
+
+
+def expand_inputs(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
+    """Input files of ``encode`` / ``compress``: each file as given, each folder's files of ``extensions``
+    (recursively, sorted; the others are named in a warning). A folder without any is a ``FileNotFoundError``."""
+    import logging
+
+    files: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            every = [os.path.join(root, n) for root, _, names in os.walk(item) for n in names if not n.startswith(".")]
+            found = sorted(f for f in every if f.lower().rsplit(".", 1)[-1] in extensions)
+            if not found:
+                raise FileNotFoundError(f"folder {item!r} holds no {'/'.join(extensions)} files")
+            if len(found) < len(every):  # said, not silently dropped
+                logging.getLogger("tokenizers_mm").warning(
+                    "encode: ignoring %d file(s) in %s that are not %s files", len(every) - len(found), item,
+                    "/".join(extensions))
+            files += found
+        else:
+            files.append(item)
+    return files

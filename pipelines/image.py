@@ -19,7 +19,7 @@ from tokenizers_mm.data.image import (
     tensor_to_uint8,
 )
 
-from .base import TokenizerPipeline, file_stems
+from .base import LOAD_LINE, TokenizerPipeline, file_stems
 
 ImageInput = Any  # a tensor, numpy array, PIL image, file path, or a sequence of the last three
 
@@ -36,6 +36,7 @@ class ImageTokenizer(TokenizerPipeline):
     """
 
     modality = "image"
+    extensions = IMAGE_EXTENSIONS
 
     @property
     def image_size(self) -> int:
@@ -157,3 +158,49 @@ class ImageTokenizer(TokenizerPipeline):
         for img, safe in zip(images, file_stems(names, "image"), strict=True):
             paths.append(save_png(tensor_to_uint8(img), os.path.join(out_dir, f"{safe}.png")))
         return paths
+
+    def join(self, decoded: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(decoded)
+
+    def write_decoded(self, ids: Any, keys: list[str], meta: dict[str, Any], out: str, shown: str | None = None,
+                      num_tokens: int | None = None, batch_size: int = 64, file_format: str | None = None,
+                      **options: Any) -> str:
+        """PNG files, plus ``_grid.png``: the first 64 images, 8 per row (the last row padded with white)."""
+        from tokenizers_mm.visual import image_grid, save_png
+
+        samples, each = self.decode_rows(ids, num_tokens, batch_size, **options)
+        paths = self.save(samples, out, keys)
+        n, cols = min(len(samples), 64), 8
+        rows = [samples[i:i + cols] for i in range(0, n, cols)]
+        if len(rows) > 1 and rows[-1].shape[0] < cols:
+            rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
+        save_png(image_grid(rows), os.path.join(out, "_grid.png"))
+        grid = os.path.join(shown or out, "_grid.png")
+        return f"decoded {len(paths)} image(s) from {each} tokens each into {shown or out}/ (overview: {grid})"
+
+    # ---- export -------------------------------------------------------------------------------------------
+    @staticmethod
+    def input_spec(codec: torch.nn.Module, data_hparams: dict[str, Any]) -> dict[str, Any]:
+        img = data_hparams.get("image") or {}
+        size = int(codec.image_size)
+        return {"kind": "image", "channels": 3, "image_size": size, "layout": "[B, 3, H, W]",
+                "range": [-1.0, 1.0], "from_uint8": "x / 127.5 - 1",
+                "preprocess": {"resize_shorter_side": int(img.get("val_resize") or size), "crop": "center"}}
+
+    @classmethod
+    def card_tokens(cls, cfg: dict[str, Any]) -> list[str]:
+        inp = cfg["inputs"]
+        pre = inp["preprocess"]
+        return [*super().card_tokens(cfg),
+                f"- Input: RGB images `[B, 3, {inp['image_size']}, {inp['image_size']}]` in [-1, 1] (uint8 "
+                f"`x / 127.5 - 1`). Files are resized to a shorter side of {pre['resize_shorter_side']} and "
+                f"center-cropped to {inp['image_size']}."]
+
+    @classmethod
+    def card_use(cls, cfg: dict[str, Any]) -> list[str]:
+        return ["```python", "import pipelines", "", LOAD_LINE,
+                "ids = tok.encode(images)            # int64 [B, K]; num_tokens=k keeps a prefix",
+                "recon = tok.decode(ids)             # [B, 3, S, S] in [-1, 1]", "```", "",
+                "```bash", "tokenizers-mm encode --model THIS_FOLDER a.png b.jpg --out tokens.npz",
+                "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/",
+                "tokenizers-mm tokenize --model THIS_FOLDER --data shards/ --out token_shards/", "```"]

@@ -54,6 +54,12 @@ class TokenPriorPipeline(TokenizerPipeline):
     def prior(self) -> torch.nn.Module:
         return self.codec
 
+    @staticmethod
+    def input_spec(codec: torch.nn.Module, data_hparams: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "tokens", "layout": codec.layout, "tokenizer": codec.tokenizer,
+                "frames": "[B, F, D]: 1D / multi-scale ids are F frames of one code, RVQ ids [n_q, F] are F frames of "
+                          "n_q"}
+
     @property
     def layout(self) -> str:
         return self.codec.layout

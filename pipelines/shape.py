@@ -13,7 +13,7 @@ import trimesh
 from tokenizers_mm.data.mesh import MESH_EXTENSIONS, load_mesh, normalize_mesh
 from tokenizers_mm.data.mesh_prep import MeshBuildOptions, prepare_mesh
 
-from .base import TokenizerPipeline, file_stems
+from .base import LOAD_LINE, TokenizerPipeline, file_stems
 
 
 class ShapeTokenizer(TokenizerPipeline):
@@ -27,6 +27,7 @@ class ShapeTokenizer(TokenizerPipeline):
     """
 
     modality = "mesh"
+    extensions = MESH_EXTENSIONS
 
     @property
     def prefix_lengths(self) -> list[int]:
@@ -140,3 +141,38 @@ class ShapeTokenizer(TokenizerPipeline):
         for mesh, safe in zip(meshes, file_stems(names, "shape"), strict=True):
             paths.append(save_mesh(mesh, os.path.join(out_dir, f"{safe}.{fmt}")))
         return paths
+
+    # ---- files --------------------------------------------------------------------------------------------
+    def write_decoded(self, ids: Any, keys: list[str], meta: dict[str, Any], out: str, shown: str | None = None,
+                      num_tokens: int | None = None, batch_size: int = 16, file_format: str | None = None,
+                      **options: Any) -> str:
+        """Mesh files (``file_format``: ply, obj or glb; ply by default)."""
+        fmt = file_format or "ply"
+        samples, each = self.decode_rows(ids, num_tokens, batch_size, **options)
+        paths = self.save(samples, out, keys, fmt=fmt)
+        return f"decoded {len(paths)} mesh(es) from {each} tokens each into {shown or out}/ ({fmt})"
+
+    # ---- export -------------------------------------------------------------------------------------------
+    @staticmethod
+    def input_spec(codec: torch.nn.Module, data_hparams: dict[str, Any]) -> dict[str, Any]:
+        mesh = data_hparams.get("mesh") or {}
+        return {"kind": "mesh", "num_surface": int(mesh.get("num_surface", 2048)),
+                "layout": "[B, N, 6] xyz + unit normal",
+                "normalize": {"padding": 0.05, "frame": "centered, longest side scaled into [-1 + padding, 1 - padding]"},
+                "repair": "trimesh repair of small holes; meshes that stay open are an error",
+                "surface_sampling": "area-uniform points on the normalized mesh, seed 0"}
+
+    @classmethod
+    def card_tokens(cls, cfg: dict[str, Any]) -> list[str]:
+        return [*super().card_tokens(cfg),
+                f"- Input: meshes (obj / ply / stl / glb / off), normalized into [-1, 1]^3, "
+                f"{cfg['inputs']['num_surface']} surface points with normals. Any whole number of scales decodes: "
+                f"{cfg['tokens'].get('prefix_lengths')} tokens."]
+
+    @classmethod
+    def card_use(cls, cfg: dict[str, Any]) -> list[str]:
+        return ["```python", "import pipelines", "", LOAD_LINE,
+                "ids = tok.encode([\"a.obj\", \"b.ply\"])  # int64 [B, K]; num_tokens=n keeps the first n tokens (whole scales)",
+                "meshes = tok.decode(ids)             # one trimesh.Trimesh per row, in [-1, 1]^3", "```", "",
+                "```bash", "tokenizers-mm encode --model THIS_FOLDER a.obj b.ply --out tokens.npz",
+                "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/ --mesh-format glb", "```"]

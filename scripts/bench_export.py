@@ -39,7 +39,7 @@ def _median_seconds(fn, repeats: int, warmup: int = 2) -> float:
 def _untrained_export(out: str) -> str:
     from tokenizers_mm import recipes
     from tokenizers_mm.config import as_config
-    from tokenizers_mm.export import INPUT_SPECS, export_codec
+    from tokenizers_mm.export import export_codec, input_spec
     from tokenizers_mm.image.codec1d import OneDImageCodec
     from tokenizers_mm.image.first_stage import FirstStageConfig
 
@@ -48,7 +48,7 @@ def _untrained_export(out: str) -> str:
     if arch.get("first_stage") is not None:  # the codec takes the autoencoder's architecture, not its training
         arch["first_stage"] = as_config(FirstStageConfig, arch["first_stage"]).arch()
     codec = OneDImageCodec(**arch).eval()
-    export_codec(codec, out, INPUT_SPECS["image"](codec, {}), {"note": "untrained, for latency only"})
+    export_codec(codec, out, input_spec(codec, {}), {"note": "untrained, for latency only"})
     return out
 
 

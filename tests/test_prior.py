@@ -14,7 +14,7 @@ import torch
 import pipelines
 from tokenizers_mm.cli import main
 from tokenizers_mm.data import ShardDataModule
-from tokenizers_mm.export import INPUT_SPECS, export_checkpoint, export_codec
+from tokenizers_mm.export import export_checkpoint, export_codec, input_spec
 from tokenizers_mm.image.tokenizer1d import OneDTokenizer
 from tokenizers_mm.prior.coding import CompressedFileError, Header
 from tokenizers_mm.prior.model import TokenPrior
@@ -155,7 +155,7 @@ def _fresh_process_decode(jobs, tmp_path):
 
 
 def _export_prior(prior, out):
-    export_codec(prior, out, INPUT_SPECS["prior"](prior, {}))
+    export_codec(prior, out, input_spec(prior, {}))
     return out
 
 
@@ -183,7 +183,7 @@ def test_bit_exact_in_a_fresh_process_for_speech_and_shapes(mesh_dir, tmp_path):
     for name, model in (("speech", speech), ("shape", shape)):
         codec = model.inference_codec()
         tok_dir = str(tmp_path / f"{name}_tok")
-        export_codec(codec, tok_dir, INPUT_SPECS[codec.modality](codec, {}))
+        export_codec(codec, tok_dir, input_spec(codec, {}))
         tok = pipelines.load(tok_dir)
         if name == "speech":
             from tokenizers_mm.data.embedded import embedded_dir

@@ -60,6 +60,23 @@ def load_weights_file(path: str | os.PathLike[str], what: str) -> dict[str, torc
     return state
 
 
+def checkpoint_file(path: str, flag: str = "--ckpt") -> str:
+    """``path`` when it is a checkpoint file; one-line errors naming ``flag`` for an export folder, a run folder or
+    nothing."""
+    if os.path.isdir(path):
+        from .export import is_export_dir
+
+        if is_export_dir(path):
+            raise ValueError(f"{flag} {path!r} is an export folder; {flag} takes a training checkpoint (.ckpt), "
+                             "e.g. runs/NAME/checkpoints/last.ckpt")
+        last = os.path.join(path, "checkpoints", "last.ckpt")
+        hint = f" (did you mean {last!r}?)" if os.path.isfile(last) else ""
+        raise ValueError(f"{flag} {path!r} is a folder; expected a checkpoint file (.ckpt){hint}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag}: checkpoint {path!r} does not exist")
+    return path
+
+
 def read_checkpoint(path: str) -> dict[str, Any]:
     """Load a Lightning checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
     if not os.path.isfile(path):

@@ -232,24 +232,8 @@ def _settings(a: argparse.Namespace, *inputs: str) -> dict[str, Any]:
     return {k: v for k, v in sorted(vars(a).items()) if k not in skip}
 
 
-def checkpoint_file(path: str, flag: str = "--ckpt") -> str:
-    """``path`` when it is a checkpoint file; one-line errors for an export folder, a run folder or nothing."""
-    if os.path.isdir(path):
-        from .export import is_export_dir
-
-        if is_export_dir(path):
-            raise ValueError(f"{flag} {path!r} is an export folder; {flag} takes a training checkpoint (.ckpt), "
-                             "e.g. runs/NAME/checkpoints/last.ckpt")
-        last = os.path.join(path, "checkpoints", "last.ckpt")
-        hint = f" (did you mean {last!r}?)" if os.path.isfile(last) else ""
-        raise ValueError(f"{flag} {path!r} is a folder; expected a checkpoint file (.ckpt){hint}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag}: checkpoint {path!r} does not exist")
-    return path
-
-
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .checkpointing import read_checkpoint
+    from .checkpointing import checkpoint_file, read_checkpoint
     from .data.stream import check_shard_modality
     from .data.urls import expand_urls, is_remote
     from .io import OutputFolder, file_fingerprint, file_sha256
@@ -260,9 +244,10 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{flag} {path!r} does not exist")
     raw = read_checkpoint(ckpt)
     from .export import rebuild_checkpoint_model
+    from .registry import modality_of_checkpoint
 
     rebuild_checkpoint_model(raw, ckpt)  # a checkpoint that does not rebuild is refused here, naming it
-    modality = (raw.get("datamodule_hyper_parameters") or {}).get("modality", "image")
+    modality = (raw.get("datamodule_hyper_parameters") or {}).get("modality") or modality_of_checkpoint(raw)
     try:
         urls = expand_urls(a.data, split="val")
     except (FileNotFoundError, ValueError) as exc:
@@ -326,6 +311,7 @@ def _human(n: float) -> str:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
+    from .checkpointing import checkpoint_file
     from .export import EXPORT_FILES, export_checkpoint
 
     if a.format == "transformers":
@@ -335,36 +321,15 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     cfg = export_checkpoint(checkpoint_file(a.ckpt), a.out, report=a.report, use_ema=not a.no_ema,
                             overwrite=a.overwrite)
-    t = cfg["tokens"]
+    from .registry import spec
+
     print(f"exported {cfg['modality']} tokenizer {cfg['architecture']} ({cfg['training']['weights']} weights, "
           f"{cfg['weights']['parameters']:,} parameters) to {a.out}")
-    if t.get("per") == "second":
-        print(f"  {t['num_quantizers']} codebooks x {t['codebook_sizes'][0]} codes at {t['frame_rate']:g} frames/s = "
-              f"{t['kbps']} kbps (first n codebooks: {t['bitrates_kbps']} kbps)")
-    else:
-        print(f"  {t['tokens_per_sample']} tokens x {t['codebook_sizes']} codes = {t['bytes_per_sample']} bytes per sample")
+    print(f"  {spec(cfg['modality']).token_summary(cfg)}")
     for name in EXPORT_FILES:
         path = os.path.join(a.out, name)
         print(f"  {path}  {_human(os.path.getsize(path))}")
     return 0
-
-
-def _expand_inputs(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
-    files: list[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            every = [os.path.join(root, n) for root, _, names in os.walk(item) for n in names if not n.startswith(".")]
-            found = sorted(f for f in every if f.lower().rsplit(".", 1)[-1] in extensions)
-            if not found:
-                raise FileNotFoundError(f"folder {item!r} holds no {'/'.join(extensions)} files")
-            if len(found) < len(every):  # said, not silently dropped
-                logging.getLogger("tokenizers_mm").warning(
-                    "encode: ignoring %d file(s) in %s that are not %s files", len(every) - len(found), item,
-                    "/".join(extensions))
-            files += found
-        else:
-            files.append(item)
-    return files
 
 
 def _check_tokens_out(path: str, overwrite: bool, inputs: list[str]) -> None:
@@ -397,24 +362,11 @@ def _cmd_encode(a: argparse.Namespace) -> int:
     import numpy as np
 
     import pipelines
-    from pipelines.files import save_tokens, token_meta
+    from pipelines.files import expand_inputs, save_tokens, token_meta
 
     tok = pipelines.load(a.model, device=a.device, dtype="bf16" if a.bf16 else None)
     _check_tokens_out(a.out, a.overwrite, [a.model, *a.inputs])
-    if tok.modality == "image":
-        from .data.image import IMAGE_EXTENSIONS
-
-        files = _expand_inputs(a.inputs, IMAGE_EXTENSIONS)
-    elif tok.modality == "mesh":
-        from .data.mesh import MESH_EXTENSIONS
-
-        files = _expand_inputs(a.inputs, MESH_EXTENSIONS)
-    elif tok.modality == "audio":
-        from pipelines.audio import AUDIO_FILE_EXTENSIONS
-
-        files = _expand_inputs(a.inputs, AUDIO_FILE_EXTENSIONS)
-    else:  # pragma: no cover - other modalities register their readers here
-        raise ValueError(f"encode does not read {tok.modality} files yet")
+    files = expand_inputs(a.inputs, tok.extensions)
     keys = [os.path.splitext(os.path.basename(f))[0] for f in files]
     from pipelines.base import file_stems
 
@@ -442,20 +394,10 @@ def _cmd_encode(a: argparse.Namespace) -> int:
         print(f"encoded {len(files)} {tok.modality} file(s) to {target[0]} {target[1]:g} with "
               f"{np.mean([c.budget for c in choices]):.2f} tokens on average -> {a.out}")
         return 0
-    if tok.modality == "audio":
-        waves = [tok.read(f) for f in files]
-        ids = [tok.encode(w, num_tokens=a.num_tokens, chunk_seconds=a.chunk_seconds)[0] for w in waves]
-        meta = token_meta(tok, ids[0].shape[0])
-        meta.update(num_samples=[int(w.shape[-1]) for w in waves], sample_rate=tok.sample_rate,
-                    frame_rate=tok.frame_rate, kbps=round(tok.bitrate_kbps(ids[0].shape[0]), 4))
-        save_tokens(a.out, ids, keys, meta)
-        seconds = sum(w.shape[-1] for w in waves) / tok.sample_rate
-        print(f"encoded {len(files)} audio file(s), {seconds:.1f} s, with {ids[0].shape[0]} codebooks "
-              f"({meta['kbps']} kbps) -> {a.out}")
-        return 0
-    ids = tok.encode(files, num_tokens=a.num_tokens, batch_size=a.batch_size)
-    save_tokens(a.out, ids, keys, token_meta(tok, ids.shape[1]))
-    print(f"encoded {len(files)} {tok.modality} file(s) into {ids.shape[1]} tokens each -> {a.out}")
+    ids, meta, line = tok.encode_files(files, num_tokens=a.num_tokens, batch_size=a.batch_size,
+                                       chunk_seconds=a.chunk_seconds)
+    save_tokens(a.out, ids, keys, meta)
+    print(f"{line} -> {a.out}")
     return 0
 
 
@@ -519,53 +461,12 @@ def _cmd_decode(a: argparse.Namespace) -> int:
 
 
 def _decode_into(a: argparse.Namespace, tok: Any, ids: Any, keys: list[str], meta: dict[str, Any], out: str) -> str:
-    """Decode ``ids`` into files in ``out`` (the staging folder); returns the line to print."""
-    import numpy as np
-    import torch
-
-    if tok.modality == "audio":
-        if not isinstance(ids, list):
-            raise ValueError("audio decodes from a tokens.npz written by `tokenizers-mm encode`")
-        if a.num_tokens:
-            if a.num_tokens > ids[0].shape[0]:
-                raise ValueError(f"--num-tokens {a.num_tokens}: the file holds {ids[0].shape[0]} codebooks")
-            ids = [i[: a.num_tokens] for i in ids]
-        lengths = (meta.get("num_samples") or [None] * len(ids))[: len(ids)]
-        waves = tok.decode(ids, batch_size=a.batch_size)
-        waves = [w[..., :n] if n else w for w, n in zip(waves, lengths)]
-        paths = tok.save(waves, out, keys)
-        n_q = ids[0].shape[0]
-        return f"decoded {len(paths)} clip(s) with {n_q} codebooks ({tok.bitrate_kbps(n_q):.3f} kbps) into {a.out}/ (WAV)"
+    """Decode ``ids`` into files in ``out`` (the staging folder) with the pipeline's writer; returns the line to
+    print."""
     options = {name: getattr(a, name) for name in ("steps", "cfg_scale", "seed", "resolution")
                if getattr(a, name) is not None}
-    if isinstance(ids, list):  # rate-controlled rows of different lengths (encode --target-*): one at a time
-        if a.num_tokens:
-            ids = [i[: a.num_tokens] for i in ids]
-        decoded = [tok.decode(np.asarray(i)[None], batch_size=1, **options) for i in ids]
-        samples = torch.cat(decoded) if tok.modality == "image" else [m for d in decoded for m in d]
-        lengths = sorted({len(i) for i in ids})
-        each = f"{lengths[0]}..{lengths[-1]}" if len(lengths) > 1 else str(lengths[0])
-    else:
-        if a.num_tokens:  # a prefix of each sample's tokens (check_ids refuses what the model cannot decode)
-            if a.num_tokens > ids.shape[1]:
-                raise ValueError(f"--num-tokens {a.num_tokens}: the samples hold {ids.shape[1]} tokens")
-            ids = ids[:, : a.num_tokens]
-        samples = tok.decode(ids, batch_size=a.batch_size, **options)
-        each = str(ids.shape[1])
-    if tok.modality == "image":
-        from .visual import image_grid, save_png
-
-        paths = tok.save(samples, out, keys)
-        n = min(len(samples), 64)
-        cols = 8
-        rows = [samples[i:i + cols] for i in range(0, n, cols)]
-        if len(rows) > 1 and rows[-1].shape[0] < cols:  # pad the last row with white
-            rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
-        save_png(image_grid(rows), os.path.join(out, "_grid.png"))
-        grid = os.path.join(a.out, "_grid.png")
-        return f"decoded {len(paths)} image(s) from {each} tokens each into {a.out}/ (overview: {grid})"
-    paths = tok.save(samples, out, keys, fmt=a.mesh_format)
-    return f"decoded {len(paths)} mesh(es) from {each} tokens each into {a.out}/ ({a.mesh_format})"
+    return tok.write_decoded(ids, keys, meta, out, shown=a.out, num_tokens=a.num_tokens, batch_size=a.batch_size,
+                             file_format=a.mesh_format, **options)
 
 
 def _cmd_tokenize(a: argparse.Namespace) -> int:
@@ -575,9 +476,11 @@ def _cmd_tokenize(a: argparse.Namespace) -> int:
                         num_workers=a.workers, split=a.split, rank=a.rank, world_size=a.world_size,
                         device=a.device, dtype="bf16" if a.bf16 else None, overwrite=a.overwrite)
     state = "complete" if m["complete"] else f"partial ({sum(map(len, m['shards'].values()))} of {m['input_shards']} shards)"
+    from .registry import spec
+
+    unit = spec(m["source_modality"]).pipeline_class().token_unit
     print(f"token shards in {a.out}: {m['counts']} samples, {m['skipped_samples']} skipped, {state}; "
-          f"{m['tokens']['num_tokens']} {'codebooks per frame' if m['source_modality'] == 'audio' else 'tokens per sample'}"
-          " (dataset.json)")
+          f"{m['tokens']['num_tokens']} {unit} (dataset.json)")
     return 0
 
 

@@ -24,7 +24,6 @@ new one is complete, and a folder holding anything else is refused unless ``over
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -41,29 +40,26 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 
-# architecture name -> "module:Class" of the nn.Module that an export of it rebuilds
-CODECS = {
-    "image/onedim": "tokenizers_mm.image.codec1d:OneDImageCodec",
-    "image/grid": "tokenizers_mm.image.grid_codec:GridImageCodec",
-    "image/flow": "tokenizers_mm.image.flow_codec:FlowImageCodec",
-    "shape/occupancy": "tokenizers_mm.shape.codec:ShapeCodec",
-    "speech/rvq": "tokenizers_mm.speech.codec:SpeechCodec",
-    "speech/xcodec2": "tokenizers_mm.speech.xcodec2_codec:XCodec2Codec",
-    "prior/ar": "tokenizers_mm.prior.model:TokenPrior",
-}
-
-
 class ExportError(ValueError):
     """An export folder is missing, malformed, from a newer format, or of an unexpected modality."""
 
 
 def codec_class(architecture: str) -> type[nn.Module]:
-    """The codec class of ``architecture`` (``ExportError`` for an unknown name)."""
-    if architecture not in CODECS:
+    """The codec class of ``architecture`` (a registry entry's; ``ExportError`` for an unknown name)."""
+    from .registry import codec_paths, load_attr
+
+    codecs = codec_paths()
+    if architecture not in codecs:
         raise ExportError(f"unknown architecture {architecture!r}; this version of tokenizers-mm knows "
-                          f"{sorted(CODECS)}")
-    module_name, _, cls_name = CODECS[architecture].partition(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+                          f"{sorted(codecs)}")
+    return load_attr(codecs[architecture])
+
+
+def input_spec(codec: nn.Module, data_hparams: dict[str, Any]) -> dict[str, Any]:
+    """The ``inputs`` entry of an export of ``codec``: its modality's (registry) input spec."""
+    from .registry import spec
+
+    return spec(codec.modality).input_spec(codec, data_hparams)
 
 
 def decode_options(codec: nn.Module) -> set[str]:
@@ -150,7 +146,8 @@ def build_config(codec: nn.Module, inputs: dict[str, Any], training: dict[str, A
 def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: dict[str, Any] | None = None,
                  evaluation: dict[str, Any] | None = None, overwrite: bool = False,
                  sources: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Write ``codec`` (an ``nn.Module`` registered in :data:`CODECS`) as an export folder; returns its config.
+    """Write ``codec`` (an ``nn.Module`` of an architecture in :mod:`tokenizers_mm.registry`) as an export folder;
+    returns its config.
 
     ``overwrite`` replaces an ``out`` that holds anything but an earlier export (see :func:`write_dir_atomic`);
     ``sources``: the files it was made from, which ``out`` may not replace.
@@ -158,9 +155,10 @@ def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: d
     from safetensors.torch import save
 
     from .io import file_fingerprint
+    from .registry import codec_paths
 
-    if getattr(codec, "architecture", None) not in CODECS:
-        raise ExportError(f"{type(codec).__name__} is not an exportable codec (known: {sorted(CODECS)})")
+    if getattr(codec, "architecture", None) not in codec_paths():
+        raise ExportError(f"{type(codec).__name__} is not an exportable codec (known: {sorted(codec_paths())})")
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
              for k, v in codec.state_dict().items()}
     blob = save(state, metadata={"format": "pt", "architecture": codec.architecture})
@@ -173,38 +171,6 @@ def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: d
     write_dir_atomic(out, {WEIGHTS_FILE: blob, CONFIG_FILE: (json.dumps(cfg, indent=2) + "\n").encode(),
                            CARD_FILE: card.encode()}, made_by, overwrite=overwrite, sources=sources)
     return cfg
-
-
-def _image_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
-    img = data_hp.get("image") or {}
-    size = int(codec.image_size)
-    return {"kind": "image", "channels": 3, "image_size": size, "layout": "[B, 3, H, W]",
-            "range": [-1.0, 1.0], "from_uint8": "x / 127.5 - 1",
-            "preprocess": {"resize_shorter_side": int(img.get("val_resize") or size), "crop": "center"}}
-
-
-def _mesh_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
-    mesh = data_hp.get("mesh") or {}
-    return {"kind": "mesh", "num_surface": int(mesh.get("num_surface", 2048)), "layout": "[B, N, 6] xyz + unit normal",
-            "normalize": {"padding": 0.05, "frame": "centered, longest side scaled into [-1 + padding, 1 - padding]"},
-            "repair": "trimesh repair of small holes; meshes that stay open are an error",
-            "surface_sampling": "area-uniform points on the normalized mesh, seed 0"}
-
-
-def _audio_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
-    audio = data_hp.get("audio") or {}
-    return {"kind": "audio", "sample_rate": int(codec.sample_rate), "channels": 1, "layout": "[B, 1, T]",
-            "range": [-1.0, 1.0], "hop_length": int(codec.hop_length), "causal": bool(codec.causal),
-            "preprocess": {"mono": "mean of the channels", "resample": "torchaudio sinc interpolation",
-                           "loudness_lufs": audio.get("loudness_lufs")}}
-
-
-def _prior_inputs(codec: nn.Module, data_hp: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "tokens", "layout": codec.layout, "tokenizer": codec.tokenizer,
-            "frames": "[B, F, D]: 1D / multi-scale ids are F frames of one code, RVQ ids [n_q, F] are F frames of n_q"}
-
-
-INPUT_SPECS = {"image": _image_inputs, "mesh": _mesh_inputs, "audio": _audio_inputs, "prior": _prior_inputs}
 
 
 def _evaluation_from_report(path: str) -> dict[str, Any]:
@@ -237,15 +203,18 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
     ``overwrite``: replace an ``out`` that holds anything but an earlier export.
     """
     from .checkpointing import CLASS_KEY, read_checkpoint
+    from .registry import spec
 
     raw = read_checkpoint(ckpt)
     model = rebuild_checkpoint_model(raw, ckpt)
-    if not hasattr(model, "inference_codec"):
-        raise ExportError(f"{raw.get(CLASS_KEY)} in {ckpt!r} has no exportable codec")
+    try:
+        codec = model.inference_codec(use_ema)
+    except (AttributeError, NotImplementedError) as exc:
+        raise ExportError(f"{raw.get(CLASS_KEY)} in {ckpt!r} has no exportable codec") from exc
     has_ema = getattr(model, "ema", None) is not None
-    codec = model.inference_codec(use_ema)
     data_hp = raw.get("datamodule_hyper_parameters") or {}
-    if data_hp.get("modality", codec.modality) != ("tokens" if codec.modality == "prior" else codec.modality):
+    modality = spec(codec.modality)
+    if "modality" in data_hp and not modality.trains_on_data(data_hp["modality"]):
         raise ExportError(f"{ckpt!r} trained a {codec.modality} codec on {data_hp['modality']} data")
     hp = dict(raw.get("hyper_parameters") or {})
     training = {
@@ -253,11 +222,12 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
         "epoch": raw.get("epoch"), "weights": "ema" if has_ema and use_ema else "raw",
         "optimizer": hp.get("optimizer"), "loss": hp.get("loss", hp.get("pixel_loss")),
         "ema_decay": hp.get("ema_decay"),
-        "data": {k: data_hp.get(k) for k in ("modality", "train_urls", "val_urls", "batch_size", "image", "mesh", "audio")
-                 if k in data_hp and (k not in ("image", "mesh", "audio") or data_hp.get("modality") == k)},
+        # the data layer's settings: its general ones and the options section of the modality it read
+        "data": {k: data_hp.get(k) for k in ("modality", "train_urls", "val_urls", "batch_size",
+                                             data_hp.get("modality")) if k in data_hp},
     }
     evaluation = _evaluation_from_report(report) if report else None
-    return export_codec(codec, out, INPUT_SPECS[codec.modality](codec, data_hp), training, evaluation,
+    return export_codec(codec, out, modality.input_spec(codec, data_hp), training, evaluation,
                         overwrite=overwrite, sources=[ckpt, *([report] if report else [])])
 
 
@@ -293,7 +263,9 @@ def read_export_config(path: str, modality: str | None = None) -> dict[str, Any]
         if key not in cfg:
             raise ExportError(f"{cfg_path} lacks the required entry {key!r}")
     codec_class(cfg["architecture"])  # unknown architecture -> ExportError
-    if modality is not None and cfg["modality"] != modality:
+    from .registry import canonical
+
+    if modality is not None and canonical(cfg["modality"]) != canonical(modality):
         raise ExportError(f"{path!r} is an export of a {cfg['modality']} tokenizer; expected a {modality} "
                           "tokenizer")
     return cfg
@@ -353,49 +325,15 @@ def load_codec(path: str, modality: str | None = None, device: str | torch.devic
 # ---- model card -----------------------------------------------------------------------------------
 def model_card(cfg: dict[str, Any]) -> str:
     """Markdown model card of an export config."""
-    t, tr, inp = cfg["tokens"], cfg.get("training") or {}, cfg["inputs"]
+    from .registry import spec
+
+    tr = cfg.get("training") or {}
     lines = [f"# {cfg['modality']} tokenizer ({cfg['architecture']})", "",
              f"Exported by {cfg['created']['by']} (torch {cfg['created']['torch']}) on {cfg['created']['time']}.",
              "Files: `config.json` (architecture, token layout, input convention), `model.safetensors` "
              f"({cfg['weights']['parameters']:,} parameters, {tr.get('weights', 'raw')} weights, sha256 "
              f"`{cfg['weights']['sha256'][:16]}...`), this card. Nothing is pickled.", "",
-             "## Tokens", "",
-             (f"- {t['num_quantizers']} codebooks of {t['codebook_sizes'][0]} codes at {t['frame_rate']:g} frames/s: "
-              f"{t['kbps']} kbps with all of them. Any first n codebooks decode (bitrate chosen at decode time): "
-              f"{t['bitrates_kbps']} kbps." if t.get("per") == "second" else
-              f"- {t['tokens_per_sample']} tokens per sample, codebook size {t['codebook_sizes']}, "
-              f"{t['bits_per_token']:.2f} bits per token: {t['bytes_per_sample']} bytes per sample."),
-             (None if t.get("per") == "second" else
-              "- Any prefix of 1..K tokens decodes (quality rises with the number kept)." if t.get("prefix_decodable")
-              else "- Every token is needed to decode (a grid of tokens).")]
-    lines = [line for line in lines if line is not None]
-    if inp.get("kind") == "mesh":
-        lines.append(f"- Input: meshes (obj / ply / stl / glb / off), normalized into [-1, 1]^3, {inp['num_surface']} surface "
-                     "points with normals. Any whole number of scales decodes: "
-                     f"{t.get('prefix_lengths')} tokens.")
-    if inp.get("kind") == "audio":
-        lines.append(f"- Input: mono audio `[B, 1, T]` in [-1, 1] at {inp['sample_rate']} Hz (files are mixed to mono "
-                     f"and resampled); {'causal: long files are encoded in chunks with the tokens of one pass' if inp.get('causal') else 'non-causal'}.")
-    if inp.get("kind") == "image":
-        pre = inp["preprocess"]
-        lines.append(f"- Input: RGB images `[B, 3, {inp['image_size']}, {inp['image_size']}]` in [-1, 1] "
-                     f"(uint8 `x / 127.5 - 1`). Files are resized to a shorter side of {pre['resize_shorter_side']} "
-                     f"and center-cropped to {inp['image_size']}.")
-    load_line = "tok = pipelines.load(\"THIS_FOLDER\")  # cpu; device=\"cuda\", dtype=torch.bfloat16 also work"
-    if inp.get("kind") == "audio":
-        lines += ["", "## Use", "", "```python", "import pipelines", "", load_line,
-                  "ids = tok.encode(\"clip.wav\")       # int64 [1, n_q, F]; num_tokens=n keeps the first n codebooks",
-                  "wave = tok.decode(ids)             # [1, 1, F * hop] in [-1, 1]", "```", "",
-                  "```bash", "tokenizers-mm encode --model THIS_FOLDER a.wav b.flac --out tokens.npz --num-tokens 4",
-                  "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/", "```", "", "## Training", ""]
-    else:
-        lines += ["", "## Use", "", "```python", "import pipelines", "", load_line,
-                  "ids = tok.encode(images)            # int64 [B, K]; num_tokens=k keeps a prefix",
-                  "recon = tok.decode(ids)             # [B, 3, S, S] in [-1, 1]", "```", "",
-                  "```bash", "tokenizers-mm encode --model THIS_FOLDER a.png b.jpg --out tokens.npz",
-                  "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/",
-                  "tokenizers-mm tokenize --model THIS_FOLDER --data shards/ --out token_shards/", "```", "",
-                  "## Training", ""]
+             *spec(cfg["modality"]).card_lines(cfg), "", "## Training", ""]
     if tr.get("imported_from"):
         src = tr["imported_from"]
         lines += [f"- Not trained here: imported by `tokenizers-mm import --from {src.get('architecture')}` from the "

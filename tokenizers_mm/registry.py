@@ -20,9 +20,12 @@ from typing import Any
 
 
 def load_attr(path: str) -> Any:
-    """The object named by ``"module:attr"`` (imported on first use)."""
+    """The object named by ``"module:attr"`` or ``"module:Class.attr"`` (imported on first use)."""
     module_name, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    obj = importlib.import_module(module_name)
+    for name in attr.split("."):
+        obj = getattr(obj, name)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,12 @@ class Modality:
         title: heading of its reports and results sections.
         aliases: older names of it still read from disk and flags.
         codecs: export architecture -> ``"module:Class"`` of the ``nn.Module`` an export rebuilds.
-        pipeline: ``"module:Class"`` of its inference pipeline (``pipelines.load`` returns one).
+        pipeline: ``"module:Class"`` of its inference pipeline (a :class:`pipelines.base.TokenizerPipeline`):
+            ``pipelines.load`` returns one; it also holds the modality's file reader (``extensions``,
+            ``encode_files``), file writer (``write_decoded``), export input spec (``input_spec``) and model-card
+            section (``card_lines``, ``token_summary``).
         evaluator: ``"module:Class"`` of its :class:`~tokenizers_mm.eval.evaluator.Evaluator` (None: not evaluated).
-        extensions: ``"module:NAME"`` of the file extensions ``encode`` / ``compress`` read.
-        files: what the decoded files are, for messages (``PNG``, ``WAV``, ``mesh``).
-        input_spec: ``"module:function"`` ``(codec, data_hparams) -> dict``: the export's ``inputs`` entry.
-        card: ``"module:function"`` ``(config) -> list[str]``: its lines of the model card's token and usage
-            sections.
+        trains_on: the datamodule modality its checkpoints train on (its own name unless it trains on tokens).
     """
 
     name: str
@@ -48,21 +50,36 @@ class Modality:
     aliases: tuple[str, ...] = ()
     codecs: dict[str, str] = field(default_factory=dict)
     pipeline: str = ""
-    evaluator_class: str | None = None
-    extensions: str | None = None
-    files: str = "files"
-    input_spec: str = ""
-    card: str = ""
+    evaluator: str | None = None
+    trains_on: str | None = None
 
-    def evaluator(self) -> type:
-        if self.evaluator_class is None:
+    def pipeline_class(self) -> type:
+        return load_attr(self.pipeline)
+
+    def evaluator_class(self) -> type:
+        if self.evaluator is None:
             raise ValueError(f"`tokenizers-mm evaluate` does not evaluate {self.name} models")
-        return load_attr(self.evaluator_class)
+        return load_attr(self.evaluator)
 
-    def file_extensions(self) -> tuple[str, ...]:
-        if self.extensions is None:
-            raise ValueError(f"{self.name} models read no files")
-        return tuple(load_attr(self.extensions))
+    def extensions(self) -> tuple[str, ...]:
+        """The file extensions ``encode`` / ``compress`` read (lower case, no dot)."""
+        return tuple(self.pipeline_class().extensions)
+
+    def input_spec(self, codec: Any, data_hparams: dict[str, Any]) -> dict[str, Any]:
+        """The ``inputs`` entry of an export's config.json."""
+        return self.pipeline_class().input_spec(codec, data_hparams)
+
+    def card_lines(self, cfg: dict[str, Any]) -> list[str]:
+        """The model card's Tokens and Use sections of an export config."""
+        return self.pipeline_class().card_lines(cfg)
+
+    def token_summary(self, cfg: dict[str, Any]) -> str:
+        """One line on an export's tokens."""
+        return self.pipeline_class().token_summary(cfg)
+
+    def trains_on_data(self, data_modality: str) -> bool:
+        """Whether a checkpoint of this modality may have trained on datamodule modality ``data_modality``."""
+        return canonical(data_modality) == (self.trains_on or self.name)
 
 
 MODALITIES: dict[str, Modality] = {m.name: m for m in (
@@ -70,23 +87,16 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in (
              codecs={"image/onedim": "tokenizers_mm.image.codec1d:OneDImageCodec",
                      "image/grid": "tokenizers_mm.image.grid_codec:GridImageCodec",
                      "image/flow": "tokenizers_mm.image.flow_codec:FlowImageCodec"},
-             pipeline="pipelines.image:ImageTokenizer", evaluator_class="tokenizers_mm.eval.image:ImageEvaluator",
-             extensions="tokenizers_mm.data.image:IMAGE_EXTENSIONS", files="PNG",
-             input_spec="pipelines.image:input_spec", card="pipelines.image:card_lines"),
+             pipeline="pipelines.image:ImageTokenizer", evaluator="tokenizers_mm.eval.image:ImageEvaluator"),
     Modality("speech", "Speech", aliases=("audio",),
              codecs={"speech/rvq": "tokenizers_mm.speech.codec:SpeechCodec",
                      "speech/xcodec2": "tokenizers_mm.speech.xcodec2_codec:XCodec2Codec"},
-             pipeline="pipelines.audio:AudioTokenizer", evaluator_class="tokenizers_mm.eval.speech:SpeechEvaluator",
-             extensions="pipelines.audio:AUDIO_FILE_EXTENSIONS", files="WAV",
-             input_spec="pipelines.audio:input_spec", card="pipelines.audio:card_lines"),
+             pipeline="pipelines.audio:AudioTokenizer", evaluator="tokenizers_mm.eval.speech:SpeechEvaluator"),
     Modality("shape", "3D shape", aliases=("mesh",),
              codecs={"shape/occupancy": "tokenizers_mm.shape.codec:ShapeCodec"},
-             pipeline="pipelines.shape:ShapeTokenizer", evaluator_class="tokenizers_mm.eval.shape:ShapeEvaluator",
-             extensions="tokenizers_mm.data.mesh:MESH_EXTENSIONS", files="mesh",
-             input_spec="pipelines.shape:input_spec", card="pipelines.shape:card_lines"),
+             pipeline="pipelines.shape:ShapeTokenizer", evaluator="tokenizers_mm.eval.shape:ShapeEvaluator"),
     Modality("prior", "Token prior", codecs={"prior/ar": "tokenizers_mm.prior.model:TokenPrior"},
-             pipeline="pipelines.prior:TokenPriorPipeline", input_spec="pipelines.prior:input_spec",
-             card="pipelines.prior:card_lines"),
+             pipeline="pipelines.prior:TokenPriorPipeline", trains_on="tokens"),
 )}
 
 _ALIASES = {alias: m.name for m in MODALITIES.values() for alias in m.aliases}

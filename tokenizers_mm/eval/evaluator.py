@@ -158,7 +158,7 @@ def evaluate_checkpoint(ckpt: str, data: str | list[str], out: str, max_samples:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     raw = read_checkpoint(ckpt)
     model = build_tokenizer(raw, ckpt, map_location=device)
-    ev = spec(modality_of_checkpoint(raw)).evaluator()(model, raw, out, device, **options)
+    ev = spec(modality_of_checkpoint(raw)).evaluator_class()(model, raw, out, device, **options)
     urls = expand_urls(data, split="val")
     os.makedirs(out, exist_ok=True)
     skipped: list[dict[str, str]] = []

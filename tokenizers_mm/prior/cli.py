@@ -28,15 +28,9 @@ def _load(a: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _input_files(tok: Any, inputs: list[str]) -> list[str]:
-    from ..cli import _expand_inputs
+    from pipelines.files import expand_inputs
 
-    if tok.modality == "image":
-        from ..data.image import IMAGE_EXTENSIONS as ext
-    elif tok.modality == "mesh":
-        from ..data.mesh import MESH_EXTENSIONS as ext
-    else:
-        from pipelines.audio import AUDIO_FILE_EXTENSIONS as ext
-    return _expand_inputs(inputs, ext)
+    return expand_inputs(inputs, tok.extensions)
 
 
 def _stems(files: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 def import_to_export(name: str, weights: str, out: str, overwrite: bool = False) -> dict[str, Any]:
     """Import ``weights`` (a ``transformers`` folder of architecture ``name``) and export it to ``out``."""
-    from ...export import INPUT_SPECS, export_codec
+    from ...export import export_codec, input_spec
     from . import import_reference
     from .common import CONFIG_FILE, WEIGHTS_FILE
 
@@ -25,7 +25,7 @@ def import_to_export(name: str, weights: str, out: str, overwrite: bool = False)
                                   "model_type": ref_cfg.get("model_type"),
                                   "transformers_version": ref_cfg.get("transformers_version")}}
     sources = [os.path.join(weights, CONFIG_FILE), os.path.join(weights, WEIGHTS_FILE)]
-    return export_codec(codec, out, INPUT_SPECS["audio"](codec, {}), training, overwrite=overwrite, sources=sources)
+    return export_codec(codec, out, input_spec(codec, {}), training, overwrite=overwrite, sources=sources)
 
 
 def _run(a: argparse.Namespace) -> int:

@@ -84,12 +84,11 @@ def run_cli(a: argparse.Namespace) -> int:
     from ...export import is_export_dir, load_codec, read_export_config, rebuild_checkpoint_model
 
     if os.path.isdir(a.ckpt) and is_export_dir(a.ckpt):
-        read_export_config(a.ckpt, modality="audio")
-        codec, _ = load_codec(a.ckpt, modality="audio")
+        read_export_config(a.ckpt, modality="speech")
+        codec, _ = load_codec(a.ckpt, modality="speech")
         sources = [os.path.join(a.ckpt, "model.safetensors")]
     else:
-        from ...checkpointing import read_checkpoint
-        from ...cli import checkpoint_file
+        from ...checkpointing import checkpoint_file, read_checkpoint
 
         ckpt = checkpoint_file(a.ckpt)
         model = rebuild_checkpoint_model(read_checkpoint(ckpt), ckpt)
