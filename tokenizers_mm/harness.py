@@ -304,11 +304,13 @@ class TokenizerModule(pl.LightningModule):
 
 
 def resolve_class(path: str) -> type | None:
-    """The class a dotted ``module.Class`` path names (an old name kept as an alias gives the class itself); None
-    when it does not import."""
+    """The class a dotted ``tokenizers_mm.module.Class`` path names (an old name kept as an alias gives the class
+    itself); None when it does not import or lies outside the package (nothing else is imported)."""
     import importlib
 
     module_name, _, name = path.rpartition(".")
+    if not module_name.startswith("tokenizers_mm."):
+        return None
     try:
         return getattr(importlib.import_module(module_name), name, None)
     except ImportError:
