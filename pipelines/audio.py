@@ -26,7 +26,7 @@ class AudioTokenizer(TokenizerPipeline):
     one pass.
     """
 
-    modality = "audio"
+    modality = "speech"
     extensions = AUDIO_FILE_EXTENSIONS
     token_unit = "codebooks per frame"
 

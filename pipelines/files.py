@@ -30,7 +30,7 @@ def ids_dtype(codebook_size: int) -> np.dtype:
 
 def token_meta(pipeline: Any, num_tokens: int) -> dict[str, Any]:
     cfg = pipeline.config
-    return {"format": TOKENS_FORMAT, "format_version": 1, "modality": cfg["modality"],
+    return {"format": TOKENS_FORMAT, "format_version": 1, "modality": pipeline.modality,
             "architecture": cfg["architecture"], "codebook_size": pipeline.codebook_size,
             "tokens_per_sample": pipeline.num_tokens, "num_tokens": num_tokens,
             "model_id": pipeline.model_id, "model_path": pipeline.path}
@@ -92,7 +92,9 @@ def check_meta(meta: dict[str, Any], pipeline: Any, source: str) -> list[str]:
     warnings = []
     if not meta:
         return [f"{source} carries no metadata: cannot check which tokenizer wrote it"]
-    if meta.get("modality") not in (None, pipeline.modality):
+    from tokenizers_mm.registry import canonical
+
+    if meta.get("modality") is not None and canonical(meta["modality"]) != pipeline.modality:
         raise ValueError(f"{source} holds {meta['modality']} tokens; the model is a {pipeline.modality} tokenizer")
     if meta.get("codebook_size") not in (None, pipeline.codebook_size):
         raise ValueError(f"{source} holds ids of a {meta['codebook_size']}-code codebook; the model has "

@@ -86,7 +86,7 @@ class TokenPriorPipeline(TokenizerPipeline):
         t = torch.as_tensor(np.asarray(ids)).long()
         payload, bits, raw = coded_payload(self.codec, t)
         arr = t.numpy()
-        head = Header(tok.config["modality"], bytes.fromhex(tok.model_id), bytes.fromhex(self.model_id),
+        head = Header(tok.modality, bytes.fromhex(tok.model_id), bytes.fromhex(self.model_id),
                       tuple(int(s) for s in arr.shape), int(extra), ids_crc(arr), raw=raw)
         return head.pack() + payload, bits
 
@@ -101,9 +101,9 @@ class TokenPriorPipeline(TokenizerPipeline):
         tokenizer or prior wrote.
         """
         head, off = Header.unpack(data, name)
-        if head.modality != tok.config["modality"]:
-            raise CompressedFileError(f"{name} holds {head.modality} tokens; the tokenizer is a "
-                                      f"{tok.config['modality']} tokenizer")
+        if head.modality != tok.modality:
+            raise CompressedFileError(f"{name} holds {head.modality} tokens; the tokenizer is a {tok.modality} "
+                                      "tokenizer")
         if head.tokenizer_sha != bytes.fromhex(tok.model_id)[:SHA_BYTES]:
             raise CompressedFileError(f"{name} was compressed with another tokenizer (weights {head.tokenizer_sha.hex()}"
                                       f"..., this one is {tok.model_id[:16]}...)")

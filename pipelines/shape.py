@@ -26,7 +26,7 @@ class ShapeTokenizer(TokenizerPipeline):
     the normalized frame, from any whole number of scales.
     """
 
-    modality = "mesh"
+    modality = "shape"
     extensions = MESH_EXTENSIONS
 
     @property

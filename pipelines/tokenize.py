@@ -85,15 +85,15 @@ def _sample_decoder(pipeline: TokenizerPipeline):
     if pipeline.modality == "image":
         return make_decoder("image", train=False, image=ImageOptions(
             size=int(inp["image_size"]), val_resize=int(inp["preprocess"]["resize_shorter_side"]), flip=False))
-    if pipeline.modality == "audio":
+    if pipeline.modality == "speech":
         return WholeClipDecoder(int(inp["sample_rate"]), (inp.get("preprocess") or {}).get("loudness_lufs"))
-    if pipeline.modality == "mesh":
-        return make_decoder("mesh", train=False, mesh={"num_surface": int(inp["num_surface"]), "num_volume": 0,
+    if pipeline.modality == "shape":
+        return make_decoder("shape", train=False, mesh={"num_surface": int(inp["num_surface"]), "num_volume": 0,
                                                        "num_near": 0})
     raise ValueError(f"tokenize does not handle {pipeline.modality} tokenizers")
 
 
-INPUT_KEYS = {"image": "image", "audio": "audio", "mesh": "surface"}
+INPUT_KEYS = {"image": "image", "speech": "audio", "shape": "surface"}
 
 
 class ShardBatches(IterableDataset):
@@ -183,13 +183,13 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
     if num_workers < 0:
         raise ValueError(f"--workers must be >= 0, got {num_workers}")
     k = tok.num_tokens if num_tokens is None else num_tokens
-    what = "codebooks" if tok.modality == "audio" else "tokens"
+    what = "codebooks" if tok.modality == "speech" else "tokens"
     if not 1 <= k <= tok.num_tokens or (not tok.prefix_decodable and k != tok.num_tokens):
         raise ValueError(f"--num-tokens ({what}) must be in 1..{tok.num_tokens} for this tokenizer"
                          + ("" if tok.prefix_decodable else f" (exactly {tok.num_tokens}: it is not prefix-decodable)")
                          + f", got {num_tokens}")
     prefixes = tok.config["tokens"].get("prefix_lengths")
-    if tok.modality == "mesh" and prefixes and k not in prefixes:
+    if tok.modality == "shape" and prefixes and k not in prefixes:
         raise ValueError(f"--num-tokens must be a whole number of scales for this shape tokenizer: one of {prefixes}, "
                          f"got {num_tokens}")
     try:

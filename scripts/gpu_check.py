@@ -219,7 +219,7 @@ def measure_config(a: argparse.Namespace) -> dict[str, Any]:
            "achieved_tflops": round(flops * steps_s / 1e12, 2) if flops else None,
            "mfu": round(flops * steps_s / (peak * 1e12), 4) if flops and peak else None,
            "peak_bf16_tflops": peak}
-    if modality == "audio":
+    if modality == "speech":  # the datamodule's word (configs may still say audio)
         out["audio_seconds_per_s"] = round(samples_s * dm.audio.seconds, 2)
         out["segment_seconds"] = dm.audio.seconds
     if device == "cuda":

@@ -237,7 +237,7 @@ case("build/src-missing")(lambda R, t: Case(_build("image", f"{t}/nope", f"{t}/o
 case("build/src-is-a-file")(lambda R, t: Case(_build("image", f"{R.photos}/p000.png", f"{t}/o"),
                                               ["p000.png", "is a file"], [R.photos, f"{t}/o"]))
 case("build/no-files-of-modality")(lambda R, t: Case(_build("audio", R.photos, f"{t}/o"),
-                                                     [R.photos, "no audio files"], [R.photos, f"{t}/o"]))
+                                                     [R.photos, "no speech files"], [R.photos, f"{t}/o"]))
 
 
 @case("build/all-broken-over-earlier-shards")

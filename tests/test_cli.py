@@ -49,7 +49,7 @@ def test_data_bench_reads_the_config_data_section(embedded, tmp_path, capsys):
                                             "audio": {"sample_rate": 16000, "seconds": 0.5}}}))
     assert main(["data", "bench", "--config", str(cfg), "--batches", "3", "--warmup", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["modality"] == "audio" and result["samples"] == 12 and result["samples_per_s"] > 0
+    assert result["modality"] == "speech" and result["samples"] == 12 and result["samples_per_s"] > 0
 
 
 def test_evaluate_writes_report(embedded, tmp_path, capsys):

@@ -167,10 +167,10 @@ def test_load_errors_name_the_problem(oned_export, tmp_path):
     future = _copy_export(oned_export, tmp_path / "future", format_version=99)
     with pytest.raises(ExportError, match="format version 99; this tokenizers-mm reads versions 1..1"):
         pipelines.load(future)
-    with pytest.raises(ExportError, match="export of a image tokenizer; expected a audio tokenizer"):
+    with pytest.raises(ExportError, match="export of a image tokenizer; expected a speech tokenizer"):
         pipelines.load(oned_export, modality="audio")
     audio = _copy_export(oned_export, tmp_path / "audio", modality="audio")
-    with pytest.raises(ExportError, match="export of a audio tokenizer; expected a image tokenizer"):
+    with pytest.raises(ExportError, match="export of a speech tokenizer; expected a image tokenizer"):
         pipelines.load(audio, modality="image")
     alien = _copy_export(oned_export, tmp_path / "alien", architecture="image/unknown")
     with pytest.raises(ExportError, match="unknown architecture 'image/unknown'"):

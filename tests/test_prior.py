@@ -432,8 +432,8 @@ def test_tokenize_writes_speech_and_shape_token_shards(speech_shape_setup, embed
     from tokenizers_mm.data.urls import expand_urls
 
     sp, sh = speech_shape_setup["speech"], speech_shape_setup["shape"]
-    assert sp["manifest"]["counts"] == {"train": 131, "val": 15} and sp["manifest"]["source_modality"] == "audio"
-    assert sh["manifest"]["counts"] == {"train": 59, "val": 10} and sh["manifest"]["source_modality"] == "mesh"
+    assert sp["manifest"]["counts"] == {"train": 131, "val": 15} and sp["manifest"]["source_modality"] == "speech"
+    assert sh["manifest"]["counts"] == {"train": 59, "val": 10} and sh["manifest"]["source_modality"] == "shape"
     tok = pipelines.load(sp["tok"])
     clips = list(read_token_ids(expand_urls(sp["shards"], split="val")))
     assert all(ids.ndim == 2 and ids.shape[0] == 4 for _, ids in clips)

@@ -360,7 +360,7 @@ def test_export_and_pipelines_round_trip_meshes(trained_shape, mesh_dir, tmp_pat
     model, ckpt, *_ = trained_shape
     export = str(tmp_path / "export")
     cfg = export_checkpoint(ckpt, export)
-    assert cfg["modality"] == "mesh" and cfg["tokens"]["prefix_lengths"] == [1, 5, 21]
+    assert cfg["modality"] == "shape" and cfg["tokens"]["prefix_lengths"] == [1, 5, 21]
     tok = pipelines.load(export)
     surface = torch.cat([torch.rand(2, 512, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(2, 512, 3), dim=-1)],
                         dim=-1)

@@ -465,14 +465,14 @@ def test_export_pipelines_and_cli_round_trip(trained_speech, embedded, tmp_path,
     model, ckpt, *_ = trained_speech
     out = tmp_path / "export"
     cfg = export_checkpoint(ckpt, str(out))
-    assert cfg["modality"] == "audio" and cfg["tokens"]["kbps"] == pytest.approx(0.2)  # 4 x 1 bit x 50 Hz
+    assert cfg["modality"] == "speech" and cfg["tokens"]["kbps"] == pytest.approx(0.2)  # 4 x 1 bit x 50 Hz
     tok = pipelines.load(str(out))
     x = speech(0.7)
     ids = tok.encode(x)
     codec = model.inference_codec()
     assert torch.equal(ids, codec.encode(x))
     assert torch.allclose(tok.decode(ids[:, :2]), codec.decode(ids[:, :2]), atol=1e-6)
-    with pytest.raises(ExportError, match="audio tokenizer; expected a image"):
+    with pytest.raises(ExportError, match="speech tokenizer; expected a image"):
         pipelines.load(str(out), modality="image")
     with pytest.raises(ValueError, match="1 <= n <= 4"):
         tok.decode(np.zeros((5, 10), dtype=np.int64))

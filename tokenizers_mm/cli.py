@@ -23,6 +23,9 @@ import sys
 import time
 from typing import Any
 
+# what `data build / embedded / inspect --modality` accept: the registry's words, then their older names
+MODALITY_FLAG = ["image", "speech", "shape", "audio", "mesh"]
+
 PROJECT_COMMANDS = ("data", "evaluate", "export", "encode", "decode", "tokenize", "compress", "decompress", "sample",
                     "tokens", "import")
 
@@ -107,7 +110,7 @@ def _cmd_data_build(a: argparse.Namespace) -> int:
         print(f"rank {p['rank']} of {p['world_size']}: combine the ranks' folders with `tokenizers-mm data merge`")
     if "mesh_summary" in manifest:
         print("meshes: " + ", ".join(f"{n} {k}" for k, n in manifest["mesh_summary"].items()))
-    print(f"wrote {manifest['counts']} samples of {a.modality} into {a.out} "
+    print(f"wrote {manifest['counts']} samples of {manifest['modality']} into {a.out} "
           f"({len(manifest['shards']['train'])} train + {len(manifest['shards']['val'])} val shards)")
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])} file(s):")
@@ -126,11 +129,11 @@ def _cmd_data_merge(a: argparse.Namespace) -> int:
 
 
 def _cmd_data_embedded(a: argparse.Namespace) -> int:
-    from .data.embedded import build_embedded
+    from .data.embedded import EMBEDDED_FOLDERS, build_embedded
 
     manifests = build_embedded(a.out, tuple(a.modality))
     for modality, m in manifests.items():
-        print(f"{modality}: {m['counts']} samples in {os.path.join(a.out, modality)}"
+        print(f"{modality}: {m['counts']} samples in {os.path.join(a.out, EMBEDDED_FOLDERS[modality])}"
               + (f", skipped {[s['file'] for s in m['skipped']]}" if m["skipped"] else ""))
     return 0
 
@@ -247,7 +250,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .registry import modality_of_checkpoint
 
     rebuild_checkpoint_model(raw, ckpt)  # a checkpoint that does not rebuild is refused here, naming it
-    modality = (raw.get("datamodule_hyper_parameters") or {}).get("modality") or modality_of_checkpoint(raw)
+    modality = modality_of_checkpoint(raw)
     try:
         urls = expand_urls(a.data, split="val")
     except (FileNotFoundError, ValueError) as exc:
@@ -503,7 +506,8 @@ def _project_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="build, inspect and benchmark webdataset shards")
     dsub = data.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("build", help="pack a folder of files into train/val shards + dataset.json")
-    b.add_argument("--modality", required=True, choices=["image", "audio", "mesh"])
+    b.add_argument("--modality", required=True, choices=MODALITY_FLAG,
+                   help="image, speech or shape (audio / mesh: their older names)")
     b.add_argument("--src", required=True, help="folder of source files (searched recursively)")
     b.add_argument("--out", required=True, help="output folder for the shards")
     b.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
@@ -537,8 +541,8 @@ def _project_parser() -> argparse.ArgumentParser:
 
     emb = dsub.add_parser("embedded", help="build the embedded default shards (real photos, speech, meshes)")
     emb.add_argument("--out", default="data/embedded")
-    emb.add_argument("--modality", nargs="+", choices=["image", "audio", "mesh"],
-                     default=["image", "audio", "mesh"])
+    emb.add_argument("--modality", nargs="+", choices=MODALITY_FLAG, default=["image", "speech", "shape"],
+                     help="image, speech and / or shape (audio / mesh: their older names)")
     emb.set_defaults(func=_cmd_data_embedded)
 
     from .speech import teacher_features
@@ -548,7 +552,8 @@ def _project_parser() -> argparse.ArgumentParser:
     i = dsub.add_parser("inspect", help="count samples, list extensions, decode, report corrupt samples")
     i.add_argument("urls", nargs="+", help="shards: pattern, directory, @list.txt, pipe: or http(s) URL")
     i.add_argument("--split", choices=["train", "val"], default=None, help="for directories: one split")
-    i.add_argument("--modality", choices=["image", "audio", "mesh"], default=None)
+    i.add_argument("--modality", choices=MODALITY_FLAG, default=None,
+                   help="image, speech or shape (audio / mesh: their older names); default: told by the first sample")
     i.add_argument("--limit", type=at_least(1), default=None, help="stop after this many samples")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=_cmd_data_inspect)

@@ -120,6 +120,7 @@ def build_config(codec: nn.Module, inputs: dict[str, Any], training: dict[str, A
                  weights_sha256: str, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` of an export of ``codec`` (see the module docstring)."""
     from . import __version__
+    from .registry import canonical
 
     tokens = dict(codec.token_spec())
     bits = _bits(tokens["codebook_sizes"])
@@ -130,7 +131,7 @@ def build_config(codec: nn.Module, inputs: dict[str, Any], training: dict[str, A
     else:
         tokens["bytes_per_sample"] = math.ceil(tokens["tokens_per_sample"] * bits / 8)
     cfg = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "modality": codec.modality,
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "modality": canonical(codec.modality),
         "architecture": codec.architecture, "arch": codec.arch, "tokens": tokens, "inputs": inputs,
         "training": training, "weights": {"file": WEIGHTS_FILE, "sha256": weights_sha256,
                                           "parameters": sum(p.numel() for p in codec.parameters()),
@@ -165,7 +166,7 @@ def export_codec(codec: nn.Module, out: str, inputs: dict[str, Any], training: d
     sha = hashlib.sha256(blob).hexdigest()
     cfg = build_config(codec, inputs, training or {}, sha, evaluation)
     card = model_card(cfg)
-    made_by = {"modality": codec.modality, "model": {"sha256": sha, "architecture": codec.architecture},
+    made_by = {"modality": cfg["modality"], "model": {"sha256": sha, "architecture": codec.architecture},
                "inputs": {"checkpoint": (training or {}).get("checkpoint"), "fingerprint": file_fingerprint(sources)},
                "settings": {"weights": (training or {}).get("weights")}}
     write_dir_atomic(out, {WEIGHTS_FILE: blob, CONFIG_FILE: (json.dumps(cfg, indent=2) + "\n").encode(),
@@ -203,7 +204,8 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
     ``overwrite``: replace an ``out`` that holds anything but an earlier export.
     """
     from .checkpointing import CLASS_KEY, read_checkpoint
-    from .registry import spec
+    from .data.samples import OPTIONS_SECTION
+    from .registry import canonical, spec
 
     raw = read_checkpoint(ckpt)
     model = rebuild_checkpoint_model(raw, ckpt)
@@ -215,7 +217,7 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
     data_hp = raw.get("datamodule_hyper_parameters") or {}
     modality = spec(codec.modality)
     if "modality" in data_hp and not modality.trains_on_data(data_hp["modality"]):
-        raise ExportError(f"{ckpt!r} trained a {codec.modality} codec on {data_hp['modality']} data")
+        raise ExportError(f"{ckpt!r} trained a {modality.name} codec on {data_hp['modality']} data")
     hp = dict(raw.get("hyper_parameters") or {})
     training = {
         "module": raw.get(CLASS_KEY), "checkpoint": os.path.abspath(ckpt), "global_step": raw.get("global_step"),
@@ -224,7 +226,7 @@ def export_checkpoint(ckpt: str, out: str, report: str | None = None, use_ema: b
         "ema_decay": hp.get("ema_decay"),
         # the data layer's settings: its general ones and the options section of the modality it read
         "data": {k: data_hp.get(k) for k in ("modality", "train_urls", "val_urls", "batch_size",
-                                             data_hp.get("modality")) if k in data_hp},
+                                             OPTIONS_SECTION.get(canonical(str(data_hp.get("modality"))))) if k in data_hp},
     }
     evaluation = _evaluation_from_report(report) if report else None
     return export_codec(codec, out, modality.input_spec(codec, data_hp), training, evaluation,
@@ -266,7 +268,8 @@ def read_export_config(path: str, modality: str | None = None) -> dict[str, Any]
     from .registry import canonical
 
     if modality is not None and canonical(cfg["modality"]) != canonical(modality):
-        raise ExportError(f"{path!r} is an export of a {cfg['modality']} tokenizer; expected a {modality} "
+        raise ExportError(f"{path!r} is an export of a {canonical(cfg['modality'])} tokenizer; expected a "
+                          f"{canonical(modality)} "
                           "tokenizer")
     return cfg
 

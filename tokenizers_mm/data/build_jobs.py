@@ -153,7 +153,9 @@ def summarize(records: Iterable[dict[str, Any]], modality: str) -> dict[str, Any
         out["skipped"] += rec.get("skipped", [])
         out["repaired"] += rec.get("repaired", [])
         meshes += rec.get("meshes", [])
-    if modality == "mesh":
+    from ..registry import canonical
+
+    if canonical(modality) == "shape":
         out["meshes"] = meshes
         statuses = [m["status"] for m in meshes] + ["skipped"] * len(out["skipped"])
         out["mesh_summary"] = {s: statuses.count(s) for s in ("watertight", "repaired", "winding_number", "skipped")}
@@ -171,6 +173,7 @@ def merge_builds(parts: list[str], out: str, overwrite: bool = False) -> dict[st
     import shutil
 
     from ..io import OutputFolder, read_made_by, write_json_atomic
+    from ..registry import canonical
 
     if not parts:
         raise ValueError("data merge needs the --out folders of the ranks")
@@ -194,11 +197,11 @@ def merge_builds(parts: list[str], out: str, overwrite: bool = False) -> dict[st
         return {k: v for k, v in m["settings"].items() if k not in ("rank", "world_size")}
 
     for p, m, mb in zip(parts, manifests, made):
-        if m["modality"] != manifests[0]["modality"] or common(m) != common(manifests[0]):
+        if canonical(m["modality"]) != canonical(manifests[0]["modality"]) or common(m) != common(manifests[0]):
             raise ValueError(f"{p!r} was built with other settings than {parts[0]!r}; all ranks must share them")
         if mb.get("inputs") != made[0].get("inputs"):
             raise ValueError(f"{p!r} was built from other input files than {parts[0]!r}")
-    modality, settings = manifests[0]["modality"], common(manifests[0])
+    modality, settings = canonical(manifests[0]["modality"]), common(manifests[0])
     folder = OutputFolder(out, {"command": "data build", "modality": modality, "settings": settings,
                                 "inputs": made[0].get("inputs")}, overwrite=overwrite,
                           inputs=parts, identity=("command", "modality", "settings")).check()

@@ -21,7 +21,8 @@ class ShardDataModule(pl.LightningDataModule):
     """Streams webdataset shards of one modality for training and validation, DDP-correct.
 
     Args:
-        modality: ``image``, ``audio``, ``mesh`` or ``tokens`` (shards of ``tokenizers-mm tokenize``: batches
+        modality: ``image``, ``speech``, ``shape`` (``audio`` / ``mesh``: their older names, still read) or
+            ``tokens`` (shards of ``tokenizers-mm tokenize``: batches
             hold ``ids`` int64 ``[B, k]``, for training a generator over the tokens).
         train_urls: training shards: brace pattern, directory (its ``train-*.tar``), ``@list.txt``,
             ``pipe:`` command or http(s) URL, or a list of these.
@@ -59,8 +60,12 @@ class ShardDataModule(pl.LightningDataModule):
         tokens: TokenOptions | None = None,
     ) -> None:
         super().__init__()
-        if modality not in MODALITIES:
-            raise ValueError(f"data.modality must be one of {MODALITIES}, got {modality!r}")
+        from ..registry import canonical
+
+        if canonical(modality) not in MODALITIES:
+            raise ValueError(f"data.modality must be one of {MODALITIES} (or audio / mesh, their older names), got "
+                             f"{modality!r}")
+        modality = canonical(modality)
         for key, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
                                 ("batches_per_epoch", batches_per_epoch, 1), ("num_workers", num_workers, 0),
                                 ("val_num_workers", val_num_workers, 0), ("val_samples", val_samples, 1),

@@ -102,22 +102,36 @@ def earlier_build(folder: str, modality: str) -> bool:
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return False
     present = {n for n in os.listdir(folder)}
-    return old.get("modality") == modality and present <= listed | {"dataset.json", "made_by.json"}
+    from ..registry import canonical
+
+    return (canonical(str(old.get("modality"))) == canonical(modality)
+            and present <= listed | {"dataset.json", "made_by.json"})
 
 
-def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] = ("image", "audio", "mesh"),
+#: the folder under ``data/embedded`` of each modality's shards (the folder names predate the modality words)
+EMBEDDED_FOLDERS = {"image": "image", "speech": "audio", "shape": "mesh"}
+
+
+def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] = ("image", "speech", "shape"),
                    progress: bool = True) -> dict[str, dict]:
-    """Build the default shards under ``out_root/{image,audio,mesh}``; returns each ``dataset.json``."""
+    """Build the default shards under ``out_root/{image,audio,mesh}`` (:data:`EMBEDDED_FOLDERS`) for
+    ``modalities`` (``audio`` / ``mesh`` accepted for speech / shape); returns each ``dataset.json`` by modality. An
+    earlier build in a folder (of any settings) is replaced."""
+    from ..registry import canonical
+
+    modalities = tuple(canonical(m) for m in modalities)
     manifests = {}
     if "image" in modalities:
         src = os.path.join(out_root, "_src", "image")
         write_photo_tiles(src)
-        manifests["image"] = build_shards("image", src, os.path.join(out_root, "image"), shard_size=32,
-                                          val_fraction=0.2, seed=0, split_by="dir", progress=progress)
-    if "audio" in modalities:
-        manifests["audio"] = build_shards("audio", embedded_dir("speech"), os.path.join(out_root, "audio"),
-                                          shard_size=16, val_fraction=0.1, seed=0, progress=progress)
-    if "mesh" in modalities:
+        out = os.path.join(out_root, "image")
+        manifests["image"] = build_shards("image", src, out, shard_size=32, val_fraction=0.2, seed=0, split_by="dir",
+                                          progress=progress, overwrite=earlier_build(out, "image"))
+    if "speech" in modalities:
+        out = os.path.join(out_root, "audio")
+        manifests["speech"] = build_shards("speech", embedded_dir("speech"), out, shard_size=16, val_fraction=0.1,
+                                           seed=0, progress=progress, overwrite=earlier_build(out, "speech"))
+    if "shape" in modalities:
         import shutil
 
         src = os.path.join(out_root, "_src", "mesh")
@@ -126,7 +140,7 @@ def build_embedded(out_root: str = "data/embedded", modalities: tuple[str, ...] 
         shutil.copytree(os.path.join(embedded_dir("meshes"), "pymeshlab"), os.path.join(src, "pymeshlab"))
         write_primitives(os.path.join(src, "primitives"))
         out = os.path.join(out_root, "mesh")
-        manifests["mesh"] = build_shards("mesh", src, out, shard_size=8, val_fraction=0.15, seed=0,
-                                         mesh=MeshBuildOptions(num_surface=2048, num_volume=2048, num_near=2048),
-                                         progress=progress, overwrite=earlier_build(out, "mesh"))
+        manifests["shape"] = build_shards("shape", src, out, shard_size=8, val_fraction=0.15, seed=0,
+                                          mesh=MeshBuildOptions(num_surface=2048, num_volume=2048, num_near=2048),
+                                          progress=progress, overwrite=earlier_build(out, "shape"))
     return manifests

@@ -20,7 +20,10 @@ from .audio import AUDIO_EXTENSIONS, AudioTransform, crop_frames, decode_audio
 from .image import IMAGE_EXTENSIONS, ImageTransform, decode_image
 from .mesh import MESH_EXTENSIONS, MeshTransform, decode_mesh_npz
 
-SOURCE_MODALITIES = ("image", "audio", "mesh")  # what `data build` packs from files
+# the modality words of tokenizers_mm.registry; "audio" and "mesh" (older names) are read as "speech" and "shape"
+SOURCE_MODALITIES = ("image", "speech", "shape")  # what `data build` packs from files
+#: the datamodule's options section of each modality (``data.audio`` / ``data.mesh`` in configs)
+OPTIONS_SECTION = {"image": "image", "speech": "audio", "shape": "mesh", "tokens": "tokens"}
 MODALITIES = (*SOURCE_MODALITIES, "tokens")  # what the loader reads (tokens: `tokenizers-mm tokenize` output)
 
 
@@ -242,7 +245,10 @@ class TokenSampleDecoder:
 def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None = None,
                  audio: AudioOptions | dict | None = None, mesh: MeshOptions | dict | None = None,
                  tokens: TokenOptions | dict | None = None) -> SampleDecoder:
-    """Build the decoder of ``modality`` for training (``train=True``) or evaluation."""
+    """Build the decoder of ``modality`` for training (``train=True``) or evaluation (older names accepted)."""
+    from ..registry import canonical
+
+    modality = canonical(modality)
     if modality == "image":
         o = as_config(ImageOptions, image)
         if train:
@@ -250,12 +256,12 @@ def make_decoder(modality: str, train: bool, image: ImageOptions | dict | None =
         else:
             t = ImageTransform(size=o.size, crop="center", resize=o.val_resize, flip=False)
         return ImageSampleDecoder(t)
-    if modality == "audio":
+    if modality == "speech":
         o = as_config(AudioOptions, audio)
         seconds = o.seconds if train or o.val_seconds is None else o.val_seconds
         return AudioSampleDecoder(AudioTransform(o.sample_rate, seconds, "random" if train else "start",
                                                  o.loudness_lufs), teacher=o.teacher)
-    if modality == "mesh":
+    if modality == "shape":
         o = as_config(MeshOptions, mesh)
         return MeshSampleDecoder(MeshTransform(o.num_surface, o.num_volume, o.num_near, random_subset=train,
                                                num_sharp=o.num_sharp))

@@ -53,7 +53,7 @@ from .samples import SOURCE_MODALITIES
 
 log = logging.getLogger("tokenizers_mm.data")
 
-EXTENSIONS = {"image": IMAGE_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "mesh": MESH_EXTENSIONS}
+EXTENSIONS = {"image": IMAGE_EXTENSIONS, "speech": AUDIO_EXTENSIONS, "shape": MESH_EXTENSIONS}
 FORMAT_VERSION = 1
 
 
@@ -143,7 +143,7 @@ def _make_sample(src: str, relpath: str, modality: str, mesh_opts: MeshBuildOpti
             from .image import decode_image
             img = decode_image(data)
             meta.update(width=img.size[0], height=img.size[1])
-        elif modality == "audio":
+        elif modality == "speech":
             wave, sr = decode_audio(data)
             meta.update(sample_rate=sr, channels=int(wave.shape[0]), seconds=wave.shape[1] / sr)
         else:
@@ -171,7 +171,9 @@ def _legacy_build(modality: str, settings: dict[str, Any]):
                 old = json.load(f)
         except (OSError, ValueError):
             return False
-        if not isinstance(old, dict) or old.get("modality") != modality or old.get("settings") != settings:
+        from ..registry import canonical
+
+        if not isinstance(old, dict) or canonical(str(old.get("modality"))) != modality or old.get("settings") != settings:
             return False
         listed = {"dataset.json", *(n for names in (old.get("shards") or {}).values() for n in names)}
         return set(list_files(folder)) <= listed
@@ -226,8 +228,12 @@ def build_shards(modality: str, src: str, out: str, shard_size: int = 64, val_fr
     build with the same modality and settings and nothing else, or when ``overwrite`` is set; otherwise
     ``OutputError`` names what is there. Returns the ``dataset.json`` content.
     """
-    if modality not in SOURCE_MODALITIES:
-        raise ValueError(f"--modality must be one of {SOURCE_MODALITIES}, got {modality!r}")
+    from ..registry import canonical
+
+    if canonical(modality) not in SOURCE_MODALITIES:
+        raise ValueError(f"--modality must be one of {SOURCE_MODALITIES} (or audio / mesh, their older names), got "
+                         f"{modality!r}")
+    modality = canonical(modality)
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     mesh_opts = mesh or MeshBuildOptions()
@@ -240,7 +246,7 @@ def build_shards(modality: str, src: str, out: str, shard_size: int = 64, val_fr
                          f"extension): {names}")
     train, val = split_files(files, val_fraction, seed, split_by)
     settings = {"src": os.path.abspath(src), "shard_size": shard_size, "val_fraction": val_fraction,
-                "seed": seed, "split_by": split_by, **({"mesh": vars(mesh_opts)} if modality == "mesh" else {})}
+                "seed": seed, "split_by": split_by, **({"mesh": vars(mesh_opts)} if modality == "shape" else {})}
     rank, world_size = rank_from_env(rank, world_size)
     if world_size > 1:
         settings.update(rank=rank, world_size=world_size)
@@ -304,8 +310,8 @@ def guess_modality(sample: dict[str, Any]) -> str:
     exts = set(sample)
     if "ids.npy" in exts:
         return "tokens"
-    for modality in ("mesh", "audio", "image"):
-        if exts & set(EXTENSIONS[modality]) or (modality == "mesh" and "npz" in exts):
+    for modality in ("shape", "speech", "image"):
+        if exts & set(EXTENSIONS[modality]) or (modality == "shape" and "npz" in exts):
             return modality
     raise ValueError(f"cannot tell the modality of a sample with files {sorted(exts)}")
 
@@ -317,8 +323,10 @@ def inspect_shards(urls: list[str], modality: str | None = None, limit: int | No
     Returns ``{"samples", "shards", "extensions", "modality", "example", "corrupt"}`` where ``example``
     gives the shapes of the first decoded sample (evaluation transforms of the modality).
     """
+    from ..registry import canonical
     from .samples import make_decoder
 
+    modality = canonical(modality) if modality else None
     errors: list[dict[str, str]] = []
     ext_counts: Counter[str] = Counter()
     n = 0

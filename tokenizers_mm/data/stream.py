@@ -179,8 +179,8 @@ class TrainStream(IterableDataset):
                     return
 
 
-SAMPLE_EXTENSIONS = {"image": ("jpg", "jpeg", "png", "webp"), "audio": ("flac", "wav", "ogg", "mp3"),
-                     "mesh": ("npz",), "tokens": ("ids.npy",)}
+SAMPLE_EXTENSIONS = {"image": ("jpg", "jpeg", "png", "webp"), "speech": ("flac", "wav", "ogg", "mp3"),
+                     "shape": ("npz",), "tokens": ("ids.npy",)}
 
 
 def first_sample_extensions(url: str) -> list[str] | None:
@@ -245,6 +245,9 @@ def check_shard_modality(urls: list[str], modality: str, what: str) -> None:
     Reads one tar header block per check (the first local shard), so a folder of audio shards given to an image
     model is one clear ``ValueError`` instead of a thousand skipped samples.
     """
+    from ..registry import canonical
+
+    modality = canonical(modality)
     wanted = SAMPLE_EXTENSIONS.get(modality)
     url = next((u for u in urls if not is_remote(u)), None)
     if wanted is None or url is None:

@@ -203,7 +203,7 @@ class ImageEvaluator(Evaluator):
         return [r for r in self.per_point if r.get("steps", 0) == self.show_steps]
 
     def prior_ids(self) -> tuple[list[torch.Tensor], list[int], str]:
-        return list(torch.cat(self.all_ids)), [k or self.n_total_tokens for k in self.ks], "image"
+        return list(torch.cat(self.all_ids)), [k or self.n_total_tokens for k in self.ks], self.modality
 
     def finish(self, report: dict[str, Any]) -> None:
         bits = round(math.log2(self.codebook_size), 3)

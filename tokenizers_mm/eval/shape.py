@@ -168,7 +168,7 @@ class ShapeEvaluator(Evaluator):
         return rows
 
     def prior_ids(self) -> tuple[list[torch.Tensor], list[int], str]:
-        return self.all_ids, list(self.prefixes), "mesh"
+        return self.all_ids, list(self.prefixes), self.modality
 
     def finish(self, report: dict[str, Any]) -> None:
         bits = round(math.log2(self.codec.codebook_size), 3)

@@ -182,7 +182,7 @@ class SpeechEvaluator(Evaluator):
                 for n in range(1, self.n_q + 1)]
 
     def prior_ids(self) -> tuple[list[torch.Tensor], list[int], str]:
-        return self.all_ids, list(range(1, self.n_q + 1)), "audio"
+        return self.all_ids, list(range(1, self.n_q + 1)), self.modality
 
     def prior_entry(self, real: dict[str, Any]) -> dict[str, Any]:
         entry = super().prior_entry(real)

@@ -76,7 +76,7 @@ def encode_with_target(tok: Any, files: list[str], keys: list[str], num_tokens: 
             return [c.ids for c in choices], [0] * len(files), choices
         ids = tok.encode(images, num_tokens=num_tokens)
         return list(ids), [0] * len(files), [None] * len(files)
-    if tok.modality == "audio":
+    if tok.modality == "speech":
         waves = [tok.read(f) for f in files]
         extra = [int(w.shape[-1]) for w in waves]
         if target:
@@ -206,14 +206,14 @@ def cmd_decompress(a: argparse.Namespace) -> int:
         folder.discard()
         raise
     print(f"decompressed {len(files)} file(s) into {a.out}/ (ids as .ids.npy and the decoded "
-          f"{ {'image': 'PNG', 'audio': 'WAV', 'mesh': 'mesh'}[tok.modality]} files)")
+          f"{ {'image': 'PNG', 'speech': 'WAV', 'shape': 'mesh'}[tok.modality]} files)")
     return 0
 
 
 def _write_decoded(tok: Any, ids: torch.Tensor, extra: int, out: str, stem: str, a: argparse.Namespace) -> None:
     if tok.modality == "image":
         tok.save(tok.decode(ids[None]), out, [stem])
-    elif tok.modality == "audio":
+    elif tok.modality == "speech":
         wave = tok.decode([ids])[0]
         tok.save([wave[..., :extra] if extra else wave], out, [stem])
     else:
@@ -224,7 +224,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from ..io import OutputFolder, write_json_atomic
 
     tok, prior = _load(a)
-    if tok.modality == "audio":
+    if tok.modality == "speech":
         frames = a.frames or prior.prior.max_frames
         ids = prior.sample(a.n, frames, a.num_tokens, a.temperature, a.top_k, a.seed)
     else:
@@ -247,7 +247,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
             if len(rows) > 1 and rows[-1].shape[0] < cols:
                 rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
             save_png(image_grid(rows), os.path.join(folder.path, "grid.png"))
-        elif tok.modality == "audio":
+        elif tok.modality == "speech":
             tok.save(tok.decode(list(ids)), folder.path, names)
         else:
             tok.save(tok.decode(ids, resolution=a.resolution or 64), folder.path, names)

@@ -51,7 +51,8 @@ from .model import TokenPrior
 MAGIC = b"TMMc"
 VERSION = 2
 RAW_FLAG = 0x80
-MODALITY_CODES = {"image": 1, "audio": 2, "mesh": 3}
+# the modality words of tokenizers_mm.registry (older names read through canonical())
+MODALITY_CODES = {"image": 1, "speech": 2, "shape": 3}
 CODE_MODALITIES = {v: k for k, v in MODALITY_CODES.items()}
 SHA_BYTES = 4
 FREQ_TOTAL = 1 << 20
@@ -80,8 +81,11 @@ class Header:
         return int(np.prod(self.shape))
 
     def pack(self) -> bytes:
-        extra = struct.pack("<I", self.extra) if self.modality == "audio" else b""
-        mod = MODALITY_CODES[self.modality] | (RAW_FLAG if self.raw else 0)
+        from ..registry import canonical
+
+        modality = canonical(self.modality)
+        extra = struct.pack("<I", self.extra) if modality == "speech" else b""
+        mod = MODALITY_CODES[modality] | (RAW_FLAG if self.raw else 0)
         return (MAGIC + struct.pack("<BB", self.version, mod) + self.tokenizer_sha[:SHA_BYTES]
                 + self.prior_sha[:SHA_BYTES] + struct.pack("<B", len(self.shape))
                 + struct.pack(f"<{len(self.shape)}H", *self.shape) + struct.pack("<I", self.num_tokens) + extra
@@ -107,13 +111,13 @@ class Header:
         modality = CODE_MODALITIES[mod]
         tok, prior = data[6:6 + SHA_BYTES], data[6 + SHA_BYTES:6 + 2 * SHA_BYTES]
         ndim = data[fixed - 1]
-        end = fixed + 2 * ndim + (12 if modality == "audio" else 8)
+        end = fixed + 2 * ndim + (12 if modality == "speech" else 8)
         if ndim not in (1, 2) or len(data) < end:
             raise CompressedFileError(f"{name} is truncated or corrupt: header of {len(data)} bytes, ids of "
                                       f"{ndim} dimensions")
         shape = struct.unpack_from(f"<{ndim}H", data, fixed)
         count = struct.unpack_from("<I", data, fixed + 2 * ndim)[0]
-        extra = struct.unpack_from("<I", data, fixed + 2 * ndim + 4)[0] if modality == "audio" else 0
+        extra = struct.unpack_from("<I", data, fixed + 2 * ndim + 4)[0] if modality == "speech" else 0
         crc = struct.unpack_from("<I", data, end - 4)[0]
         head = cls(modality, tok, prior, tuple(shape), extra, crc, version, raw)
         if head.num_tokens != count or count == 0:

@@ -35,8 +35,10 @@ def load_prior_for(prior_dir: str, codebook_size: int, modality: str) -> Any:
     if prior.prior.codebook_size != codebook_size:
         raise ValueError(f"--prior {prior_dir!r} models {prior.prior.codebook_size} codes; the tokenizer has "
                          f"{codebook_size}")
+    from ..registry import canonical
+
     made_for = (prior.prior.tokenizer or {}).get("modality")
-    if made_for and made_for != modality:
+    if made_for and canonical(made_for) != canonical(modality):
         raise ValueError(f"--prior {prior_dir!r} models the tokens of a {made_for} tokenizer; this one is a "
                          f"{modality} tokenizer")
     return prior

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import torch
 
-LAYOUT_OF_MODALITY = {"image": "sequence", "mesh": "sequence", "audio": "rvq"}
+LAYOUT_OF_MODALITY = {"image": "sequence", "shape": "sequence", "speech": "rvq"}
 
 
 def layout_for(modality: str) -> str:
-    """The ordering of a tokenizer modality's ids (``ValueError`` for an unknown modality)."""
+    """The ordering of a tokenizer modality's ids (older names accepted; ``ValueError`` for an unknown modality)."""
+    from ..registry import canonical
+
+    modality = canonical(modality)
     if modality not in LAYOUT_OF_MODALITY:
         raise ValueError(f"no token ordering for modality {modality!r}; known: {sorted(LAYOUT_OF_MODALITY)}")
     return LAYOUT_OF_MODALITY[modality]

@@ -16,8 +16,8 @@ import torch
 from ..eval.image_metrics import psnr_db
 
 # flag -> (modality, metric name, True when higher is better)
-TARGETS = {"psnr": ("image", "PSNR (dB)", True), "mel": ("audio", "mel distance", False),
-           "stoi": ("audio", "STOI", True), "iou": ("mesh", "volume IoU", True)}
+TARGETS = {"psnr": ("image", "PSNR (dB)", True), "mel": ("speech", "mel distance", False),
+           "stoi": ("speech", "STOI", True), "iou": ("shape", "volume IoU", True)}
 
 
 class TargetError(ValueError):
