@@ -50,7 +50,8 @@ def rate_quality_plot(report: dict, metrics: list[str], out_png: str, title: str
                 if finite(r.get(rate["row_key"])) and finite(r["metrics"].get(key))]
         if ours:
             ax.plot([p[0] for p in ours], [p[1] for p in ours], marker="o", linewidth=2.0, color="black", label="ours")
-            for x, y, v in ours:
+            # every point labelled when few, else the first and the last (the labels would overlap)
+            for x, y, v in ours if len(ours) <= 5 else [ours[0], ours[-1]]:
                 ax.annotate(f"{report['budget']['name']}={v}", (x, y), textcoords="offset points", xytext=(4, 6),
                             fontsize=7)
         real = [(r["prior"][rate["prior_key"]], r["metrics"][key]) for r in rows
@@ -61,11 +62,15 @@ def rate_quality_plot(report: dict, metrics: list[str], out_png: str, title: str
         if ax.has_data():
             ax.set_xscale("log")
         ax.set_xlabel(x_label)
-        ax.set_title(labels.get(key, key), fontsize=9)
+        if single:  # one panel: the metric on the y axis, the figure's title above
+            ax.set_ylabel(labels.get(key, key))
+            ax.set_title(title)
+        else:
+            ax.set_title(labels.get(key, key), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    if title:
+            ax.legend(fontsize=7, loc="lower right" if single else "best")
+    if title and not single:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out_png)

@@ -257,20 +257,35 @@ def format_table(report: dict[str, Any], notes: bool = True) -> str:
              "|" + "---|" * (4 + len(cols))]
 
     def line(codec: str, where: str, tokens: Any, size_value: Any, metrics: dict[str, Any], star: str = "") -> str:
-        size_fmt = ".2f" if size == "kbps" or not float(size_value or 0).is_integer() else ".0f"
+        numeric = isinstance(size_value, (int, float))
+        size_fmt = ".2f" if size == "kbps" or (numeric and not float(size_value).is_integer()) else ".0f"
         cells = [codec, where, _cell(tokens, "g"), _cell(size_value, size_fmt) + star]
         cells += [_cell(metrics.get(m["key"]), m["format"]) + (star if metrics.get(m["key"]) is not None else "")
                   for m in cols]
         return "| " + " | ".join(cells) + " |"
 
-    baseline_lines, starred = [], False
     for r in report["rows"]:
         lines.append(line("ours", str(r["value"]), r["tokens"], r.get(rate["row_key"]), r["metrics"]))
+    # each codec's entries at our budgets, in budget order; a run of budgets where the codec gives the same result
+    # (it cannot go that small, say) is one line "at first..last"
+    runs: dict[str, list[list[Any]]] = {}
+    for r in report["rows"]:
         for b in r.get("baselines", []):
+            key = (b.get(rate["baseline_key"]), json.dumps(b.get("metrics", {}), sort_keys=True), b.get("extrapolated"))
+            codec_runs = runs.setdefault(b["codec"], [])
+            if codec_runs and codec_runs[-1][0] == key:
+                codec_runs[-1][2] = r["value"]
+            else:
+                codec_runs.append([key, r["value"], r["value"], b])
+    baseline_lines, starred = [], False
+    for codec, codec_runs in runs.items():
+        for _, first, last, b in codec_runs:
             star = "*" if b.get("extrapolated") else ""
             starred |= bool(star)
-            baseline_lines.append(line(b["codec"], f"at {r['value']}", "-", b.get(rate["baseline_key"]),
-                                       b.get("metrics", {}), star))
+            where = f"at {first}" if first == last else f"at {first}..{last}"
+            size_value = b.get(rate["baseline_key"])
+            baseline_lines.append(line(codec, where, "-", "none fits" if size_value is None and b.get("note") else
+                                       size_value, b.get("metrics", {}), star))
     for b in (report.get("baselines") or {}).get("rows", []):
         where = f"target {b['target']:g}" if "target" in b else "-"
         baseline_lines.append(line(b["codec"], where, "-", b.get(rate["baseline_key"]), b.get("metrics", {})))
