@@ -18,11 +18,13 @@ Conventions (all metrics computed in float64/float32 on CPU unless the input alr
   clips shorter than a window still work.
 * :func:`stft_distance` is the same on linear-frequency magnitudes for the resolutions in
   :data:`STFT_SCALES` (``(2048, 512)``, ``(1024, 256)``, ``(512, 128)``), summed over resolutions.
-* :func:`si_sdr` is the scale-invariant signal-to-distortion ratio in dB on zero-mean signals.
-* :func:`stoi_score` is STOI (``pystoi``, 0..1, higher is better).
-* :func:`pesq_score` is PESQ MOS-LQO (``pesq``; wide-band P.862.2 at 16 kHz, narrow-band P.862.1 at 8 kHz,
-  other rates resampled to 16 kHz first). Undefined results (silence, clips shorter than 0.25 s, no
-  utterance detected) give ``nan`` with a logged warning instead of an exception.
+* :func:`si_sdr` is the scale-invariant signal-to-distortion ratio in dB on zero-mean signals. It is this
+  project's own rather than torchmetrics': its floor scales with the estimate, so it is exactly scale-invariant
+  and bounded (identical signals give 100 dB, where torchmetrics' absolute epsilon gives an unbounded value).
+* :func:`stoi_score` is STOI (torchmetrics' wrapper of ``pystoi``, 0..1, higher is better).
+* :func:`pesq_score` is PESQ MOS-LQO (torchmetrics' wrapper of ``pesq``; wide-band P.862.2 at 16 kHz, narrow-band
+  P.862.1 at 8 kHz, other rates resampled to 16 kHz first). Undefined results (silence, clips shorter than
+  0.25 s, no utterance detected) give ``nan`` with a logged warning instead of an exception.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def stoi_score(ref: Wave, est: Wave, sample_rate: int, extended: bool = False,
         STOI in ``[0, 1]`` (1 for identical speech). ``nan`` (with a logged warning) for a silent reference or
         when fewer than 30 non-silent 25.6 ms frames remain (pystoi's ``1e-5`` sentinel).
     """
-    from pystoi import stoi
+    from torchmetrics.functional.audio import short_time_objective_intelligibility
 
     r, e = to_numpy_clips(ref, est)
     out = torch.empty(r.shape[0], dtype=torch.float64)
@@ -225,7 +227,8 @@ def stoi_score(ref: Wave, est: Wave, sample_rate: int, extended: bool = False,
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            value = float(stoi(r[i], e[i], int(sample_rate), extended=extended))
+            value = float(short_time_objective_intelligibility(torch.from_numpy(e[i]), torch.from_numpy(r[i]),
+                                                                int(sample_rate), extended=extended))
         if any("Not enough STFT frames" in str(w.message) for w in caught):
             log.warning("STOI undefined: too little non-silent speech in a clip of %d samples (%.3f s) at %d Hz: "
                         "nan", r.shape[1], r.shape[1] / sample_rate, sample_rate)
@@ -236,7 +239,8 @@ def stoi_score(ref: Wave, est: Wave, sample_rate: int, extended: bool = False,
 
 def pesq_one(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
     """PESQ of one ``[T]`` float64 clip pair at 8 kHz (``nb``) or 16 kHz (``wb``); nan on pesq's errors."""
-    from pesq import PesqError, pesq
+    from pesq import PesqError
+    from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
 
     n = ref.shape[-1]
     if not np.any(ref) or not np.any(est):
@@ -246,7 +250,8 @@ def pesq_one(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
         return math.nan
     mode = "nb" if sample_rate == 8000 else "wb"
     try:
-        return float(pesq(sample_rate, ref, est, mode))
+        return float(perceptual_evaluation_speech_quality(torch.from_numpy(est), torch.from_numpy(ref), sample_rate,
+                                                          mode))
     except (PesqError, ValueError) as err:  # ValueError: pesq's wrapper on NaN internals (near-silent input)
         msg = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
         log.warning("PESQ failed on a clip of %d samples (%.3f s at %d Hz): %s: %s; nan", n, n / sample_rate,

@@ -4,6 +4,9 @@ Images are float tensors ``[B, 3, H, W]`` in ``[-1, 1]`` (values outside are cla
 downloaded: :class:`InceptionFeatures` is either randomly initialised or loaded from a local file with
 :meth:`InceptionFeatures.from_local`; any ``nn.Module`` mapping images to ``[B, D]`` features can stand in
 for it in :class:`FIDAccumulator`.
+
+PSNR is torchmetrics'. SSIM stays scikit-image's (uniform 7x7 window with the sample-covariance correction):
+torchmetrics' SSIM, even with a uniform 7x7 window, leaves that correction out and moves the third decimal.
 """
 
 from __future__ import annotations
