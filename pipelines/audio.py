@@ -160,6 +160,13 @@ class AudioTokenizer(TokenizerPipeline):
         return ids, meta, (f"encoded {len(files)} audio file(s), {seconds:.1f} s, with {ids[0].shape[0]} codebooks "
                            f"({meta['kbps']} kbps)")
 
+    def save_decoded(self, ids: list[Any], out: str, names: Sequence[str], lengths: Sequence[int | None] | None = None,
+                     overview: str | None = None, **options: Any) -> list[str]:
+        """WAV files of clips ``[n, F_i]``, each trimmed to its length in ``lengths`` (None or 0: untrimmed)."""
+        waves = self.decode([torch.as_tensor(np.asarray(i)) for i in ids])
+        waves = [w[..., :n] if n else w for w, n in zip(waves, lengths or [None] * len(waves))]
+        return self.save(waves, out, names)
+
     def write_decoded(self, ids: Any, keys: list[str], meta: dict[str, Any], out: str, shown: str | None = None,
                       num_tokens: int | None = None, batch_size: int = 16, file_format: str | None = None,
                       **options: Any) -> str:

@@ -183,6 +183,14 @@ class TokenizerPipeline:
             ids = ids[:, :num_tokens]
         return self.decode(ids, batch_size=batch_size, **options), str(ids.shape[1])
 
+    def save_decoded(self, ids: list[Any], out: str, names: Sequence[str], lengths: Sequence[int | None] | None = None,
+                     overview: str | None = None, **options: Any) -> list[str]:
+        """Decode one sample's ids per entry of ``ids`` (all of one length) and write them as ``out/<name>.*``;
+        ``lengths``: each sample's length where the modality trims (audio); ``overview``: the file name of an
+        overview picture where the modality draws one (images). Returns the paths."""
+        return self.save(self.decode(np.stack([np.asarray(i) for i in ids]), **options), out,
+                         names)
+
     def write_decoded(self, ids: Any, keys: list[str], meta: dict[str, Any], out: str, shown: str | None = None,
                       num_tokens: int | None = None, batch_size: int = 64, file_format: str | None = None,
                       **options: Any) -> str:

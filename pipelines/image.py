@@ -165,18 +165,32 @@ class ImageTokenizer(TokenizerPipeline):
     def write_decoded(self, ids: Any, keys: list[str], meta: dict[str, Any], out: str, shown: str | None = None,
                       num_tokens: int | None = None, batch_size: int = 64, file_format: str | None = None,
                       **options: Any) -> str:
-        """PNG files, plus ``_grid.png``: the first 64 images, 8 per row (the last row padded with white)."""
-        from tokenizers_mm.visual import image_grid, save_png
-
+        """PNG files, plus ``_grid.png`` (:meth:`save_overview`)."""
         samples, each = self.decode_rows(ids, num_tokens, batch_size, **options)
         paths = self.save(samples, out, keys)
-        n, cols = min(len(samples), 64), 8
-        rows = [samples[i:i + cols] for i in range(0, n, cols)]
-        if len(rows) > 1 and rows[-1].shape[0] < cols:
-            rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
-        save_png(image_grid(rows), os.path.join(out, "_grid.png"))
+        self.save_overview(samples, os.path.join(out, "_grid.png"))
         grid = os.path.join(shown or out, "_grid.png")
         return f"decoded {len(paths)} image(s) from {each} tokens each into {shown or out}/ (overview: {grid})"
+
+    @staticmethod
+    def save_overview(images: torch.Tensor, path: str) -> str:
+        """The first 64 images as one PNG grid, up to 8 per row (a short last row padded with white)."""
+        from tokenizers_mm.visual import image_grid, save_png
+
+        n = min(len(images), 64)
+        cols = min(8, n)
+        rows = [images[i:i + cols] for i in range(0, n, cols)]
+        if len(rows) > 1 and rows[-1].shape[0] < cols:
+            rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
+        return save_png(image_grid(rows), path)
+
+    def save_decoded(self, ids: list[Any], out: str, names: Sequence[str], lengths: Sequence[int | None] | None = None,
+                     overview: str | None = None, **options: Any) -> list[str]:
+        images = self.decode(np.stack([np.asarray(i) for i in ids]), **options)
+        paths = self.save(images, out, names)
+        if overview:
+            self.save_overview(images, os.path.join(out, overview))
+        return paths
 
     # ---- export -------------------------------------------------------------------------------------------
     @staticmethod

@@ -43,6 +43,7 @@ class Modality:
             section (``card_lines``, ``token_summary``).
         evaluator: ``"module:Class"`` of its :class:`~tokenizers_mm.eval.evaluator.Evaluator` (None: not evaluated).
         trains_on: the datamodule modality its checkpoints train on (its own name unless it trains on tokens).
+        files: what its decoded files are, for messages.
     """
 
     name: str
@@ -52,6 +53,7 @@ class Modality:
     pipeline: str = ""
     evaluator: str | None = None
     trains_on: str | None = None
+    files: str = "decoded"
 
     def pipeline_class(self) -> type:
         return load_attr(self.pipeline)
@@ -87,14 +89,17 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in (
              codecs={"image/onedim": "tokenizers_mm.image.codec1d:OneDImageCodec",
                      "image/grid": "tokenizers_mm.image.grid_codec:GridImageCodec",
                      "image/flow": "tokenizers_mm.image.flow_codec:FlowImageCodec"},
-             pipeline="pipelines.image:ImageTokenizer", evaluator="tokenizers_mm.eval.image:ImageEvaluator"),
+             pipeline="pipelines.image:ImageTokenizer", evaluator="tokenizers_mm.eval.image:ImageEvaluator",
+             files="PNG"),
     Modality("speech", "Speech", aliases=("audio",),
              codecs={"speech/rvq": "tokenizers_mm.speech.codec:SpeechCodec",
                      "speech/xcodec2": "tokenizers_mm.speech.xcodec2_codec:XCodec2Codec"},
-             pipeline="pipelines.audio:AudioTokenizer", evaluator="tokenizers_mm.eval.speech:SpeechEvaluator"),
+             pipeline="pipelines.audio:AudioTokenizer", evaluator="tokenizers_mm.eval.speech:SpeechEvaluator",
+             files="WAV"),
     Modality("shape", "3D shape", aliases=("mesh",),
              codecs={"shape/occupancy": "tokenizers_mm.shape.codec:ShapeCodec"},
-             pipeline="pipelines.shape:ShapeTokenizer", evaluator="tokenizers_mm.eval.shape:ShapeEvaluator"),
+             pipeline="pipelines.shape:ShapeTokenizer", evaluator="tokenizers_mm.eval.shape:ShapeEvaluator",
+             files="mesh"),
     Modality("prior", "Token prior", codecs={"prior/ar": "tokenizers_mm.prior.model:TokenPrior"},
              pipeline="pipelines.prior:TokenPriorPipeline", trains_on="tokens"),
 )}

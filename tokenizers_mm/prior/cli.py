@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 import numpy as np
-import torch
 
 SUFFIX = ".tmmc"
 
@@ -200,31 +199,28 @@ def cmd_decompress(a: argparse.Namespace) -> int:
             buf = __import__("io").BytesIO()
             np.save(buf, ids.numpy())
             write_bytes_atomic(os.path.join(folder.path, stem + ".ids.npy"), buf.getvalue())
-            _write_decoded(tok, ids, head.extra, folder.path, stem, a)
+            tok.save_decoded([ids], folder.path, [stem], lengths=[head.extra], **_decode_options(a))
         folder.commit()
     except BaseException:
         folder.discard()
         raise
+    from ..registry import spec
+
     print(f"decompressed {len(files)} file(s) into {a.out}/ (ids as .ids.npy and the decoded "
-          f"{ {'image': 'PNG', 'speech': 'WAV', 'shape': 'mesh'}[tok.modality]} files)")
+          f"{spec(tok.modality).files} files)")
     return 0
 
 
-def _write_decoded(tok: Any, ids: torch.Tensor, extra: int, out: str, stem: str, a: argparse.Namespace) -> None:
-    if tok.modality == "image":
-        tok.save(tok.decode(ids[None]), out, [stem])
-    elif tok.modality == "speech":
-        wave = tok.decode([ids])[0]
-        tok.save([wave[..., :extra] if extra else wave], out, [stem])
-    else:
-        tok.save(tok.decode(ids[None], resolution=getattr(a, "resolution", None) or 64), out, [stem])
+def _decode_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The decoder options a command line gave (shapes: the marching-cubes ``resolution``)."""
+    return {"resolution": a.resolution} if getattr(a, "resolution", None) else {}
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
     from ..io import OutputFolder, write_json_atomic
 
     tok, prior = _load(a)
-    if tok.modality == "speech":
+    if prior.layout == "rvq":  # frames of n_q codes (speech): the number of frames and of codebooks are free
         frames = a.frames or prior.prior.max_frames
         ids = prior.sample(a.n, frames, a.num_tokens, a.temperature, a.top_k, a.seed)
     else:
@@ -237,20 +233,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
                           overwrite=a.overwrite, identity=("command", "modality"), inputs=[a.model, a.prior]).check()
     try:
         names = [f"sample_{i:03d}" for i in range(a.n)]
-        if tok.modality == "image":
-            from ..visual import image_grid, save_png
-
-            images = tok.decode(ids)
-            tok.save(images, folder.path, names)
-            cols = min(8, a.n)
-            rows = [images[i:i + cols] for i in range(0, a.n, cols)]
-            if len(rows) > 1 and rows[-1].shape[0] < cols:
-                rows[-1] = torch.cat([rows[-1], torch.ones(cols - rows[-1].shape[0], *rows[-1].shape[1:])])
-            save_png(image_grid(rows), os.path.join(folder.path, "grid.png"))
-        elif tok.modality == "speech":
-            tok.save(tok.decode(list(ids)), folder.path, names)
-        else:
-            tok.save(tok.decode(ids, resolution=a.resolution or 64), folder.path, names)
+        tok.save_decoded(list(ids), folder.path, names, overview="grid.png", **_decode_options(a))
         write_json_atomic(os.path.join(folder.path, "ids.json"), {"ids": ids.tolist()})
         folder.commit()
     except BaseException:
