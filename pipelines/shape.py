@@ -81,7 +81,7 @@ class ShapeTokenizer(TokenizerPipeline):
     @torch.inference_mode()
     def iou(self, ids: Any, points: torch.Tensor, labels: torch.Tensor) -> float:
         """Volume IoU of the shape decoded from one row of ``ids`` against ``labels`` at ``points`` ``[Q, 3]``."""
-        from tokenizers_mm.shape.metrics import volume_iou
+        from tokenizers_mm.eval.shape_metrics import volume_iou
 
         t = self.check_ids(ids)[:1].to(self.device)
         with self.autocast():
