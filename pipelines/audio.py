@@ -16,6 +16,26 @@ from .base import LOAD_LINE, TokenizerPipeline, file_stems
 AUDIO_FILE_EXTENSIONS = (*AUDIO_EXTENSIONS, "mp3")
 
 
+class WholeClipDecoder:
+    """Audio sample -> the whole clip ``{"audio": [1, T]}`` as the codec takes it: mono, resampled to its rate,
+    loudness-normalized when its export's preprocessing says so."""
+
+    def __init__(self, sample_rate: int, loudness_lufs: float | None) -> None:
+        self.sample_rate, self.loudness_lufs = sample_rate, loudness_lufs
+
+    def __call__(self, raw: dict[str, Any], rng: Any) -> dict[str, torch.Tensor]:
+        from tokenizers_mm.data.audio import decode_audio, loudness_normalize, resample, to_mono
+
+        ext = next((e for e in AUDIO_EXTENSIONS if e in raw), None)
+        if ext is None:
+            raise ValueError(f"sample has no audio file: expected one of {list(AUDIO_EXTENSIONS)}")
+        wave, sr = decode_audio(raw[ext])
+        clip = resample(to_mono(wave), sr, self.sample_rate)
+        if self.loudness_lufs is not None:
+            clip = loudness_normalize(clip, self.sample_rate, self.loudness_lufs)
+        return {"audio": clip.clamp(-1, 1)}
+
+
 class AudioTokenizer(TokenizerPipeline):
     """Speech codec of an export folder (built by :func:`pipelines.load`).
 
@@ -144,6 +164,13 @@ class AudioTokenizer(TokenizerPipeline):
         for wave, safe in zip(waves, file_stems(names, "clip"), strict=True):
             paths.append(write_wav(os.path.join(out_dir, f"{safe}.wav"), wave, self.sample_rate))
         return paths
+
+    shard_input_key = "audio"
+
+    def shard_decoder(self) -> WholeClipDecoder:
+        """Whole clips at the model rate, loudness-normalized as the export's preprocessing says."""
+        inp = self.config["inputs"]
+        return WholeClipDecoder(int(inp["sample_rate"]), (inp.get("preprocess") or {}).get("loudness_lufs"))
 
     # ---- files --------------------------------------------------------------------------------------------
     def encode_files(self, files: list[str], num_tokens: int | None = None, batch_size: int = 16,

@@ -200,6 +200,15 @@ class TokenizerPipeline:
         paths = self.save(samples, out, keys)
         return f"decoded {len(paths)} {self.modality} sample(s) from {each} tokens each into {shown or out}/"
 
+    # ---- shards (``tokenizers-mm tokenize``) ------------------------------------------------------------------
+    #: the entry of a decoded shard sample that :meth:`encode` takes
+    shard_input_key = ""
+
+    def shard_decoder(self) -> Any:
+        """The decoder (picklable, ``(raw sample, rng) -> dict``) that turns a raw shard sample into this
+        tokenizer's input, prepared as the export's ``inputs`` say."""
+        raise NotImplementedError
+
     # ---- what an export says about this modality (``tokenizers-mm export``) ---------------------------------
     @staticmethod
     def input_spec(codec: nn.Module, data_hparams: dict[str, Any]) -> dict[str, Any]:

@@ -172,6 +172,16 @@ class ImageTokenizer(TokenizerPipeline):
         grid = os.path.join(shown or out, "_grid.png")
         return f"decoded {len(paths)} image(s) from {each} tokens each into {shown or out}/ (overview: {grid})"
 
+    shard_input_key = "image"
+
+    def shard_decoder(self) -> Any:
+        """Images center-cropped as in evaluation, at the export's size and resize."""
+        from tokenizers_mm.data.samples import ImageOptions, make_decoder
+
+        pre = self.config["inputs"]["preprocess"]
+        return make_decoder("image", train=False, image=ImageOptions(
+            size=self.image_size, val_resize=int(pre["resize_shorter_side"]), flip=False))
+
     @staticmethod
     def save_overview(images: torch.Tensor, path: str) -> str:
         """The first 64 images as one PNG grid, up to 8 per row (a short last row padded with white)."""

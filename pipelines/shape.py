@@ -142,6 +142,15 @@ class ShapeTokenizer(TokenizerPipeline):
             paths.append(save_mesh(mesh, os.path.join(out_dir, f"{safe}.{fmt}")))
         return paths
 
+    shard_input_key = "surface"
+
+    def shard_decoder(self) -> Any:
+        """The first ``num_surface`` precomputed surface points of a mesh sample."""
+        from tokenizers_mm.data.samples import make_decoder
+
+        return make_decoder("shape", train=False, mesh={"num_surface": int(self.config["inputs"]["num_surface"]),
+                                                        "num_volume": 0, "num_near": 0})
+
     # ---- files --------------------------------------------------------------------------------------------
     def write_decoded(self, ids: Any, keys: list[str], meta: dict[str, Any], out: str, shown: str | None = None,
                       num_tokens: int | None = None, batch_size: int = 16, file_format: str | None = None,

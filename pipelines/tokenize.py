@@ -31,7 +31,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from tokenizers_mm.data.samples import ImageOptions, make_decoder
 from tokenizers_mm.data.stream import SkipCounter, check_shard_modality, count_samples, dist_info
 from tokenizers_mm.data.urls import expand_urls, is_remote
 from tokenizers_mm.io import (
@@ -50,50 +49,6 @@ from .files import ids_dtype, token_meta
 log = logging.getLogger("tokenizers_mm.tokenize")
 PROGRESS_DIR = ".tokenize"
 COMMIT_LOCK = ".commit-lock"
-
-
-class WholeClipDecoder:
-    """Audio sample -> the whole clip ``{"audio": [1, T]}`` as the codec takes it: mono, resampled to its rate,
-    loudness-normalized when its export's preprocessing says so."""
-
-    def __init__(self, sample_rate: int, loudness_lufs: float | None) -> None:
-        self.sample_rate, self.loudness_lufs = sample_rate, loudness_lufs
-
-    def __call__(self, raw: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
-        from tokenizers_mm.data.audio import (
-            AUDIO_EXTENSIONS,
-            decode_audio,
-            loudness_normalize,
-            resample,
-            to_mono,
-        )
-
-        ext = next((e for e in AUDIO_EXTENSIONS if e in raw), None)
-        if ext is None:
-            raise ValueError(f"sample has no audio file: expected one of {list(AUDIO_EXTENSIONS)}")
-        wave, sr = decode_audio(raw[ext])
-        clip = resample(to_mono(wave), sr, self.sample_rate)
-        if self.loudness_lufs is not None:
-            clip = loudness_normalize(clip, self.sample_rate, self.loudness_lufs)
-        return {"audio": clip.clamp(-1, 1)}
-
-
-def _sample_decoder(pipeline: TokenizerPipeline):
-    """The decoder that turns a raw shard sample into the tokenizer's input: images center-cropped as in
-    evaluation, whole audio clips, the first ``num_surface`` precomputed surface points of a mesh sample."""
-    inp = pipeline.config["inputs"]
-    if pipeline.modality == "image":
-        return make_decoder("image", train=False, image=ImageOptions(
-            size=int(inp["image_size"]), val_resize=int(inp["preprocess"]["resize_shorter_side"]), flip=False))
-    if pipeline.modality == "speech":
-        return WholeClipDecoder(int(inp["sample_rate"]), (inp.get("preprocess") or {}).get("loudness_lufs"))
-    if pipeline.modality == "shape":
-        return make_decoder("shape", train=False, mesh={"num_surface": int(inp["num_surface"]), "num_volume": 0,
-                                                       "num_near": 0})
-    raise ValueError(f"tokenize does not handle {pipeline.modality} tokenizers")
-
-
-INPUT_KEYS = {"image": "image", "speech": "audio", "shape": "surface"}
 
 
 class ShardBatches(IterableDataset):
@@ -183,14 +138,14 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
     if num_workers < 0:
         raise ValueError(f"--workers must be >= 0, got {num_workers}")
     k = tok.num_tokens if num_tokens is None else num_tokens
-    what = "codebooks" if tok.modality == "speech" else "tokens"
+    what = tok.token_unit.split()[0]  # tokens, or codebooks
     if not 1 <= k <= tok.num_tokens or (not tok.prefix_decodable and k != tok.num_tokens):
         raise ValueError(f"--num-tokens ({what}) must be in 1..{tok.num_tokens} for this tokenizer"
                          + ("" if tok.prefix_decodable else f" (exactly {tok.num_tokens}: it is not prefix-decodable)")
                          + f", got {num_tokens}")
     prefixes = tok.config["tokens"].get("prefix_lengths")
-    if tok.modality == "shape" and prefixes and k not in prefixes:
-        raise ValueError(f"--num-tokens must be a whole number of scales for this shape tokenizer: one of {prefixes}, "
+    if prefixes and k not in prefixes:
+        raise ValueError(f"--num-tokens must be a whole number of scales for this tokenizer: one of {prefixes}, "
                          f"got {num_tokens}")
     try:
         urls = expand_urls(data, split=split)
@@ -221,8 +176,7 @@ def tokenize_shards(model: str | TokenizerPipeline, data: str | list[str], out: 
     if len(todo) < len(mine):
         log.warning("resuming: %d of this rank's %d shards are already tokenized", len(mine) - len(todo), len(mine))
     total = sum(count_samples(u) for u in todo) if todo and not any(is_remote(u) for u in todo) else None
-    input_key = INPUT_KEYS[tok.modality]
-    loader = DataLoader(ShardBatches(todo, _sample_decoder(tok), batch_size, input_key), batch_size=None,
+    loader = DataLoader(ShardBatches(todo, tok.shard_decoder(), batch_size, tok.shard_input_key), batch_size=None,
                         num_workers=min(num_workers, len(todo)))
     meta = token_meta(tok, k)
     dtype_np = ids_dtype(tok.codebook_size)
