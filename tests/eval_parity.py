@@ -6,6 +6,11 @@ a Lightning checkpoint has (state dict, hyperparameters, the datamodule's hyperp
 ``tokenizers-mm evaluate`` reads it as it reads a trained one. The numbers of an untrained model are poor but
 deterministic: what the test checks is that the evaluation computes the same ones as the evaluator it replaced
 (``tests/data/eval_golden/*.json``, written by that evaluator from these checkpoints).
+
+After a deliberate change of a codec's numerics (its layers or initialization: the checkpoints are untrained), and
+only then, rewrite the reference reports with today's evaluator and say why in the commit:
+
+    OMP_NUM_THREADS=1 .venv/bin/python tests/eval_parity.py image shape speech
 """
 
 from __future__ import annotations
@@ -77,3 +82,26 @@ def evaluate(kind: str, embedded: str, root: str) -> str:
                  *EVALUATE_ARGS[kind]])
     assert code == 0, f"evaluate {kind} exited with {code}"
     return out
+
+
+def write_golden(kinds: list[str], embedded: str = "data/embedded") -> None:
+    """Rewrite ``tests/data/eval_golden/<kind>.json`` from the current evaluator (paths and file lists left out)."""
+    import json
+    import tempfile
+
+    golden = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "eval_golden")
+    with tempfile.TemporaryDirectory() as root:
+        for kind in kinds:
+            with open(os.path.join(evaluate(kind, embedded, root), "report.json")) as f:
+                report = json.load(f)
+            for key in ("checkpoint", "files"):
+                report.pop(key, None)
+            with open(os.path.join(golden, f"{kind}.json"), "w") as f:
+                json.dump(report, f, indent=1, sort_keys=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    write_golden(sys.argv[1:] or list(EVALUATE_ARGS))
