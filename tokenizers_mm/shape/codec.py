@@ -11,7 +11,7 @@
 
 Decoding from the ids of the first s scales gives the shape at a coarser fidelity and a smaller byte budget.
 A plain ``ResidualVQ`` (vector-quantize-pytorch, with quantizer dropout) is the simpler baseline in the same slot.
-No training code here: the Lightning module is :class:`~tokenizers_mm.shape.tokenizer.ShapeTokenizer`.
+No training code here: the Lightning module is :class:`~tokenizers_mm.shape.tokenizer.ShapeModule`.
 """
 
 from __future__ import annotations

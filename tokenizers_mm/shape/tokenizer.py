@@ -1,4 +1,4 @@
-"""``ShapeTokenizer``: trains a :class:`~tokenizers_mm.shape.codec.ShapeCodec` on precomputed mesh samples.
+"""``ShapeModule``: trains a :class:`~tokenizers_mm.shape.codec.ShapeCodec` on precomputed mesh samples.
 
 Loss: BCE on uniform volume points + ``near_weight`` x BCE on near-surface points (0.1 by default, the
 3DShape2VecSet convention), + ``kl_weight`` x KL of the Gaussian bottleneck + the quantizers' own losses. With
@@ -41,7 +41,7 @@ class ShapeLossConfig:
     anchor_weight: float = 0.0
 
 
-class ShapeTokenizer(TokenizerModule):
+class ShapeModule(TokenizerModule):
     """Shape tokenizer training (see the module docstring); architecture arguments as in ``ShapeCodec``.
 
     Args:
@@ -127,3 +127,6 @@ class ShapeTokenizer(TokenizerModule):
             meshes.append((f"{s} scales ({codec.prefix_lengths[s - 1]} tokens)", marching_cubes_mesh(grid)))
         path = os.path.join(self.samples_dir(), f"val_step{self.global_step:07d}.png")
         render_views(meshes, path, title=str(batch["__key__"][0]))
+
+
+ShapeTokenizer = ShapeModule  # the old name: older configs' class_path and checkpoints still load
