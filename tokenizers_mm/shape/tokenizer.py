@@ -20,7 +20,7 @@ from ..harness import OptimizerConfig, TokenizerModule
 from ..nn import TransformerConfig
 from ..quantize import QuantizerConfig
 from .codec import ShapeCodec, ShapeEncoderConfig, ShapeProbeConfig
-from .metrics import volume_iou
+from ..eval.shape_metrics import volume_iou
 
 
 @dataclass
