@@ -1,4 +1,4 @@
-"""``AudioTokenizer``: encode audio to token ids and decode ids to waveforms from an export folder."""
+"""``SpeechPipeline``: encode audio to token ids and decode ids to waveforms from an export folder."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class WholeClipDecoder:
         return {"audio": clip.clamp(-1, 1)}
 
 
-class AudioTokenizer(TokenizerPipeline):
+class SpeechPipeline(TokenizerPipeline):
     """Speech codec of an export folder (built by :func:`pipelines.load`).
 
     Token ids of one clip are ``[n, F]``: the first ``n`` of the ``n_q`` codebooks (bitrate chosen by ``n``) at
@@ -71,7 +71,7 @@ class AudioTokenizer(TokenizerPipeline):
         return float(self.codec.bitrate_kbps(num_quantizers))
 
     def __repr__(self) -> str:
-        return (f"AudioTokenizer({self.config['architecture']}, {self.num_quantizers} codebooks x {self.codebook_size} "
+        return (f"SpeechPipeline({self.config['architecture']}, {self.num_quantizers} codebooks x {self.codebook_size} "
                 f"codes at {self.frame_rate:g} Hz, {self.sample_rate} Hz audio, device={self.device})")
 
     # ---- inputs -------------------------------------------------------------------------------------
@@ -245,3 +245,6 @@ class AudioTokenizer(TokenizerPipeline):
                 "wave = tok.decode(ids)             # [1, 1, F * hop] in [-1, 1]", "```", "",
                 "```bash", "tokenizers-mm encode --model THIS_FOLDER a.wav b.flac --out tokens.npz --num-tokens 4",
                 "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/", "```"]
+
+
+AudioTokenizer = SpeechPipeline  # the old name, still importable

@@ -1,4 +1,4 @@
-"""``ImageTokenizer``: encode images to token ids and decode ids to images from an export folder."""
+"""``ImagePipeline``: encode images to token ids and decode ids to images from an export folder."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .base import LOAD_LINE, TokenizerPipeline, file_stems
 ImageInput = Any  # a tensor, numpy array, PIL image, file path, or a sequence of the last three
 
 
-class ImageTokenizer(TokenizerPipeline):
+class ImagePipeline(TokenizerPipeline):
     """Image tokenizer of an export folder (built by :func:`pipelines.load`).
 
     ``encode`` accepts:
@@ -228,3 +228,6 @@ class ImageTokenizer(TokenizerPipeline):
                 "```bash", "tokenizers-mm encode --model THIS_FOLDER a.png b.jpg --out tokens.npz",
                 "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/",
                 "tokenizers-mm tokenize --model THIS_FOLDER --data shards/ --out token_shards/", "```"]
+
+
+ImageTokenizer = ImagePipeline  # the old name, still importable

@@ -1,4 +1,4 @@
-"""``ShapeTokenizer``: encode meshes to token ids and decode ids to meshes from an export folder."""
+"""``ShapePipeline``: encode meshes to token ids and decode ids to meshes from an export folder."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tokenizers_mm.data.mesh_prep import MeshBuildOptions, prepare_mesh
 from .base import LOAD_LINE, TokenizerPipeline, file_stems
 
 
-class ShapeTokenizer(TokenizerPipeline):
+class ShapePipeline(TokenizerPipeline):
     """Shape tokenizer of an export folder (built by :func:`pipelines.load`).
 
     ``encode`` accepts mesh files (obj / ply / stl / glb / off), ``trimesh.Trimesh`` objects (both are prepared as
@@ -185,3 +185,6 @@ class ShapeTokenizer(TokenizerPipeline):
                 "meshes = tok.decode(ids)             # one trimesh.Trimesh per row, in [-1, 1]^3", "```", "",
                 "```bash", "tokenizers-mm encode --model THIS_FOLDER a.obj b.ply --out tokens.npz",
                 "tokenizers-mm decode --model THIS_FOLDER tokens.npz --out recon/ --mesh-format glb", "```"]
+
+
+ShapeTokenizer = ShapePipeline  # the old name, still importable

@@ -50,7 +50,7 @@ def write_checkpoint(kind: str, path: str) -> str:
 
         hp, data = IMAGE, {"modality": "image", "image": {"size": 32, "val_resize": 48}}
     elif kind == "shape":
-        from tokenizers_mm.shape.tokenizer import ShapeTokenizer as cls
+        from tokenizers_mm.shape.tokenizer import ShapeModule as cls
 
         hp, data = SHAPE, {"modality": "mesh", "mesh": {"num_surface": 512}}
     else:

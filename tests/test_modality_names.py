@@ -62,7 +62,7 @@ def test_exports_written_with_the_old_word_still_load(tmp_path):
     (out / "config.json").write_text(json.dumps(config))
     for asked in (None, "audio", "speech"):
         tok = pipelines.load(str(out), device="cpu", modality=asked)
-        assert tok.modality == "speech" and type(tok).__name__ == "AudioTokenizer"
+        assert tok.modality == "speech" and type(tok).__name__ == "SpeechPipeline"
     with pytest.raises(ValueError, match="expected a shape tokenizer"):
         pipelines.load(str(out), device="cpu", modality="mesh")
     assert check_meta({"modality": "audio", "codebook_size": tok.codebook_size}, tok, "old.npz") == []

@@ -168,7 +168,7 @@ def test_bit_exact_in_a_fresh_process_for_images(image_setup, tmp_path):
 
 
 def test_bit_exact_in_a_fresh_process_for_speech_and_shapes(mesh_dir, tmp_path):
-    from tokenizers_mm.shape.tokenizer import ShapeTokenizer
+    from tokenizers_mm.shape.tokenizer import ShapeModule
     from tokenizers_mm.speech.tokenizer import SpeechTokenizer
 
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def test_bit_exact_in_a_fresh_process_for_speech_and_shapes(mesh_dir, tmp_path):
                                                         "causal": True, "decoder": "istft", "istft_channels": 64,
                                                         "istft_layers": 4},
                              rvq={"num_quantizers": 4, "codebook_size": 16}).eval()
-    shape = ShapeTokenizer(num_latents=16, latent_dim=16, encoder={"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
+    shape = ShapeModule(num_latents=16, latent_dim=16, encoder={"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
                            decoder={"width": 64, "depth": 1, "heads": 2}, scales=[1, 4, 16],
                            quantizer={"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True}).eval()
     jobs, want = [], []
@@ -381,7 +381,7 @@ def speech_shape_setup(embedded, tmp_path_factory):
     `tokenize`, and priors trained on them through `tokenizers-mm fit` with the shipped configs."""
     from pipelines.tokenize import tokenize_shards
     from tokenizers_mm.data import ShardDataModule
-    from tokenizers_mm.shape.tokenizer import ShapeTokenizer
+    from tokenizers_mm.shape.tokenizer import ShapeModule
     from tokenizers_mm.speech.tokenizer import SpeechTokenizer
 
     root = tmp_path_factory.mktemp("prior_mm")
@@ -394,7 +394,7 @@ def speech_shape_setup(embedded, tmp_path_factory):
                              val_quantizers=[1, 2, 4])
     adm = ShardDataModule(modality="audio", train_urls=os.path.join(embedded, "audio"), val_urls=None, batch_size=4,
                           num_workers=0, audio={"sample_rate": 16000, "seconds": 0.5, "loudness_lufs": -23.0})
-    shape = ShapeTokenizer(num_latents=16, latent_dim=16, encoder={"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
+    shape = ShapeModule(num_latents=16, latent_dim=16, encoder={"width": 64, "depth": 1, "heads": 2, "num_freqs": 4},
                            decoder={"width": 64, "depth": 1, "heads": 2}, scales=[1, 4, 16],
                            quantizer={"kind": "fsq", "levels": [8, 5, 5, 5], "batch_norm": True})
     mdm = ShardDataModule(modality="mesh", train_urls=os.path.join(embedded, "mesh"), val_urls=None, batch_size=4,

@@ -84,7 +84,7 @@ def choose_audio(tok: Any, wave: torch.Tensor, target: float, metric: str, name:
 def choose_shape(tok: Any, items: list[Any], target_iou: float, names: list[str]) -> list[Choice]:
     """Per mesh (file or ``trimesh.Trimesh``), the fewest whole scales whose decoded occupancy reaches
     ``target_iou`` volume IoU against the input's own labels: points uniform in the normalized cube, labeled inside
-    or outside the prepared input mesh (:meth:`pipelines.shape.ShapeTokenizer.labeled_points`)."""
+    or outside the prepared input mesh (:meth:`pipelines.shape.ShapePipeline.labeled_points`)."""
     out = []
     for item, name in zip(items, names, strict=True):
         mesh = tok.read_mesh(item)
