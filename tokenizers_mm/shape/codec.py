@@ -317,7 +317,7 @@ class ShapeCodec(nn.Module):
     """
 
     architecture = "shape/occupancy"
-    modality = "mesh"
+    modality = "shape"
 
     def __init__(self, num_latents: int = 64, latent_dim: int = 32, encoder: ShapeEncoderConfig | dict | None = None,
                  decoder: TransformerConfig | dict | None = None, bottleneck: str = "multiscale",

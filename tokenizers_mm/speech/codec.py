@@ -88,7 +88,7 @@ class SpeechCodec(nn.Module):
     """
 
     architecture = "speech/rvq"
-    modality = "audio"
+    modality = "speech"
 
     def __init__(self, sample_rate: int = 16000, seanet: SEANetConfig | dict | None = None,
                  rvq: RVQConfig | dict | None = None, latent: LatentConfig | dict | None = None) -> None:

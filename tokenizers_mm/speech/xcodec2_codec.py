@@ -46,7 +46,7 @@ class XCodec2Codec(nn.Module):
     """
 
     architecture = "speech/xcodec2"
-    modality = "audio"
+    modality = "speech"
     causal = False
     num_quantizers = 1
 
