@@ -11,6 +11,7 @@ within a sliding window of ``sliding_window`` frames -> learned per-channel scal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -95,13 +96,16 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
+    """Bias-free two-layer MLP ``fc2(act(fc1(x)))`` (GELU in Mimi's transformer, SiLU in X-Codec 2's decoder)."""
+
+    def __init__(self, dim: int, hidden: int, act: Callable[[torch.Tensor], torch.Tensor] = F.gelu) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, dim, bias=False)
+        self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class LayerScale(nn.Module):

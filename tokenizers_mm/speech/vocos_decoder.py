@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .latent_transformer import MLP
+
 
 class ResNetBlock(nn.Module):
     """``x + conv(drop(silu(gn(conv(silu(gn(x)))))))`` on ``[B, F, D]`` (convolutions over frames, 32 groups)."""
@@ -62,16 +64,6 @@ class RMSNorm(nn.RMSNorm):
         return self.weight * F.rms_norm(x.float(), self.normalized_shape, None, self.eps).to(x.dtype)
 
 
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=False)
-        self.fc2 = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.silu(self.fc1(x)))
-
-
 class Layer(nn.Module):
     """Pre-norm transformer layer: ``x + attn(rms(x))``, then ``+ mlp(rms(.))``."""
 
@@ -80,7 +72,7 @@ class Layer(nn.Module):
         self.input_layernorm = RMSNorm(dim, eps=eps)
         self.self_attn = SelfAttention(dim, heads, head_dim)
         self.post_attention_layernorm = RMSNorm(dim, eps=eps)
-        self.mlp = MLP(dim, intermediate)
+        self.mlp = MLP(dim, intermediate, act=F.silu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x))
